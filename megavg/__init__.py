@@ -1,0 +1,3 @@
+"""megavg: Megatron-style distributed training of DC-VideoGen."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,181 @@
+"""Registry of model families and the on-disk model folder shared by every megavg model.
+
+A family is a subpackage of :mod:`megavg.models` exposing ``FAMILY`` (its name), ``Args`` (a dataclass),
+``Model`` (an ``nn.Module`` built as ``Model(args)`` with the args kept as ``model.args``) and ``PRESETS``
+(``{name: Args}``). Families are imported lazily, when a preset or folder names them.
+
+Folder layout::
+
+    config.json                     {"format": "megavg-model", "version": 1, "family": ..., "args": {...}}
+    model.safetensors               or model-0000K-of-0000N.safetensors + model.safetensors.index.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from megavg.utils.errors import UserError
+from megavg.utils.io import atomic_dir
+from megavg.utils.schema import from_dict, to_dict
+
+FAMILIES = {"dcaev": "megavg.models.dcaev", "wan": "megavg.models.wan"}
+FORMAT = "megavg-model"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+MAX_SHARD_BYTES = 4 * 1024**3
+
+
+def _family(name: str) -> ModuleType:
+    if name not in FAMILIES:
+        raise UserError(f"unknown model family {name!r} (known: {', '.join(FAMILIES)})")
+    return importlib.import_module(FAMILIES[name])
+
+
+def list_presets() -> dict[str, str]:
+    """All preset names mapped to their family."""
+    return {preset: fam for fam in FAMILIES for preset in _family(fam).PRESETS}
+
+
+def preset_args(name: str) -> Any:
+    """The args dataclass of a preset (a fresh copy)."""
+    presets = list_presets()
+    if name not in presets:
+        raise UserError(f"unknown model preset {name!r} (known: {', '.join(sorted(presets))})")
+    return dataclasses.replace(_family(presets[name]).PRESETS[name])
+
+
+def family_of(args: Any) -> str:
+    """Family name of an args dataclass instance."""
+    for fam in FAMILIES:
+        if isinstance(args, _family(fam).Args):
+            return fam
+    raise UserError(f"{type(args).__name__} is not the args of any model family")
+
+
+def build(spec: str | Any | dict, **overrides: Any) -> nn.Module:
+    """Build a model from a preset name, an args dataclass or ``{"family": ..., "args": {...}}``.
+
+    Keyword ``overrides`` replace args fields. Honours ``with torch.device("meta")``.
+    """
+    if isinstance(spec, str):
+        args = preset_args(spec)
+    elif isinstance(spec, dict):
+        if "family" not in spec:
+            raise UserError("model config: missing key 'family'")
+        args = from_dict(_family(spec["family"]).Args, spec.get("args", {}), "args")
+    else:
+        args = spec
+    if overrides:
+        args = dataclasses.replace(args, **overrides)
+    return _family(family_of(args)).Model(args)
+
+
+def save(model: nn.Module, folder: str | os.PathLike) -> Path:
+    """Write ``model`` (config + safetensors) to ``folder`` atomically; returns the folder."""
+    args = getattr(model, "args", None)
+    if args is None:
+        raise UserError(f"{type(model).__name__} has no .args: not a megavg model")
+    config = {"format": FORMAT, "version": 1, "family": family_of(args), "args": to_dict(args)}
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v for k, v in state.items() if not k.endswith("_extra_state")}
+    with atomic_dir(folder) as tmp:
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        _write_weights(state, tmp)
+    return Path(folder)
+
+
+def _write_weights(state: dict[str, torch.Tensor], folder: Path) -> None:
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > MAX_SHARD_BYTES:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += nbytes
+    if len(shards) == 1:
+        save_file(shards[0], str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(folder / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+    (folder / INDEX_NAME).write_text(json.dumps({"weight_map": weight_map}, indent=2) + "\n")
+
+
+def read_config(folder: str | os.PathLike) -> dict:
+    """Parse and validate ``config.json`` of a model folder."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise UserError(f"{folder}: not a megavg model folder (no {CONFIG_NAME})")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: invalid JSON ({err})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise UserError(f"{path}: not a megavg model config (format is not {FORMAT!r})")
+    return config
+
+
+def load_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read every tensor of a model folder (single file or sharded index)."""
+    folder = Path(folder)
+    if (folder / INDEX_NAME).is_file():
+        files = sorted(set(json.loads((folder / INDEX_NAME).read_text())["weight_map"].values()))
+    elif (folder / WEIGHTS_NAME).is_file():
+        files = [WEIGHTS_NAME]
+    else:
+        raise UserError(f"{folder}: no {WEIGHTS_NAME} or {INDEX_NAME}")
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        try:
+            state.update(load_file(str(folder / name)))
+        except (SafetensorError, OSError) as err:
+            raise UserError(f"{folder / name}: unreadable safetensors file ({err})") from None
+    return state
+
+
+def load(folder: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """Load a model folder written by :func:`save` (exact key match, shapes checked)."""
+    config = read_config(folder)
+    with torch.device("meta"):
+        model = build({"family": config.get("family"), "args": config.get("args", {})})
+    state = load_state_dict(folder)
+    check_state_dict(model, state, str(folder))
+    model.load_state_dict(state, strict=False, assign=True)
+    return model.to(device=device, dtype=dtype)
+
+
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise one :class:`UserError` for missing, unexpected or mis-shaped keys, or non-finite weights."""
+    expected = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise UserError(f"{source}: weights do not match the model: {', '.join(parts)}")
+    for key, ref in expected.items():
+        if tuple(state[key].shape) != tuple(ref.shape):
+            raise UserError(
+                f"{source}: {key} has shape {tuple(state[key].shape)}, model expects {tuple(ref.shape)}"
+            )
+        if state[key].is_floating_point() and not torch.isfinite(state[key]).all():
+            raise UserError(f"{source}: {key} contains NaN or Inf")
