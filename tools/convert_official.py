@@ -12,7 +12,10 @@ import sys
 
 from megavg.utils.errors import UserError, run_cli
 
-CONVERTERS = {"dcaev": "megavg.models.dcaev.state_dict_adapter", "wan": "megavg.models.wan.state_dict_adapter"}
+CONVERTERS = {
+    "dcaev": "megavg.models.dcaev.state_dict_adapter",
+    "wan": "megavg.models.wan.state_dict_adapter",
+}
 
 
 def main(argv: list[str] | None = None) -> None:

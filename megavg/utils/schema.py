@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import types
-import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from megavg.utils.errors import UserError
@@ -32,9 +31,7 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise UserError(
-            f"config {_join(path, unknown[0])}: unknown key (known: {', '.join(sorted(names))})"
-        )
+        raise UserError(f"config {_join(path, unknown[0])}: unknown key (known: {', '.join(sorted(names))})")
     kwargs = {k: coerce(hints[k], v, _join(path, k)) for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -102,6 +99,3 @@ def _coerce_scalar(tp: Any, value: Any, path: str) -> Any:
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
-
-
-__all__ = ["to_dict", "from_dict", "coerce", "typing"]
