@@ -1,0 +1,76 @@
+"""Latent shards for precomputed training: per sample one safetensors blob + json metadata.
+
+Sample ``<key>.safetensors`` holds ``latents`` [C, T, H, W], ``text`` [L, D] (text-encoder output) and
+optionally ``text_mask`` [L] and ``image`` (e.g. first-frame latents); ``<key>.json`` holds the caption and
+the shapes. Batches stack latents (equal shapes required) and pad text to the longest L with a mask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from megavg.data.shards import write_shards
+from megavg.utils.errors import UserError
+
+REQUIRED = ("latents", "text")
+OPTIONAL = ("text_mask", "image")
+
+
+def encode_latent_sample(sample: dict, index: int) -> dict:
+    """One training sample (tensors + optional ``caption``/``key``) -> webdataset files."""
+    missing = [name for name in REQUIRED if name not in sample]
+    if missing:
+        raise UserError(f"latent sample {index}: missing tensor {missing[0]!r} (needs {', '.join(REQUIRED)})")
+    tensors = {k: sample[k].detach().cpu().contiguous() for k in REQUIRED + OPTIONAL if k in sample}
+    if tensors["latents"].ndim != 4 or tensors["text"].ndim != 2:
+        raise UserError(f"latent sample {index}: latents must be [C, T, H, W] and text [L, D]")
+    blob = save_tensors(tensors)
+    key = sample.get("key") or hashlib.sha1(blob).hexdigest()[:16]
+    meta = {"caption": sample.get("caption", ""), "shapes": {k: list(v.shape) for k, v in tensors.items()}}
+    return {"__key__": key, "safetensors": blob, "json": json.dumps(meta).encode()}
+
+
+def write_latent_shards(
+    samples: Iterable[dict], out_dir: str | os.PathLike, samples_per_shard: int = 100, overwrite: bool = False
+) -> list[dict]:
+    """Write latent training samples as webdataset shards (atomic folder + index.json)."""
+    encoded: Iterator[dict] = (encode_latent_sample(s, i) for i, s in enumerate(samples))
+    return write_shards(encoded, out_dir, "latent", samples_per_shard, overwrite)
+
+
+def decode_latent_sample(raw: dict) -> dict:
+    """webdataset sample -> {"latents", "text", ..., "caption"}; raises on missing or broken parts."""
+    tensors = load_tensors(raw["safetensors"])
+    for name in REQUIRED:
+        if name not in tensors:
+            raise ValueError(f"no {name!r} tensor")
+    meta = json.loads(raw["json"]) if "json" in raw else {}
+    return {**tensors, "caption": str(meta.get("caption", ""))}
+
+
+def collate_latents(items: list[dict]) -> dict:
+    """Stack latents [B, C, T, H, W]; pad text to [B, L, D] with ``text_mask`` [B, L] (True = token)."""
+    shapes = {tuple(item["latents"].shape) for item in items}
+    if len(shapes) > 1:
+        raise UserError(
+            f"latent shapes differ inside one batch {sorted(shapes)}: write one shard set per bucket"
+        )
+    length = max(item["text"].shape[0] for item in items)
+    text = torch.zeros(len(items), length, items[0]["text"].shape[1], dtype=items[0]["text"].dtype)
+    mask = torch.zeros(len(items), length, dtype=torch.bool)
+    for i, item in enumerate(items):
+        n = item["text"].shape[0]
+        text[i, :n] = item["text"]
+        mask[i, :n] = item["text_mask"].bool() if "text_mask" in item else True
+    batch = {"latents": torch.stack([item["latents"] for item in items]), "text": text, "text_mask": mask}
+    if all("image" in item for item in items):
+        batch["image"] = torch.stack([item["image"] for item in items])
+    batch["caption"] = [item["caption"] for item in items]
+    return batch

@@ -1,0 +1,172 @@
+"""Per-rank batch iterator over webdataset shards: split by data-parallel rank, shuffled, endless.
+
+Sample stream of one data-parallel rank (one stream per loader worker, see below):
+
+    shards of this rank --(epoch-wise order from seed)--> tar samples --(seeded shuffle buffer)-->
+    raw position i = 0, 1, 2, ... --(decode: clip + resize, corrupt -> next good one)--> slots -->
+    batch s = slots [s*B, (s+1)*B)
+
+Everything is a function of (seed, dp_rank, num_workers): SP ranks of one group pass the same dp_rank and
+get identical batches, and ``start_step=k`` skips k*B raw samples (read, not decoded) so that a resumed run
+gets the batches k, k+1, ... of an uninterrupted one. A corrupt sample's slot is filled by the next good
+sample, so slot positions never shift. The stream never ends, so every rank yields the same number of
+batches (no DDP hang); the trainer decides how many steps to take.
+
+With ``num_workers = W > 0`` the rank's shards are split over W streams and batch s comes from stream
+s mod W (torch's DataLoader returns worker batches round-robin); the batches then differ from W = 0 but
+are still deterministic and resumable for the same W.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import itertools
+import json
+import random
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from megavg.data.config import DataConfig
+from megavg.data.latents import collate_latents, decode_latent_sample
+from megavg.data.shards import StreamStats, list_shards, resampled_samples, split_shards
+from megavg.data.video import clip_start, decode_frames, decode_size, nearest_bucket, resize_crop
+from megavg.utils.errors import UserError
+
+VIDEO_EXTS = ("mp4", "webm", "mkv", "mov", "avi")
+
+
+@dataclasses.dataclass
+class LoaderStats:
+    """What the loader did so far (summed over its workers)."""
+
+    batches: int = 0
+    skipped: int = 0  # corrupt samples skipped (each revisit counts)
+    shard_errors: int = 0  # unreadable tar data (truncated or broken shards)
+
+
+class ShardLoader:
+    """Endless iterator of batches for one data-parallel rank; see the module docstring."""
+
+    def __init__(self, cfg: DataConfig, dp_rank: int, dp_size: int, seed: int, start_step: int = 0):
+        if not 0 <= dp_rank < dp_size:
+            raise UserError(f"data-parallel rank {dp_rank} is outside [0, {dp_size})")
+        if start_step < 0:
+            raise UserError(f"start step must be >= 0, got {start_step}")
+        urls = split_shards(list_shards(cfg.shards, cfg.kind), dp_rank, dp_size, "data-parallel ranks")
+        split_shards(urls, 0, max(1, cfg.num_workers), f"loader workers of data-parallel rank {dp_rank}")
+        self.cfg, self.shards, self.stats = cfg, urls, LoaderStats()
+        self._dataset = RankStream(cfg, urls, f"seed{seed}/dp{dp_rank}", start_step)
+
+    @property
+    def skipped(self) -> int:
+        """Corrupt samples skipped so far."""
+        return self.stats.skipped
+
+    def __iter__(self) -> Iterator[dict]:
+        if self.cfg.num_workers == 0:
+            source = iter(self._dataset)
+        else:
+            source = iter(DataLoader(self._dataset, batch_size=None, num_workers=self.cfg.num_workers))
+        for batch in source:
+            self.stats.skipped += int(batch.pop("_skipped"))
+            self.stats.shard_errors += int(batch.pop("_shard_errors"))
+            self.stats.batches += 1
+            yield batch
+
+
+def build_loader(cfg: DataConfig, dp_rank: int, dp_size: int, seed: int, start_step: int = 0) -> ShardLoader:
+    """The batch iterator of data-parallel rank ``dp_rank`` of ``dp_size``, positioned at ``start_step``.
+
+    Video batches: {"video": float32 [B, 3, T, H, W] in [-1, 1], "caption": [str], "key": [str]}.
+    Latent batches: {"latents": [B, C, T, H, W], "text": [B, L, D], "text_mask": bool [B, L],
+    optional "image", "caption", "key"}.
+    """
+    return ShardLoader(cfg, dp_rank, dp_size, seed, start_step)
+
+
+class RankStream(IterableDataset):
+    """The batches of one rank (or of one loader worker of it), as a torch IterableDataset."""
+
+    def __init__(self, cfg: DataConfig, urls: list[str], seed: str, start_step: int):
+        super().__init__()
+        self.cfg, self.urls, self.seed, self.start_step = cfg, urls, seed, start_step
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        role = (worker + self.start_step) % workers  # stream that owns batch start_step + worker
+        key = f"{self.seed}/stream{role}of{workers}"
+        stats = StreamStats()
+        raw = resampled_samples(split_shards(self.urls, role, workers, "loader workers"), key, stats)
+        bufsize = self.cfg.shuffle_buffer
+        shuffled = wds.shuffle(bufsize, bufsize, rng=random.Random(f"{key}/shuffle"))(raw)
+        done = len(range(role, self.start_step, workers))  # batches this stream gave before start_step
+        indexed = itertools.islice(enumerate(shuffled), done * self.cfg.batch_size, None)
+        decode, collate = self._video_fns(key) if self.cfg.kind == "video" else (_decode_latent, _collate)
+        slots = fill_forward(indexed, decode, stats, bufsize)
+        reported = StreamStats()
+        while True:
+            batch = collate(list(itertools.islice(slots, self.cfg.batch_size)))
+            batch["_skipped"] = stats.skipped - reported.skipped  # new since the last batch
+            batch["_shard_errors"] = stats.shard_errors - reported.shard_errors
+            reported.skipped, reported.shard_errors = stats.skipped, stats.shard_errors
+            yield batch
+
+    def _video_fns(self, key: str) -> tuple[Callable, Callable]:
+        cfg, buckets = self.cfg, self.cfg.bucket_sizes
+
+        def decode(raw: dict, index: int) -> dict:
+            meta = json.loads(raw["json"])
+            data = next((raw[ext] for ext in VIDEO_EXTS if ext in raw), None)
+            if data is None:
+                raise ValueError(f"no video file ({'/'.join(VIDEO_EXTS)}) in sample")
+            rng = np.random.default_rng(_seed_int(f"{key}/clip{index}"))
+            start = clip_start(rng, int(meta["frames"]), cfg.frames, cfg.frame_stride)
+            size = decode_size(int(meta["height"]), int(meta["width"]), buckets)
+            frames = decode_frames(data, start, cfg.frames, cfg.frame_stride, size)
+            return {"frames": frames, "caption": str(meta.get("caption", "")), "key": raw["__key__"]}
+
+        def collate(items: list[dict]) -> dict:
+            votes = collections.Counter(nearest_bucket(*it["frames"].shape[1:3], buckets) for it in items)
+            bucket = max(buckets, key=lambda b: votes[b])  # most common; ties: first in the list
+            video = torch.stack([resize_crop(it["frames"], bucket) for it in items])  # B, 3, T, H, W
+            captions, keys = [it["caption"] for it in items], [it["key"] for it in items]
+            return {"video": video, "caption": captions, "key": keys}
+
+        return decode, collate
+
+
+def _decode_latent(raw: dict, index: int) -> dict:
+    return {**decode_latent_sample(raw), "key": raw["__key__"]}
+
+
+def _collate(items: list[dict]) -> dict:
+    return {**collate_latents(items), "key": [it["key"] for it in items]}
+
+
+def _seed_int(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def fill_forward(indexed: Iterator, decode: Callable, stats: StreamStats, bufsize: int) -> Iterator[dict]:
+    """Decode (position, raw sample) pairs; a corrupt sample is counted, warned about once, and its
+    slot filled by the next good sample. Raises UserError when no sample of a whole epoch decodes."""
+    pending, failures = 0, 0
+    for index, raw in indexed:
+        try:
+            item = decode(raw, index)
+        except Exception as err:  # any failure of one sample's data must not stop training
+            pending, failures, stats.skipped = pending + 1, failures + 1, stats.skipped + 1
+            name, shard = raw.get("__key__", "?"), raw.get("__url__", "?")
+            stats.warn_once(f"{shard}:{name}", f"skipping corrupt sample {name} in shard {shard}: {err!r}")
+            if stats.samples_per_epoch is not None and failures > stats.samples_per_epoch + bufsize:
+                raise UserError(f"no sample decodes (last: {name} in {shard}: {err!r})") from None
+            continue
+        yield from itertools.repeat(item, pending + 1)
+        pending, failures = 0, 0
