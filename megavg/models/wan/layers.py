@@ -1,0 +1,183 @@
+"""Building blocks of the Wan-2.1 DiT: condition embeddings, attentions, feed-forward, block, output head.
+
+Precision follows Wan: LayerNorms, modulation and residual updates in float32, cast back to the
+activation dtype. Block linears come from :func:`megavg.layers.make_linear` (TE or torch); the embeddings,
+the I2V image key/value projections (257 CLIP tokens, not FP8-friendly) and the head stay torch linears.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megavg.layers import Fp32LayerNorm, apply_rope, attention, make_linear, make_rms_norm
+from megavg.models.wan.args import Args
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """[B] timesteps -> [B, dim] float32 (cos half first, then sin)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    angles = t.float()[:, None] * freqs[None, :]
+    return torch.cat([angles.cos(), angles.sin()], dim=-1)
+
+
+class TimeEmbedding(nn.Module):
+    """Timestep -> (embedding [B, dim] for the head, projection [B, 6, dim] for the blocks' modulation)."""
+
+    def __init__(self, freq_dim: int, dim: int):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.linear_1 = nn.Linear(freq_dim, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, 6 * dim)
+
+    def forward(self, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freq = sinusoidal_embedding(t, self.freq_dim).to(self.linear_1.weight.dtype)
+        emb = self.linear_2(F.silu(self.linear_1(freq))).to(dtype)
+        return emb, self.proj(F.silu(emb)).unflatten(1, (6, -1))  # [B, 6, dim]
+
+
+class TextEmbedding(nn.Module):
+    """Text encoder states [B, L, text_dim] -> [B, L, dim] (Linear, tanh-GELU, Linear)."""
+
+    def __init__(self, text_dim: int, dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(text_dim, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.gelu(self.linear_1(text), approximate="tanh"))
+
+
+class ImageEmbedding(nn.Module):
+    """CLIP image tokens [B, L', image_dim] -> [B, L', dim] (LayerNorm, MLP with GELU, LayerNorm)."""
+
+    def __init__(self, image_dim: int, dim: int):
+        super().__init__()
+        self.norm_in = Fp32LayerNorm(image_dim)
+        self.linear_1 = nn.Linear(image_dim, image_dim)
+        self.linear_2 = nn.Linear(image_dim, dim)
+        self.norm_out = Fp32LayerNorm(dim)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.norm_in(image).type_as(image)
+        x = self.linear_2(F.gelu(self.linear_1(x)))
+        return self.norm_out(x).type_as(image)
+
+
+class AttentionCore(nn.Module):
+    """The attention entry point: RoPE (if given) on q and k, then softmax attention.
+
+    q/k/v are [B, S, H, D]; ``rope`` holds (cos, sin) tables for the global positions of q/k. Sequence
+    parallelism wraps this module (see :mod:`megavg.models.wan.parallelize`).
+    """
+
+    def __init__(self, backend: str):
+        super().__init__()
+        self.backend = backend
+
+    def forward(self, q, k, v, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        return attention(q, k, v, self.backend)
+
+
+class SelfAttention(nn.Module):
+    """Self-attention with RMS q/k norm across heads and 3-D RoPE."""
+
+    def __init__(self, args: Args):
+        super().__init__()
+        dim, backend = args.dim, args.layers.linear
+        self.num_heads = args.num_heads
+        self.q, self.k, self.v, self.o = (make_linear(dim, dim, backend) for _ in range(4))
+        self.norm_q = make_rms_norm(dim, args.eps, backend)
+        self.norm_k = make_rms_norm(dim, args.eps, backend)
+        self.core = AttentionCore(args.layers.attention)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        heads = (self.num_heads, -1)
+        q = self.norm_q(self.q(x)).unflatten(-1, heads)  # [B, S, H, D]
+        k = self.norm_k(self.k(x)).unflatten(-1, heads)
+        v = self.v(x).unflatten(-1, heads)
+        return self.o(self.core(q, k, v, rope).flatten(-2).type_as(x))
+
+
+class CrossAttention(nn.Module):
+    """Cross-attention of the video tokens to text, plus (I2V) to CLIP image tokens via added k/v."""
+
+    def __init__(self, args: Args):
+        super().__init__()
+        dim, backend = args.dim, args.layers.linear
+        self.num_heads = args.num_heads
+        self.backend = args.layers.attention
+        self.q, self.k, self.v, self.o = (make_linear(dim, dim, backend) for _ in range(4))
+        self.norm_q = make_rms_norm(dim, args.eps, backend)
+        self.norm_k = make_rms_norm(dim, args.eps, backend)
+        if args.is_i2v:
+            self.k_img = nn.Linear(dim, dim)
+            self.v_img = nn.Linear(dim, dim)
+            self.norm_k_img = make_rms_norm(dim, args.eps, backend)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
+        heads = (self.num_heads, -1)
+        q = self.norm_q(self.q(x)).unflatten(-1, heads)  # [B, S, H, D]
+        k = self.norm_k(self.k(text)).unflatten(-1, heads)  # [B, L, H, D]
+        out = attention(q, k, self.v(text).unflatten(-1, heads), self.backend)
+        if image is not None:
+            k_img = self.norm_k_img(self.k_img(image)).unflatten(-1, heads)  # [B, L', H, D]
+            out = out + attention(q, k_img, self.v_img(image).unflatten(-1, heads), self.backend)
+        return self.o(out.flatten(-2).type_as(x))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, args: Args):
+        super().__init__()
+        self.fc1 = make_linear(args.dim, args.ffn_dim, args.layers.linear)
+        self.fc2 = make_linear(args.ffn_dim, args.dim, args.layers.linear)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class WanBlock(nn.Module):
+    """adaLN-modulated self-attention, cross-attention and FFN (six modulation vectors per block)."""
+
+    def __init__(self, args: Args):
+        super().__init__()
+        self.norm_self = Fp32LayerNorm(args.dim, args.eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(args)
+        self.norm_cross = Fp32LayerNorm(args.dim, args.eps) if args.cross_attn_norm else None
+        self.cross_attn = CrossAttention(args)
+        self.norm_ffn = Fp32LayerNorm(args.dim, args.eps, elementwise_affine=False)
+        self.ffn = FeedForward(args)
+        self.modulation = nn.Parameter(torch.randn(1, 6, args.dim) / args.dim**0.5)
+
+    def forward(self, x, text, image, time_proj, rope):
+        """x [B, S, dim]; text [B, L, dim]; image [B, L', dim] or None; time_proj [B, 6, dim]."""
+        shift, scale, gate, ffn_shift, ffn_scale, ffn_gate = (self.modulation + time_proj.float()).chunk(
+            6, dim=1
+        )
+        h = (self.norm_self(x) * (1 + scale) + shift).type_as(x)
+        x = (x.float() + self.self_attn(h, rope) * gate).type_as(x)
+        h = self.norm_cross(x).type_as(x) if self.norm_cross is not None else x
+        x = x + self.cross_attn(h, text, image)
+        h = (self.norm_ffn(x) * (1 + ffn_scale) + ffn_shift).type_as(x)
+        return (x.float() + self.ffn(h).float() * ffn_gate).type_as(x)
+
+
+class Head(nn.Module):
+    """Final modulated LayerNorm and linear to ``out_channels * prod(patch)`` values per token."""
+
+    def __init__(self, args: Args):
+        super().__init__()
+        self.norm = Fp32LayerNorm(args.dim, args.eps, elementwise_affine=False)
+        self.linear = nn.Linear(args.dim, args.out_channels * math.prod(args.patch_size))
+        self.modulation = nn.Parameter(torch.randn(1, 2, args.dim) / args.dim**0.5)
+
+    def forward(self, x: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
+        shift, scale = (self.modulation + time_emb[:, None]).chunk(2, dim=1)  # [B, 1, dim] each
+        return self.linear((self.norm(x) * (1 + scale) + shift).type_as(x))

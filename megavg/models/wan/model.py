@@ -1,0 +1,97 @@
+"""The Wan-2.1 diffusion transformer (T2V and I2V), readable top to bottom.
+
+    latents [B, C, T, H, W] --patch_embed--> tokens [B, S, dim], S = T/pt * H/ph * W/pw
+    timestep [B] --time_embed--> modulation;  text [B, L, text_dim] (and CLIP image [B, L', image_dim])
+    --> blocks (self-attn with 3-D RoPE, cross-attn, FFN) --> head --> unpatchify --> [B, C_out, T, H, W]
+
+The model knows nothing of ranks: sequence parallelism replaces ``token_shard`` / ``token_gather`` and
+wraps each block's ``self_attn.core`` afterwards (:func:`megavg.models.wan.parallelize.apply_ulysses`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from megavg.layers import fp8_autocast, fp8_blocks, rope_tables
+from megavg.models.wan.args import Args
+from megavg.models.wan.layers import Head, ImageEmbedding, TextEmbedding, TimeEmbedding, WanBlock
+from megavg.utils.errors import UserError
+
+
+class TokenIdentity(nn.Module):
+    """Placeholder for the token shard / gather points (identity without sequence parallelism)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class Model(nn.Module):
+    """Wan-2.1 DiT. ``forward(latents, timestep, text, image=None)`` -> prediction [B, C_out, T, H, W]."""
+
+    def __init__(self, args: Args):
+        super().__init__()
+        self.args = args
+        self.patch_embed = nn.Conv3d(args.in_channels, args.dim, args.patch_size, stride=args.patch_size)
+        self.time_embed = TimeEmbedding(args.freq_dim, args.dim)
+        self.text_embed = TextEmbedding(args.text_dim, args.dim)
+        self.image_embed = ImageEmbedding(args.image_dim, args.dim) if args.is_i2v else None
+        self.blocks = nn.ModuleList(WanBlock(args) for _ in range(args.num_layers))
+        self.head = Head(args)
+        self.token_shard = TokenIdentity()
+        self.token_gather = TokenIdentity()
+        self.fp8_group = None  # amax reduction group, set by the engine when FP8 is on
+
+    def forward(self, latents, timestep, text, image=None) -> torch.Tensor:
+        """latents [B, C, T, H, W]; timestep [B]; text [B, L, text_dim]; image [B, L', image_dim] (I2V)."""
+        grid = self._check_inputs(latents, image)
+        x = self.patch_embed(latents).flatten(2).transpose(1, 2)  # [B, S, dim]
+        rope = rope_tables(self.args.head_dim, grid, self.args.rope_theta, latents.device)
+        time_emb, time_proj = self.time_embed(timestep, text.dtype)
+        text = self.text_embed(text)
+        image = self.image_embed(image) if image is not None else None
+        x = self.token_shard(x)  # [B, S_local, dim]
+        x = self._run_blocks(x, text, image, time_proj, rope)
+        x = self.token_gather(self.head(x, time_emb))  # [B, S, C_out * pt * ph * pw]
+        return self.unpatchify(x, grid)
+
+    def _run_blocks(self, x, text, image, time_proj, rope) -> torch.Tensor:
+        in_fp8 = fp8_blocks(len(self.blocks), self.args.layers.fp8)
+        for block, fp8 in zip(self.blocks, in_fp8):
+            with fp8_autocast(fp8, self.args.layers.fp8, self.fp8_group):
+                if self.args.grad_checkpointing and torch.is_grad_enabled():
+                    x = checkpoint(block, x, text, image, time_proj, rope, use_reentrant=False)
+                else:
+                    x = block(x, text, image, time_proj, rope)
+        return x
+
+    def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """[B, T'*H'*W', C*pt*ph*pw] -> [B, C, T'*pt, H'*ph, W'*pw]."""
+        (pt, ph, pw), (t, h, w) = self.args.patch_size, grid
+        x = x.reshape(x.shape[0], t, h, w, pt, ph, pw, -1)
+        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # [B, C, T', pt, H', ph, W', pw]
+        return x.reshape(x.shape[0], x.shape[1], t * pt, h * ph, w * pw)
+
+    def _check_inputs(self, latents: torch.Tensor, image: torch.Tensor | None) -> tuple[int, int, int]:
+        if latents.ndim != 5 or latents.shape[1] != self.args.in_channels:
+            raise UserError(
+                f"wan: latents must be [B, {self.args.in_channels}, T, H, W], got {tuple(latents.shape)}"
+            )
+        if (image is not None) != self.args.is_i2v:
+            kind = "I2V needs" if self.args.is_i2v else "T2V takes no"
+            raise UserError(
+                f"wan: this model is {'I2V' if self.args.is_i2v else 'T2V'}: {kind} CLIP image tokens"
+            )
+        sizes = latents.shape[2:]
+        if any(n % p for n, p in zip(sizes, self.args.patch_size)):
+            raise UserError(
+                f"wan: latent size {tuple(sizes)} is not divisible by patch {self.args.patch_size}"
+            )
+        return tuple(n // p for n, p in zip(sizes, self.args.patch_size))
+
+    def num_tokens(self, latent_shape: tuple[int, ...]) -> int:
+        """Sequence length for latents of shape (..., T, H, W)."""
+        return math.prod(n // p for n, p in zip(latent_shape[-3:], self.args.patch_size))
