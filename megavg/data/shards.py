@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import random
+import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -130,8 +131,11 @@ def shard_error_handler(stats: StreamStats) -> Callable[[Exception], bool]:
 
     def handler(exn: Exception) -> bool:
         stats.shard_errors += 1
-        shard = next((a for a in exn.args[1:] if isinstance(a, str)), "?")
-        reason = exn.args[0] if exn.args else exn
+        # webdataset appends the url to the args, or (inside a tar) " @ <stream repr>" to the message
+        message = str(exn.args[0]) if exn.args else repr(exn)
+        reason, _, stream = message.partition(" @ ")
+        named = re.search(r"name='([^']+)'", stream)
+        shard = next((a for a in exn.args[1:] if isinstance(a, str)), named[1] if named else "?")
         stats.warn_once(f"shard:{shard}", f"skipping unreadable data in shard {shard}: {reason}")
         return True
 
