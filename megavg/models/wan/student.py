@@ -50,9 +50,8 @@ def make_student(
 
 
 def _new_embedder(args, like: torch.Tensor) -> nn.Conv3d:
-    return nn.Conv3d(
-        args.in_channels, args.dim, args.patch_size, stride=args.patch_size, device=like.device, dtype=like.dtype
-    )
+    kernel = args.patch_size
+    return nn.Conv3d(args.in_channels, args.dim, kernel, stride=kernel, device=like.device, dtype=like.dtype)
 
 
 def _zero_linear(in_features: int, out_features: int, like: torch.Tensor) -> nn.Linear:
