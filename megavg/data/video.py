@@ -55,22 +55,27 @@ def probe_video(source: bytes | str | os.PathLike, name: str) -> VideoInfo:
 def decode_frames(data: bytes, start: int, count: int, stride: int, size: tuple[int, int]) -> np.ndarray:
     """Decode frames ``start, start+stride, ...`` (``count`` of them), scaled to ``size`` = (H, W).
 
-    Decoding runs from the first frame and stops after the last frame needed. Returns uint8
-    [count, H, W, 3]. Raises ValueError when the video ends early, av errors when it is corrupt.
+    Frame i is the one shown at time i / fps: decoding seeks to the keyframe before ``start`` and stops
+    after the last frame needed (a video without timestamps is decoded from its first frame). Returns
+    uint8 [count, H, W, 3]. Raises ValueError when the video ends early, av errors when it is corrupt.
     """
-    wanted = start + (count - 1) * stride
     out = []
     with _open(data) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        for index, frame in enumerate(container.decode(stream)):
-            if index >= start and (index - start) % stride == 0:
-                rgb = frame.reformat(width=size[1], height=size[0], format="rgb24")
-                out.append(rgb.to_ndarray())
-            if index >= wanted:
-                break
+        rate, base = stream.average_rate, stream.time_base
+        first = stream.start_time or 0
+        timed = bool(rate and base)
+        if timed and start > 0:
+            container.seek(first + int(start / (rate * base)), stream=stream, backward=True, any_frame=False)
+        for position, frame in enumerate(container.decode(stream)):
+            index = round((frame.pts - first) * base * rate) if timed and frame.pts is not None else position
+            if index >= start + len(out) * stride:  # the wanted frame, or the next one after a gap
+                out.append(frame.reformat(width=size[1], height=size[0], format="rgb24").to_ndarray())
+                if len(out) == count:
+                    break
     if len(out) < count:
-        raise ValueError(f"video has fewer than {wanted + 1} frames")
+        raise ValueError(f"video has fewer than {start + (count - 1) * stride + 1} frames")
     return np.stack(out)
 
 

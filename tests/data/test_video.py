@@ -49,6 +49,18 @@ def test_decode_frames_picks_the_strided_frames():
         decode_frames(carphone().read_bytes(), start=110, count=4, stride=5, size=(36, 44))
 
 
+@pytest.mark.parametrize("start", [100, 200])  # bikes.mp4 has keyframes at 0, 30, 76, 137, 187, 242
+def test_decode_frames_seeks_to_the_right_frames(start):
+    bikes = next(p for p in real_clips() if p.name == "bikes.mp4")
+    with av.open(str(bikes)) as container:
+        every = [
+            f.reformat(width=80, height=34, format="rgb24").to_ndarray() for f in container.decode(video=0)
+        ]
+    clip = decode_frames(bikes.read_bytes(), start=start, count=3, stride=4, size=(34, 80))
+    for i, frame in enumerate(clip):
+        np.testing.assert_array_equal(frame, every[start + 4 * i])
+
+
 def test_clip_start_is_uniform_over_valid_starts():
     rng = np.random.default_rng(0)
     starts = {clip_start(rng, total=20, count=4, stride=2) for _ in range(500)}
