@@ -1,0 +1,1 @@
+"""Parallelism: process-group state (:mod:`.state`), Ulysses all-to-all, halo exchange for causal convs."""

@@ -1,0 +1,149 @@
+"""Process-group state: one place that builds and hands out the data- and sequence-parallel groups.
+
+In the spirit of Megatron-Core's ``parallel_state``. The world of ``W`` ranks is split into ``W / sp``
+sequence-parallel (SP) groups of ``sp`` *contiguous* ranks (inside a node, where all-to-all is fast) and
+``sp`` data-parallel (DP) groups of ranks with the same SP rank::
+
+    W = 4, sp = 2:   SP groups [0 1] [2 3]      DP groups [0 2] [1 3]
+
+ZeRO-3 partitions parameters, gradients and optimizer state over all ``W`` ranks (the "sequence-data"
+group). The module object itself is the ``mpu`` handed to ``deepspeed.initialize``: DeepSpeed then sums
+gradients over each SP group and averages them over DP, which is exactly what the SP layers need (their
+per-rank gradients sum to the single-process gradient; see ``megavg.parallel.ulysses``).
+SP degree 1 means sequence parallelism is off: every rank is its own SP group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.distributed as dist
+
+from megavg.utils.errors import UserError
+
+
+@dataclass(frozen=True)
+class _Groups:
+    sp_size: int
+    sp_group: dist.ProcessGroup
+    sp_ranks: tuple[int, ...]
+    dp_group: dist.ProcessGroup
+    dp_ranks: tuple[int, ...]
+    world_group: dist.ProcessGroup
+
+
+_STATE: _Groups | None = None
+
+
+def initialize(sp_size: int = 1) -> None:
+    """Build the SP and DP groups (collective: every rank must call it with the same ``sp_size``)."""
+    global _STATE
+    if not dist.is_initialized():
+        raise RuntimeError("torch.distributed is not initialized; call deepspeed.init_distributed first")
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if sp_size < 1 or world % sp_size:
+        raise UserError(f"parallel.sp_size={sp_size} does not divide the world size {world}")
+    sp_group = dp_group = None
+    sp_ranks = dp_ranks = ()
+    # new_group is collective: every rank creates every group, keeps the ones it belongs to.
+    for start in range(0, world, sp_size):
+        ranks = tuple(range(start, start + sp_size))
+        group = dist.new_group(list(ranks))
+        if rank in ranks:
+            sp_group, sp_ranks = group, ranks
+    for offset in range(sp_size):
+        ranks = tuple(range(offset, world, sp_size))
+        group = dist.new_group(list(ranks))
+        if rank in ranks:
+            dp_group, dp_ranks = group, ranks
+    _STATE = _Groups(sp_size, sp_group, sp_ranks, dp_group, dp_ranks, dist.group.WORLD)
+
+
+# DeepSpeed recognises an SP-aware mpu (like its own ``sequence_parallel.parallel_state_sp``) by this name:
+# it then takes ZeRO groups from the sequence-data getters and no tensor-parallel group from us.
+initialize_sequence_parallel = initialize
+
+
+def is_initialized() -> bool:
+    return _STATE is not None
+
+
+def destroy() -> None:
+    """Forget the groups (the process groups themselves die with the default group)."""
+    global _STATE
+    _STATE = None
+
+
+def _state() -> _Groups:
+    if _STATE is None:
+        raise RuntimeError("megavg.parallel.state is not initialized; call initialize(sp_size) first")
+    return _STATE
+
+
+# -- sequence parallel ---------------------------------------------------------------------------------
+def get_sequence_parallel_group() -> dist.ProcessGroup:
+    return _state().sp_group
+
+
+def get_sequence_parallel_world_size() -> int:
+    return _state().sp_size
+
+
+def get_sequence_parallel_rank() -> int:
+    return _state().sp_ranks.index(dist.get_rank())
+
+
+def get_sequence_parallel_src_rank() -> int:
+    """Global rank of the first rank of my SP group (the one that broadcasts shared inputs)."""
+    return _state().sp_ranks[0]
+
+
+# -- data parallel (ranks that see different samples) --------------------------------------------------
+def get_data_parallel_group() -> dist.ProcessGroup:
+    return _state().dp_group
+
+
+def get_data_parallel_group_ranks() -> list[int]:
+    return list(_state().dp_ranks)
+
+
+def get_data_parallel_world_size() -> int:
+    return len(_state().dp_ranks)
+
+
+def get_data_parallel_rank() -> int:
+    return _state().dp_ranks.index(dist.get_rank())
+
+
+# -- sequence x data parallel (ZeRO partitioning and gradient reduction) -------------------------------
+def get_sequence_data_parallel_group() -> dist.ProcessGroup:
+    return _state().world_group
+
+
+def get_sequence_data_parallel_world_size() -> int:
+    return dist.get_world_size()
+
+
+def get_sequence_data_parallel_rank() -> int:
+    return dist.get_rank()
+
+
+# -- no tensor / pipeline parallelism: DeepSpeed asks for these through its mpu interface --------------
+def get_model_parallel_world_size() -> int:
+    return 1
+
+
+def get_model_parallel_rank() -> int:
+    return 0
+
+
+def get_tensor_model_parallel_world_size() -> int:
+    return 1
+
+
+def get_tensor_model_parallel_rank() -> int:
+    return 0
+
+
+def get_pipeline_model_parallel_world_size() -> int:
+    return 1

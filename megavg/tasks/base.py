@@ -1,0 +1,102 @@
+"""What every task shares: building the model from ``model:``, freezing, and the loss interface."""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import importlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from megavg.models import registry
+from megavg.utils.errors import UserError
+from megavg.utils.schema import from_dict, to_dict
+
+
+@dataclasses.dataclass
+class StepContext:
+    """Per-micro-batch facts a task may need. ``generator`` is seeded from (seed, micro-batch index,
+    data-parallel rank): every rank of one SP group draws the same noise and timesteps."""
+
+    step: int
+    generator: torch.Generator
+    device: torch.device
+    dtype: torch.dtype
+    sp_group: Any = None
+
+
+def model_args(model_cfg) -> Any:
+    """The model's args dataclass: the preset's (or ``init`` folder's) fields updated by ``model.args``.
+
+    Cheap (no weights): used to validate the config before launch.
+    """
+    if model_cfg.init:
+        config = registry.read_config(model_cfg.init)
+        family = importlib.import_module(registry.FAMILIES[config["family"]])
+        base = from_dict(family.Args, config.get("args", {}), f"{model_cfg.init} args")
+    else:
+        base = registry.preset_args(model_cfg.preset)
+    merged = {**to_dict(base), **model_cfg.args}
+    if model_cfg.activation_checkpointing:
+        if "grad_checkpointing" not in merged:
+            name = type(base).__module__
+            raise UserError(f"config model.activation_checkpointing: {name} models do not support it")
+        merged["grad_checkpointing"] = True
+    return from_dict(type(base), merged, "model.args")
+
+
+def set_trainable(model: nn.Module, patterns: list[str]) -> list[nn.Parameter]:
+    """Freeze every parameter whose name matches none of ``patterns`` (empty = train all)."""
+    if not patterns:
+        return [p for p in model.parameters() if p.requires_grad]
+    names = [name for name, _ in model.named_parameters()]
+    for pattern in patterns:
+        if not fnmatch.filter(names, pattern):
+            raise UserError(f"config model.trainable: {pattern!r} matches no parameter")
+    trainable = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(any(fnmatch.fnmatchcase(name, p) for p in patterns))
+        if param.requires_grad:
+            trainable.append(param)
+    return trainable
+
+
+class Task:
+    """Base objective. Subclasses set ``Args`` and implement :meth:`loss` (and :meth:`parallelize` when
+    they support sequence parallelism)."""
+
+    Args: type = dict
+
+    def __init__(self, args: Any, cfg) -> None:
+        self.args = args
+        self.cfg = cfg
+
+    def validate(self) -> None:
+        """Cheap checks run before launch (default: the model args resolve)."""
+        model_args(self.cfg.model)
+
+    def build_model(self) -> nn.Module:
+        """The model to train, in fp32 on CPU, weights from ``model.init`` when set."""
+        model = registry.build(model_args(self.cfg.model))
+        if self.cfg.model.init:
+            state = registry.load_state_dict(self.cfg.model.init)
+            registry.check_state_dict(model, state, self.cfg.model.init)
+            model.load_state_dict(state, strict=False)
+        return model
+
+    def parallelize(self, model: nn.Module, sp_group) -> nn.Module:
+        """Apply sequence parallelism over ``sp_group`` (called only when ``parallel.sp_size > 1``)."""
+        raise UserError(f"config parallel.sp_size: task {type(self).__name__} has no sequence parallelism")
+
+    def loss(self, model: nn.Module, batch: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
+        """Loss terms of one micro-batch; ``"loss"`` is the total that is back-propagated.
+
+        With SP every rank of the group returns the same full loss (SP-sum gradient semantics).
+        """
+        raise NotImplementedError
+
+    def tokens(self, batch: dict) -> int:
+        """Tokens (latent positions) in ``batch``, for the tokens/s metric."""
+        return 0

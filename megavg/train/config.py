@@ -1,0 +1,181 @@
+"""The training config tree: dataclasses, loaded from YAML plus ``section.key=value`` overrides.
+
+Every key is checked (unknown keys and wrong types are errors naming the key path) before any process
+group or DeepSpeed engine exists, so a typo fails in seconds with one line. A YAML file lists only what
+it changes from these defaults. The resolved tree is written to ``run.dir/config.yaml`` and into every
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from megavg.data.config import DataConfig
+from megavg.utils.errors import UserError
+from megavg.utils.schema import from_dict, to_dict
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """``dir`` holds ``checkpoints/`` (DeepSpeed tags + ``latest``), ``tensorboard/``, ``metrics.jsonl``
+    and ``config.yaml``; rerunning the same command resumes from ``checkpoints/latest``."""
+
+    dir: str = "runs/default"
+
+
+@dataclasses.dataclass
+class TaskConfig:
+    """Which objective (``megavg.tasks`` registry name) and its own options (checked by the task)."""
+
+    name: str = "dcaev_recon"
+    args: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """A preset (``megavg.models.list_presets()``) with ``args`` overriding its fields, or ``init``: a
+    megavg model folder whose weights start the run. ``trainable``: glob patterns of parameter names to
+    train (empty = all); the rest are frozen and, with ``checkpoint.exclude_frozen``, not checkpointed."""
+
+    preset: str = "dc-ae-v-tiny"
+    args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    init: str = ""
+    trainable: list[str] = dataclasses.field(default_factory=list)
+    activation_checkpointing: bool = False
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    """AdamW (torch's implementation, driven by DeepSpeed) with global-norm gradient clipping."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+
+
+@dataclasses.dataclass
+class ScheduleConfig:
+    """``steps`` optimizer steps; linear warmup then ``decay`` to ``min_lr_ratio * lr``."""
+
+    steps: int = 1000
+    grad_accum: int = 1
+    warmup_steps: int = 0
+    decay: Literal["constant", "cosine", "linear"] = "constant"
+    min_lr_ratio: float = 0.0
+    seed: int = 0
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise UserError(f"config schedule.{name}: must be >= 1, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass
+class ParallelConfig:
+    """``sp_size`` ranks share one sample (1 = off). ``deepspeed`` is a JSON config (ZeRO stage, bf16,
+    offload, communication); ``deepspeed_overrides`` is merged into it. Batch size, optimizer and
+    clipping come from this tree and must not appear in the JSON. ``backend`` ``auto`` is NCCL on GPU,
+    gloo on CPU."""
+
+    sp_size: int = 1
+    deepspeed: str = "configs/deepspeed/zero3_bf16.json"
+    deepspeed_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.sp_size < 1:
+            raise UserError(f"config parallel.sp_size: must be >= 1, got {self.sp_size}")
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    """Sharded DeepSpeed checkpoint every ``every`` steps (0 = only at the end and on SIGUSR1/SIGTERM);
+    the newest ``keep`` are kept."""
+
+    every: int = 500
+    keep: int = 2
+    exclude_frozen: bool = True
+
+    def __post_init__(self) -> None:
+        if self.every < 0 or self.keep < 1:
+            raise UserError("config checkpoint: every must be >= 0 and keep >= 1")
+
+
+@dataclasses.dataclass
+class LoggingConfig:
+    """Rank 0 writes tensorboard scalars, ``metrics.jsonl`` and a status line every ``every`` steps."""
+
+    every: int = 1
+    tensorboard: bool = True
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value parsed as YAML, so ``3`` is an int, ``[1, 2]`` a list)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"override {text!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as err:
+        raise UserError(f"override {text!r}: value is not valid YAML ({err})") from None
+    return key.split("."), value
+
+
+def _set(tree: dict, path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"override {'.'.join(path)}: {part} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping from ``path`` (empty file = {})."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: invalid YAML ({' '.join(str(err).split())})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """Defaults <- YAML file <- ``section.key=value`` overrides, checked against :class:`TrainConfig`."""
+    tree = read_yaml(path) if path else {}
+    for text in overrides:
+        key, value = parse_override(text)
+        _set(tree, key, value)
+    return from_dict(TrainConfig, tree)
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """The resolved tree as YAML (reloadable with :func:`load_config`)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,146 @@
+"""DeepSpeed set-up: the process groups, the JSON config merged with our tree, ``deepspeed.initialize``.
+
+The JSON under ``configs/deepspeed/`` owns ZeRO (stage, offload, buckets), precision and communication;
+the training config owns batch size, gradient accumulation, optimizer, schedule and clipping, which are
+written into the DeepSpeed config here (setting them in the JSON is an error, so there is one source).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from megavg.train.config import TrainConfig
+from megavg.utils.errors import UserError
+
+OWNED_KEYS = (
+    "train_batch_size",
+    "train_micro_batch_size_per_gpu",
+    "gradient_accumulation_steps",
+    "gradient_clipping",
+    "optimizer",
+    "scheduler",
+)
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    """Recursive dict merge: values of ``overrides`` win, nested mappings are merged."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The DeepSpeed config dict for ``cfg`` (pure: no distributed state; used to validate early)."""
+    path = Path(cfg.parallel.deepspeed)
+    if not path.is_file():
+        raise UserError(f"config parallel.deepspeed: {path} not found")
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: invalid JSON ({err})") from None
+    ds = merge(ds, cfg.parallel.deepspeed_overrides)
+    owned = sorted(set(ds) & set(OWNED_KEYS))
+    if owned:
+        raise UserError(f"{path}: {owned[0]!r} is set from the training config; remove it from the JSON")
+    opt = cfg.optimizer
+    ds.update(
+        train_micro_batch_size_per_gpu=cfg.data.batch_size,
+        gradient_accumulation_steps=cfg.schedule.grad_accum,
+        gradient_clipping=opt.grad_clip,
+        optimizer={
+            "type": "AdamW",
+            "params": {
+                "lr": opt.lr,
+                "betas": list(opt.betas),
+                "eps": opt.eps,
+                "weight_decay": opt.weight_decay,
+                "torch_adam": True,  # torch's AdamW: no JIT-compiled C++ CPU Adam
+                "adam_w_mode": True,
+            },
+        },
+    )
+    ds.setdefault("steps_per_print", 10**9)
+    return ds
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Multiplier of ``optimizer.lr`` at optimizer step ``n``: linear warmup, then the decay."""
+    sched = cfg.schedule
+    warmup, total, floor = sched.warmup_steps, sched.steps, sched.min_lr_ratio
+
+    def factor(n: int) -> float:
+        if n < warmup:
+            return (n + 1) / warmup
+        if sched.decay == "constant":
+            return 1.0
+        progress = min(1.0, (n - warmup) / max(1, total - warmup))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if sched.decay == "cosine" else 1 - progress
+        return floor + (1 - floor) * shape
+
+    return factor
+
+
+def init_distributed(backend: str) -> None:
+    """Start torch.distributed through DeepSpeed: NCCL on GPU, gloo on CPU (``backend="auto"``)."""
+    import deepspeed
+
+    if "RANK" not in os.environ:  # plain `python -m megavg.train`: a world of one
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if backend == "auto":
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    else:
+        # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce (about a minute of C++ on the
+        # first launch) that only its inference all-reduce uses; training collectives go through gloo.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend=backend)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def compute_dtype(ds: dict) -> torch.dtype:
+    if ds.get("bf16", {}).get("enabled"):
+        return torch.bfloat16
+    if ds.get("fp16", {}).get("enabled"):
+        return torch.float16
+    return torch.float32
+
+
+def initialize(cfg: TrainConfig, model: nn.Module, params: list[nn.Parameter], mpu) -> Any:
+    """``deepspeed.initialize`` over the trainable ``params``; ``mpu`` is :mod:`megavg.parallel.state`."""
+    import deepspeed
+    from torch.optim.lr_scheduler import LambdaLR
+
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=params,
+        config=deepspeed_config(cfg),
+        lr_scheduler=lambda optimizer: LambdaLR(optimizer, lr_lambda(cfg)),
+        mpu=mpu,
+    )
+    return engine

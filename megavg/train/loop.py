@@ -1,0 +1,168 @@
+"""The training loop: build -> DeepSpeed -> resume -> steps (loss, backward, step, metrics, checkpoints).
+
+Exit codes (returned by :func:`train`): 0 = all ``schedule.steps`` done; 75 = stopped by SIGUSR1/SIGTERM
+after writing a complete checkpoint (a launcher requeues the job; rerunning resumes).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megavg.parallel import state
+from megavg.tasks.base import StepContext, Task, set_trainable
+from megavg.train import engine as ds_engine
+from megavg.train.checkpoint import Checkpointer
+from megavg.train.config import TrainConfig, dump_config
+from megavg.train.metrics import MetricsWriter, peak_memory_gib
+from megavg.train.signals import StopFlag
+from megavg.utils.io import atomic_file
+from megavg.utils.logging import get_logger
+
+log = get_logger(__name__)
+EXIT_PREEMPTED = 75
+
+
+def make_loader(cfg: TrainConfig, dp_rank: int, dp_size: int, start_batch: int) -> Iterable[dict]:
+    """Infinite batches for one data-parallel rank, resuming after ``start_batch`` micro-batches."""
+    from megavg.data import build_loader
+
+    return build_loader(cfg.data, dp_rank, dp_size, cfg.schedule.seed, start_step=start_batch)
+
+
+def micro_generator(seed: int, micro_index: int, dp_rank: int) -> torch.Generator:
+    """Noise/timestep generator of one micro-batch: equal on all SP ranks of a DP rank, else distinct."""
+    (value,) = np.random.SeedSequence([seed, micro_index, dp_rank]).generate_state(1, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(value))
+
+
+def _all_finite(loss: torch.Tensor) -> bool:
+    flag = torch.isfinite(loss.detach()).all().float().reshape(1)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    names = sorted(values)
+    packed = torch.tensor([values[n] for n in names], dtype=torch.float64, device=device)
+    dist.all_reduce(packed)
+    return dict(zip(names, (packed / dist.get_world_size()).tolist()))
+
+
+class Trainer:
+    """Holds the engine, task, data and bookkeeping of one run (built by :func:`train`)."""
+
+    def __init__(self, cfg: TrainConfig, task: Task) -> None:
+        self.cfg, self.task = cfg, task
+        self.run_dir = Path(cfg.run.dir)
+        self.ds_config = ds_engine.deepspeed_config(cfg)
+        self.dtype = ds_engine.compute_dtype(self.ds_config)
+        self.device = ds_engine.device()
+        self.dp_rank = state.get_data_parallel_rank()
+        self.dp_size = state.get_data_parallel_world_size()
+        torch.manual_seed(cfg.schedule.seed)  # same initial weights on every rank
+        model = task.build_model()
+        if cfg.parallel.sp_size > 1:
+            model = task.parallelize(model, state.get_sequence_parallel_group())
+        params = set_trainable(model, cfg.model.trainable)
+        self.engine = ds_engine.initialize(cfg, model, params, state)
+        self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint.keep, cfg.checkpoint.exclude_frozen)
+        self.step = self.checkpointer.load(self.engine)
+        self.loader = make_loader(cfg, self.dp_rank, self.dp_size, self.step * cfg.schedule.grad_accum)
+        self.batches = iter(self.loader)
+        rank0 = dist.get_rank() == 0
+        self.metrics = MetricsWriter(self.run_dir, rank0, cfg.logging.tensorboard, self.step)
+        if rank0:
+            with atomic_file(self.run_dir / "config.yaml") as tmp:
+                tmp.write_text(dump_config(cfg))
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns averaged loss terms (local)."""
+        ga = self.cfg.schedule.grad_accum
+        sums: dict[str, float] = {}
+        tokens = 0
+        for micro in range(ga):
+            batch = next(self.batches)
+            gen = micro_generator(self.cfg.schedule.seed, self.step * ga + micro, self.dp_rank)
+            ctx = StepContext(self.step, gen, self.device, self.dtype, None)
+            terms = self.task.loss(self.engine, batch, ctx)
+            if not _all_finite(terms["loss"]):
+                log.error(f"step {self.step + 1}: loss is NaN or Inf; stopping without a checkpoint")
+                raise SystemExit(1)
+            self.engine.backward(terms["loss"])
+            self.engine.step()
+            tokens += self.task.tokens(batch)
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach()) / ga
+        sums["tokens"] = float(tokens)
+        return sums
+
+    def log_step(self, terms: dict[str, float], seconds: float) -> None:
+        skipped = float(getattr(self.loader, "skipped", 0))
+        mean = _mean_over_ranks({**terms, "skipped": skipped}, self.device)
+        # SP ranks repeat their DP rank's sample: per-sample quantities count once per SP group.
+        sp = self.cfg.parallel.sp_size
+        tokens = mean.pop("tokens") * dist.get_world_size() / sp
+        skipped = mean.pop("skipped") * dist.get_world_size() / sp
+        peak = torch.tensor([peak_memory_gib()], device=self.device)
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+        samples = self.cfg.data.batch_size * self.cfg.schedule.grad_accum * self.dp_size
+        scalars = {f"train/{k}": v for k, v in mean.items()}
+        scalars |= {
+            "train/lr": float(self.engine.get_lr()[0]),
+            "train/grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
+            "perf/step_time_s": seconds,
+            "perf/samples_per_s": samples / seconds,
+            "perf/tokens_per_s": tokens / seconds,
+            "perf/peak_memory_gib": float(peak.item()),
+            "data/skipped_samples": skipped,
+        }
+        self.metrics.log(self.step, scalars)
+
+    def save(self) -> None:
+        self.checkpointer.save(self.engine, self.step, dump_config(self.cfg))
+
+    def run(self, stop: StopFlag) -> int:
+        """Train to ``schedule.steps``; returns the exit code (0 done, 75 preempted)."""
+        cfg = self.cfg
+        saved_at = self.step
+        while self.step < cfg.schedule.steps:
+            start = time.perf_counter()
+            terms = self.train_step()
+            self.step += 1
+            if self.step % cfg.logging.every == 0 or self.step == cfg.schedule.steps:
+                self.log_step(terms, time.perf_counter() - start)
+            preempted = stop.agreed()
+            if preempted or (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0):
+                self.save()
+                saved_at = self.step
+            if preempted:
+                log.info(f"stop signal: checkpoint at step {self.step} written, exiting {EXIT_PREEMPTED}")
+                return EXIT_PREEMPTED
+        if saved_at != self.step:
+            self.save()
+        return 0
+
+    def close(self) -> None:
+        self.metrics.close()
+
+
+def train(cfg: TrainConfig, task: Task) -> int:
+    """Run training under the current launcher (deepspeed / torchrun / single process)."""
+    stop = StopFlag().install()
+    ds_engine.init_distributed(cfg.parallel.backend)
+    state.initialize(cfg.parallel.sp_size)
+    trainer = Trainer(cfg, task)
+    try:
+        code = trainer.run(stop)
+    finally:
+        trainer.close()
+    dist.barrier()
+    state.destroy()
+    dist.destroy_process_group()
+    return code
