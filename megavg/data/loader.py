@@ -2,15 +2,16 @@
 
 Sample stream of one data-parallel rank (one stream per loader worker, see below):
 
-    shards of this rank --(epoch-wise order from seed)--> tar samples --(seeded shuffle buffer)-->
-    raw position i = 0, 1, 2, ... --(decode: clip + resize, corrupt -> next good one)--> slots -->
+    shards of this rank --(epochs, shard order from seed; seeded shuffle buffer: stream.py)-->
+    raw position i = 0, 1, 2, ... --(decode: clip + resize; corrupt -> next good one)--> slots -->
     batch s = slots [s*B, (s+1)*B)
 
 Everything is a function of (seed, dp_rank, num_workers): SP ranks of one group pass the same dp_rank and
-get identical batches, and ``start_step=k`` skips k*B raw samples (read, not decoded) so that a resumed run
-gets the batches k, k+1, ... of an uninterrupted one. A corrupt sample's slot is filled by the next good
-sample, so slot positions never shift. The stream never ends, so every rank yields the same number of
-batches (no DDP hang); the trainer decides how many steps to take.
+get identical batches, and ``start_step=k`` starts at raw position k*B, replaying the shuffle on positions
+(reading only the samples left in the shuffle buffer), so a resumed run gets the batches k, k+1, ... of
+an uninterrupted one. A corrupt sample's slot is filled by the next good sample, so positions never
+shift. The stream never ends, so every rank yields the same number of batches (no DDP hang); the trainer
+decides how many steps to take.
 
 With ``num_workers = W > 0`` the rank's shards are split over W streams and batch s comes from stream
 s mod W (torch's DataLoader returns worker batches round-robin); the batches then differ from W = 0 but
@@ -24,17 +25,16 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import random
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from megavg.data.config import DataConfig
 from megavg.data.latents import collate_latents, decode_latent_sample
-from megavg.data.shards import StreamStats, list_shards, resampled_samples, split_shards
+from megavg.data.shards import list_shards, sample_counts, split_shards
+from megavg.data.stream import StreamStats, shuffled_samples
 from megavg.data.video import clip_start, decode_frames, decode_size, nearest_bucket, resize_crop
 from megavg.utils.errors import UserError
 
@@ -61,7 +61,7 @@ class ShardLoader:
         urls = split_shards(list_shards(cfg.shards, cfg.kind), dp_rank, dp_size, "data-parallel ranks")
         split_shards(urls, 0, max(1, cfg.num_workers), f"loader workers of data-parallel rank {dp_rank}")
         self.cfg, self.shards, self.stats = cfg, urls, LoaderStats()
-        self._dataset = RankStream(cfg, urls, f"seed{seed}/dp{dp_rank}", start_step)
+        self._dataset = RankStream(cfg, urls, sample_counts(urls), f"seed{seed}/dp{dp_rank}", start_step)
 
     @property
     def skipped(self) -> int:
@@ -93,23 +93,21 @@ def build_loader(cfg: DataConfig, dp_rank: int, dp_size: int, seed: int, start_s
 class RankStream(IterableDataset):
     """The batches of one rank (or of one loader worker of it), as a torch IterableDataset."""
 
-    def __init__(self, cfg: DataConfig, urls: list[str], seed: str, start_step: int):
+    def __init__(self, cfg: DataConfig, urls: list[str], sizes: list[int], seed: str, start_step: int):
         super().__init__()
-        self.cfg, self.urls, self.seed, self.start_step = cfg, urls, seed, start_step
+        self.cfg, self.urls, self.sizes, self.seed, self.start_step = cfg, urls, sizes, seed, start_step
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         role = (worker + self.start_step) % workers  # stream that owns batch start_step + worker
         key = f"{self.seed}/stream{role}of{workers}"
-        stats = StreamStats()
-        raw = resampled_samples(split_shards(self.urls, role, workers, "loader workers"), key, stats)
-        bufsize = self.cfg.shuffle_buffer
-        shuffled = wds.shuffle(bufsize, bufsize, rng=random.Random(f"{key}/shuffle"))(raw)
-        done = len(range(role, self.start_step, workers))  # batches this stream gave before start_step
-        indexed = itertools.islice(enumerate(shuffled), done * self.cfg.batch_size, None)
+        stats, bufsize = StreamStats(), self.cfg.shuffle_buffer
+        urls = split_shards(self.urls, role, workers, "loader workers")
+        skip = len(range(role, self.start_step, workers)) * self.cfg.batch_size  # before start_step
+        raw = shuffled_samples(urls, self.sizes[role::workers], key, bufsize, skip, stats)
         decode, collate = self._video_fns(key) if self.cfg.kind == "video" else (_decode_latent, _collate)
-        slots = fill_forward(indexed, decode, stats, bufsize)
+        slots = fill_forward(enumerate(raw, start=skip), decode, stats, bufsize)
         reported = StreamStats()
         while True:
             batch = collate(list(itertools.islice(slots, self.cfg.batch_size)))
@@ -160,6 +158,8 @@ def fill_forward(indexed: Iterator, decode: Callable, stats: StreamStats, bufsiz
     pending, failures = 0, 0
     for index, raw in indexed:
         try:
+            if "__error__" in raw:
+                raise ValueError(raw["__error__"])
             item = decode(raw, index)
         except Exception as err:  # any failure of one sample's data must not stop training
             pending, failures, stats.skipped = pending + 1, failures + 1, stats.skipped + 1

@@ -7,18 +7,16 @@ the files of one sample share a key: ``<key>.mp4`` + ``<key>.json`` (video) or `
 
 from __future__ import annotations
 
-import dataclasses
 import glob
-import itertools
 import json
 import os
-import random
-import re
-from collections.abc import Callable, Iterable, Iterator
+import tarfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import braceexpand
 import webdataset as wds
+from webdataset.tariterators import base_plus_ext
 
 from megavg.utils.errors import UserError
 from megavg.utils.io import atomic_dir
@@ -87,16 +85,44 @@ def list_shards(spec: str, kind: str) -> list[str]:
     return urls
 
 
-def _check_index_kind(folder: Path, kind: str) -> None:
-    index = folder / INDEX
-    if not index.exists():
-        return
+def _read_index(path: Path) -> dict:
     try:
-        declared = json.loads(index.read_text())["kind"]
+        index = json.loads(path.read_text())
+        return {"kind": index["kind"], "samples": {s["name"]: int(s["samples"]) for s in index["shards"]}}
     except (ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{index}: unreadable shard index ({err!r})") from None
-    if declared != kind:
+        raise UserError(f"{path}: unreadable shard index ({err!r})") from None
+
+
+def _check_index_kind(folder: Path, kind: str) -> None:
+    if (folder / INDEX).exists() and _read_index(folder / INDEX)["kind"] != kind:
+        declared = _read_index(folder / INDEX)["kind"]
         raise UserError(f"{folder}: holds {declared} shards but config data.kind is {kind}")
+
+
+def sample_counts(urls: list[str]) -> list[int]:
+    """Samples in each shard: from its folder's index.json when listed there, else by reading the tar."""
+    known: dict[str, int] = {}
+    for folder in {os.path.dirname(u) for u in urls if os.path.isfile(u)}:
+        if os.path.isfile(os.path.join(folder, INDEX)):
+            counts = _read_index(Path(folder, INDEX))["samples"]
+            known.update({os.path.join(folder, name): n for name, n in counts.items()})
+    return [known[u] if u in known else count_samples(u) for u in urls]
+
+
+def count_samples(url: str) -> int:
+    """Samples in one shard (consecutive files sharing a key), reading tar headers only when local."""
+    if not os.path.isfile(url):
+        return sum(1 for _ in wds.tarfile_samples([{"url": url}], handler=wds.warn_and_continue))
+    keys = []
+    with open(url, "rb") as fh:
+        try:
+            for member in tarfile.open(fileobj=fh, mode="r:"):
+                key = base_plus_ext(member.name)[0] if member.isreg() else None
+                if key is not None and not key.startswith("__") and (not keys or keys[-1] != key):
+                    keys.append(key)
+        except (tarfile.TarError, OSError) as err:
+            log.warning("shard %s is unreadable after %d samples: %s", url, len(keys), err)
+    return len(keys)
 
 
 def split_shards(urls: list[str], part: int, parts: int, what: str) -> list[str]:
@@ -108,54 +134,3 @@ def split_shards(urls: list[str], part: int, parts: int, what: str) -> list[str]
             "(smaller --samples-per-shard) or use fewer ranks/workers"
         )
     return urls[part::parts]
-
-
-@dataclasses.dataclass
-class StreamStats:
-    """Counters of one sample stream (one process)."""
-
-    skipped: int = 0
-    shard_errors: int = 0
-    samples_per_epoch: int | None = None
-    warned: set = dataclasses.field(default_factory=set)
-
-    def warn_once(self, what: str, message: str) -> None:
-        """Log ``message`` the first time ``what`` is seen (a stream revisits shards every epoch)."""
-        if what not in self.warned:
-            self.warned.add(what)
-            log.warning(message)
-
-
-def shard_error_handler(stats: StreamStats) -> Callable[[Exception], bool]:
-    """webdataset handler for unreadable tar data: count, warn once per shard, go on."""
-
-    def handler(exn: Exception) -> bool:
-        stats.shard_errors += 1
-        # webdataset appends the url to the args, or (inside a tar) " @ <stream repr>" to the message
-        message = str(exn.args[0]) if exn.args else repr(exn)
-        reason, _, stream = message.partition(" @ ")
-        named = re.search(r"name='([^']+)'", stream)
-        shard = next((a for a in exn.args[1:] if isinstance(a, str)), named[1] if named else "?")
-        stats.warn_once(f"shard:{shard}", f"skipping unreadable data in shard {shard}: {reason}")
-        return True
-
-    return handler
-
-
-def resampled_samples(urls: list[str], seed: str, stats: StreamStats) -> Iterator[dict]:
-    """Endless raw samples: epoch after epoch, ``urls`` in an order drawn from ``(seed, epoch)``.
-
-    Raises UserError when a whole epoch yields no sample (every shard unreadable).
-    """
-    handler = shard_error_handler(stats)
-    for epoch in itertools.count():
-        order = list(urls)
-        random.Random(f"{seed}/epoch{epoch}").shuffle(order)
-        count = 0
-        for sample in wds.tarfile_samples(({"url": u} for u in order), handler=handler):
-            count += 1
-            yield sample
-        if count == 0:
-            raise UserError(f"no readable sample in {len(urls)} shard(s): {', '.join(urls[:3])} ...")
-        if stats.samples_per_epoch is None:
-            stats.samples_per_epoch = count
