@@ -1,0 +1,72 @@
+"""Worker for test_dcaev_sp.py: temporal SP of the tiny DC-AE-V on every process of a gloo group.
+
+Writes, per case, the gathered encode/decode outputs and this rank's parameter gradients for two losses:
+the sum of per-rank local losses, and the same loss computed on every rank after ``gather_time``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+import megavg.models as mm
+from megavg.models.dcaev.parallelize import apply_temporal_sp, gather_time, shard_time
+
+CASES = {"frames40": (40, 10), "frames37": (37, 9)}  # (frames, latent frames): 5 chunks each, 37/9 partial
+
+
+def make_case(name: str):
+    """Same model and data on every process: tiny preset, random norm affine, fixed inputs."""
+    frames, latents = CASES[name]
+    torch.manual_seed(0)
+    model = mm.build("dc-ae-v-tiny")
+    with torch.no_grad():
+        for key, p in model.named_parameters():
+            if "norm" in key:
+                p.add_(0.3 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(1, 3, frames, 16, 16, generator=g) * 2 - 1
+    weight = torch.randn(1, 3, frames, 16, 16, generator=g)
+    z = torch.randn(1, 4, latents, 4, 4, generator=g)
+    return model, x, weight, z
+
+
+def grads_of(model) -> dict[str, torch.Tensor]:
+    out = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def run_case(name: str, group, out_dir: Path) -> None:
+    model, x, weight, z = make_case(name)
+    apply_temporal_sp(model, group)
+    x_local = shard_time(x, model.frame_chunk, group)
+    w_local = shard_time(weight, model.frame_chunk, group)
+    with torch.no_grad():
+        encoded = gather_time(model.encode(x_local), group)
+        decoded = gather_time(model.decode(shard_time(z, model.latent_chunk, group)), group)
+    (model(x_local) * w_local).sum().backward()  # this rank's share of the sum of local losses
+    local_grads = grads_of(model)
+    (gather_time(model(x_local), group) * weight).sum().backward()  # same full loss on every rank
+    gathered_grads = grads_of(model)
+    result = dict(encoded=encoded, decoded=decoded, local_grads=local_grads, gathered_grads=gathered_grads,
+                  frames=x_local.shape[2])  # fmt: skip
+    torch.save(result, out_dir / f"{name}_rank{dist.get_rank()}.pt")
+
+
+def main() -> None:
+    dist.init_process_group("gloo")
+    torch.set_num_threads(1)
+    out_dir = Path(os.environ["MEGAVG_TEST_OUT"])
+    group = dist.new_group(list(range(dist.get_world_size())))
+    for name in CASES:
+        run_case(name, group, out_dir)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
