@@ -25,7 +25,7 @@ from megavg.utils.errors import UserError
 class TokenIdentity(nn.Module):
     """Placeholder for the token shard / gather points (identity without sequence parallelism)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, length: int | None = None) -> torch.Tensor:
         return x
 
 
@@ -55,7 +55,7 @@ class Model(nn.Module):
         image = self.image_embed(image) if image is not None else None
         x = self.token_shard(x)  # [B, S_local, dim]
         x = self._run_blocks(x, text, image, time_proj, rope)
-        x = self.token_gather(self.head(x, time_emb))  # [B, S, C_out * pt * ph * pw]
+        x = self.token_gather(self.head(x, time_emb), math.prod(grid))  # [B, S, C_out * pt * ph * pw]
         return self.unpatchify(x, grid)
 
     def _run_blocks(self, x, text, image, time_proj, rope) -> torch.Tensor:
