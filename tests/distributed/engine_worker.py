@@ -1,0 +1,70 @@
+"""Worker for the engine tests: ``python -m megavg.train`` with test hooks chosen by environment variables.
+
+Run under ``torchrun`` or ``deepspeed`` exactly like the entry point (same arguments). Hooks:
+
+- ``MEGAVG_TEST_SYNTHETIC=1``: the data loader yields :func:`synthetic_batch` slices (global batch of
+  micro-batch ``i`` cut by data-parallel rank), so a single-process reference can rebuild the same data.
+- ``MEGAVG_TEST_BLOCK_AT=k``: fetching micro-batch ``k`` waits until ``$MEGAVG_TEST_OUT/release`` exists
+  (forever when it never appears): the test then kills or signals a rank at a known step.
+
+Each rank writes its pid to ``$MEGAVG_TEST_OUT/pid_rank<R>``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+
+def synthetic_batch(micro_index: int, global_batch: int, kind: str, shape: tuple[int, ...]) -> dict:
+    """The global batch of micro-batch ``micro_index``: video in [-1, 1] or latents + text."""
+    gen = torch.Generator().manual_seed(1000 + micro_index)
+    if kind == "video":
+        return {"video": torch.rand((global_batch, *shape), generator=gen) * 2 - 1}
+    latents = torch.randn((global_batch, *shape), generator=gen)
+    return {"latents": latents, "text": torch.randn((global_batch, 6, 32), generator=gen)}
+
+
+def _synthetic_loader(cfg, dp_rank: int, dp_size: int, start_batch: int):
+    b = cfg.data.batch_size
+    kind = "video" if cfg.task.name == "dcaev_recon" else "latent"
+    shape = (3, cfg.data.frames, *cfg.data.size) if kind == "video" else (4, 2, *cfg.data.size)
+    i = start_batch
+    while True:
+        full = synthetic_batch(i, b * dp_size, kind, shape)
+        yield {k: v[dp_rank * b : (dp_rank + 1) * b] for k, v in full.items()}
+        i += 1
+
+
+def _blocking(batches, start_batch: int, block_at: int, release: Path):
+    for i, batch in enumerate(batches, start=start_batch):
+        while i == block_at and not release.exists():
+            time.sleep(0.05)
+        yield batch
+
+
+def install_hooks() -> None:
+    from megavg.train import loop
+
+    out = Path(os.environ["MEGAVG_TEST_OUT"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"pid_rank{os.environ.get('RANK', '0')}").write_text(str(os.getpid()))
+    make = _synthetic_loader if os.environ.get("MEGAVG_TEST_SYNTHETIC") else loop.make_loader
+    block_at = int(os.environ.get("MEGAVG_TEST_BLOCK_AT", -1))
+
+    def make_loader(cfg, dp_rank, dp_size, start_batch):
+        batches = iter(make(cfg, dp_rank, dp_size, start_batch))
+        return _blocking(batches, start_batch, block_at, out / "release")
+
+    loop.make_loader = make_loader
+
+
+if __name__ == "__main__":
+    from megavg.train.__main__ import main
+    from megavg.utils.errors import run_cli
+
+    install_hooks()
+    run_cli(main)
