@@ -22,7 +22,7 @@ def _pair(layers: LayerConfig):
     torch.manual_seed(0)
     ref = build("wan-tiny-t2v", **GPU_TINY, layers=LayerConfig(linear="torch", attention="sdpa"))
     ref = ref.cuda().to(torch.bfloat16)
-    model = build("wan-tiny-t2v", **GPU_TINY, layers=layers).to(torch.bfloat16)
+    model = build("wan-tiny-t2v", **GPU_TINY, layers=layers).cuda().to(torch.bfloat16)
     missing, unexpected = model.load_state_dict(ref.state_dict(), strict=False)
     assert not unexpected and all(k.endswith("_extra_state") for k in missing)
     x = [t.cuda() if t is not None else None for t in inputs(ref.args, grid=(2, 4, 4), text_len=16)]
