@@ -72,7 +72,9 @@ class ShardLoader:
         if self.cfg.num_workers == 0:
             source = iter(self._dataset)
         else:
-            source = iter(DataLoader(self._dataset, batch_size=None, num_workers=self.cfg.num_workers))
+            source = _one_line_errors(
+                DataLoader(self._dataset, batch_size=None, num_workers=self.cfg.num_workers)
+            )
         for batch in source:
             self.stats.skipped += int(batch.pop("_skipped"))
             self.stats.shard_errors += int(batch.pop("_shard_errors"))
@@ -80,8 +82,17 @@ class ShardLoader:
             yield batch
 
 
+def _one_line_errors(batches: DataLoader) -> Iterator[dict]:
+    """Re-raise a worker's UserError with its own message (torch adds the worker's traceback)."""
+    try:
+        yield from batches
+    except UserError as err:
+        raise UserError(str(err).strip().splitlines()[-1].partition("UserError: ")[2] or str(err)) from None
+
+
 def build_loader(cfg: DataConfig, dp_rank: int, dp_size: int, seed: int, start_step: int = 0) -> ShardLoader:
-    """The batch iterator of data-parallel rank ``dp_rank`` of ``dp_size``, positioned at ``start_step``.
+    """The batch iterator of data-parallel rank ``dp_rank`` of ``dp_size``; ``start_step`` = batches this
+    rank already consumed (micro-batches), so the first batch is the one an uninterrupted run yields next.
 
     Video batches: {"video": float32 [B, 3, T, H, W] in [-1, 1], "caption": [str], "key": [str]}.
     Latent batches: {"latents": [B, C, T, H, W], "text": [B, L, D], "text_mask": bool [B, L],
