@@ -171,3 +171,10 @@ def test_bad_config_names_the_key():
         mm.build(bad)
     with pytest.raises(UserError, match="decoder expands"):
         Model(Args(decoder=mm.preset_args("dc-ae-v-small").decoder))
+
+
+def test_encode_image_fills_one_latent_frame(tiny):
+    image = video(1)[:, :, 0]
+    z = tiny.encode_image(image)
+    assert z.shape == (1, 4, 1, 4, 4)
+    torch.testing.assert_close(z, tiny.encode(image.unsqueeze(2).repeat(1, 1, 4, 1, 1)))

@@ -200,6 +200,10 @@ class Model(nn.Module):
         """B,3,T,H,W in [-1,1] -> B,c,ceil(T/t),ceil(H/s),ceil(W/s) (unscaled latent)."""
         return self.encoder(self.pad_input(x))
 
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """B,3,H,W in [-1,1] -> one latent frame: the image repeated to fill one temporal compression."""
+        return self.encode(image.unsqueeze(2).expand(-1, -1, self.temporal_compression, -1, -1))
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """B,c,t',h,w latent (unscaled) -> B,3,t'·t,h·s,w·s video."""
         return self.decoder(z)
