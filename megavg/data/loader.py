@@ -35,10 +35,15 @@ from megavg.data.config import DataConfig
 from megavg.data.latents import collate_latents, decode_latent_sample
 from megavg.data.shards import list_shards, sample_counts, split_shards
 from megavg.data.stream import StreamStats, shuffled_samples
-from megavg.data.video import clip_start, decode_frames, decode_size, nearest_bucket, resize_crop
+from megavg.data.video import (
+    VIDEO_EXTS,
+    clip_start,
+    decode_frames,
+    decode_size,
+    nearest_bucket,
+    resize_crop,
+)
 from megavg.utils.errors import UserError
-
-VIDEO_EXTS = ("mp4", "webm", "mkv", "mov", "avi")
 
 
 @dataclasses.dataclass

@@ -20,9 +20,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from megavg.data.loader import VIDEO_EXTS
 from megavg.data.shards import write_shards
-from megavg.data.video import check_video_file
+from megavg.data.video import VIDEO_EXTS, check_video_file
 from megavg.utils.errors import UserError
 from megavg.utils.logging import get_logger
 

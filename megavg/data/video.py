@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 from megavg.utils.errors import UserError
 
+VIDEO_EXTS = ("mp4", "webm", "mkv", "mov", "avi")  # file extensions taken as videos
+
 
 @dataclasses.dataclass(frozen=True)
 class VideoInfo:
