@@ -105,7 +105,7 @@ def test_pt_file_refuses_pickled_objects(tmp_path):
 def test_key_mismatch_is_an_error(tmp_path, change):
     state = random_diffusers("wan-tiny-t2v").state_dict()
     if change == "extra":
-        state["blocks.0.attn1.norm_added_q.weight"] = torch.ones(64)
+        state["blocks.0.attn1.add_q_proj.weight"] = torch.ones(64, 64)
     elif change == "missing":
         del state["blocks.1.ffn.net.2.bias"]
     else:
@@ -126,3 +126,12 @@ def test_cli_error_exit_code(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "no weights" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_unused_norm_added_q_is_dropped(tmp_path):
+    ref = random_diffusers("wan-tiny-i2v")
+    state = {k: v.contiguous() for k, v in ref.state_dict().items()}
+    state["blocks.0.attn2.norm_added_q.weight"] = torch.ones(64)
+    save_file(state, str(tmp_path / "w.safetensors"))
+    convert_cli([str(tmp_path / "w.safetensors"), "--preset", "wan-tiny-i2v", "--out", str(tmp_path / "o")])
+    assert_same_as(ref, tmp_path / "o")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ class Args:
     grad_checkpointing: bool = False  # activation checkpointing of every transformer block
 
     def __post_init__(self) -> None:
+        self.layers = copy.deepcopy(self.layers)  # presets never share a mutable LayerConfig with a model
         if self.dim % self.num_heads:
             raise UserError(f"wan args: dim {self.dim} is not divisible by num_heads {self.num_heads}")
         if (self.dim // self.num_heads) % 2:

@@ -28,6 +28,7 @@ from megavg.models import registry
 from megavg.models.wan.args import PRESETS, Args
 from megavg.models.wan.model import Model
 from megavg.utils.errors import UserError
+from megavg.utils.logging import get_logger
 
 # megavg module path -> (diffusers, original); block entries are relative to "blocks.N."
 TOP_KEYS = {
@@ -64,6 +65,9 @@ BLOCK_KEYS = {
 }
 LAYOUTS = ("diffusers", "original")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+# known-unused: an I2V query norm some diffusers checkpoints carry and diffusers itself ignores on load
+UNUSED_DIFFUSERS = re.compile(r"^blocks\.\d+\.attn2\.norm_added_q\.weight$")
+log = get_logger(__name__)
 
 
 def _reverse(table: dict[str, tuple[str, str]], layout: str) -> dict[str, str]:
@@ -99,7 +103,15 @@ def to_megavg(state: dict[str, torch.Tensor], layout: str | None = None) -> dict
     layout = layout or detect_layout(state)
     top, block = _reverse(TOP_KEYS, layout), _reverse(BLOCK_KEYS, layout)
     out, unknown = {}, []
+    unused = [k for k in state if layout == "diffusers" and UNUSED_DIFFUSERS.match(k)]
+    if unused:
+        log.info(
+            "dropping %d unused diffusers keys attn2.norm_added_q.weight (ignored by diffusers too)",
+            len(unused),
+        )
     for key, tensor in state.items():
+        if key in unused:
+            continue
         ours = _map_path(key, top, block)
         if ours is None:
             unknown.append(key)
