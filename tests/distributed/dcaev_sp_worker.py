@@ -1,7 +1,8 @@
 """Worker for test_dcaev_sp.py: temporal SP of the tiny DC-AE-V on every process of a gloo group.
 
 Writes, per case, the gathered encode/decode outputs and this rank's parameter gradients for two losses:
-the sum of per-rank local losses, and the same loss computed on every rank after ``gather_time``.
+the sum of per-rank local losses (also with activation checkpointing), and the same loss computed on
+every rank after ``gather_time``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ import torch
 import torch.distributed as dist
 
 import megavg.models as mm
-from megavg.models.dcaev.parallelize import apply_temporal_sp, gather_time, shard_time
+from megavg.models.dcaev.parallelize import (
+    apply_activation_checkpointing,
+    apply_temporal_sp,
+    gather_time,
+    shard_time,
+)
 
 CASES = {"frames40": (40, 10), "frames37": (37, 9)}  # (frames, latent frames): 5 chunks each, 37/9 partial
 
@@ -52,8 +58,10 @@ def run_case(name: str, group, out_dir: Path) -> None:
     local_grads = grads_of(model)
     (gather_time(model(x_local), group) * weight).sum().backward()  # same full loss on every rank
     gathered_grads = grads_of(model)
+    apply_activation_checkpointing(model)  # recomputation repeats the halo exchanges in backward
+    (model(x_local) * w_local).sum().backward()
     result = dict(encoded=encoded, decoded=decoded, local_grads=local_grads, gathered_grads=gathered_grads,
-                  frames=x_local.shape[2])  # fmt: skip
+                  checkpointed_grads=grads_of(model), frames=x_local.shape[2])  # fmt: skip
     torch.save(result, out_dir / f"{name}_rank{dist.get_rank()}.pt")
 
 

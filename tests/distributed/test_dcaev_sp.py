@@ -58,7 +58,7 @@ def test_outputs_and_summed_gradients_equal_one_process(results, references, nam
     for r, res in enumerate(ranks):
         assert_rel_close(res["encoded"], encoded, f"rank {r} encode")
         assert_rel_close(res["decoded"], decoded, f"rank {r} decode")
-    for kind in ("local_grads", "gathered_grads"):
+    for kind in ("local_grads", "gathered_grads", "checkpointed_grads"):
         for param, ref in grads.items():
             assert ref.abs().sum() > 0, f"reference gradient of {param} is zero"
             total = sum(res[kind][param] for res in ranks)

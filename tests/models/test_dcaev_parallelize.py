@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from megavg.models.dcaev.parallelize import time_split
+import megavg.models as mm
+from megavg.models.dcaev.parallelize import apply_activation_checkpointing, time_split
 from megavg.utils.errors import UserError
 
 
@@ -19,3 +21,18 @@ def test_whole_chunks_balanced_first_ranks_get_the_extra():
 def test_fewer_chunks_than_ranks_is_an_error():
     with pytest.raises(UserError, match="fewer than 4 ranks"):
         time_split(20, 8, 4)
+
+
+def test_activation_checkpointing_keeps_keys_and_gradients():
+    torch.manual_seed(0)
+    model = mm.build("dc-ae-v-tiny")
+    x = torch.rand(1, 3, 16, 16, 16) * 2 - 1
+    model(x).square().sum().backward()
+    expected = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    keys = list(model.state_dict())
+    apply_activation_checkpointing(model)
+    model(x).square().sum().backward()
+    assert list(model.state_dict()) == keys
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[k], rtol=1e-5, atol=1e-6)

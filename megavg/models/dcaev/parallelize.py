@@ -16,9 +16,13 @@ of the ranks' losses.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed as dist
+from torch.utils.checkpoint import checkpoint
 
+from megavg.models.dcaev.blocks import ResBlock
 from megavg.models.dcaev.model import Model, chunk_convs
 from megavg.parallel.halo import HaloLeftContext
 from megavg.utils.errors import UserError
@@ -35,6 +39,16 @@ def remove_temporal_sp(model: Model) -> Model:
     """Undo :func:`apply_temporal_sp` (back to zero left pad for the first chunk)."""
     for conv in chunk_convs(model):
         conv.left_context = None
+    return model
+
+
+def apply_activation_checkpointing(model: Model) -> Model:
+    """Recompute every residual block in backward instead of keeping its activations (state-dict keys
+    unchanged). Works with temporal SP: the recomputation repeats the halo exchange in the same order
+    on every rank."""
+    for block in model.modules():
+        if isinstance(block, ResBlock) and "forward" not in vars(block):
+            block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
     return model
 
 
