@@ -46,7 +46,7 @@ def grads_of(model) -> dict[str, torch.Tensor]:
     return out
 
 
-def run_case(name: str, group, out_dir: Path) -> None:
+def run_case(name: str, group, out_dir: Path, prefix: str) -> None:
     model, x, weight, z = make_case(name)
     apply_temporal_sp(model, group)
     x_local = shard_time(x, model.frame_chunk, group)
@@ -62,16 +62,18 @@ def run_case(name: str, group, out_dir: Path) -> None:
     (model(x_local) * w_local).sum().backward()
     result = dict(encoded=encoded, decoded=decoded, local_grads=local_grads, gathered_grads=gathered_grads,
                   checkpointed_grads=grads_of(model), frames=x_local.shape[2])  # fmt: skip
-    torch.save(result, out_dir / f"{name}_rank{dist.get_rank()}.pt")
+    torch.save(result, out_dir / f"{prefix}{name}_rank{dist.get_rank(group)}.pt")
 
 
 def main() -> None:
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     out_dir = Path(os.environ["MEGAVG_TEST_OUT"])
-    group = dist.new_group(list(range(dist.get_world_size())))
-    for name in CASES:
-        run_case(name, group, out_dir)
+    for world in (2, 3):  # one launch of 3 processes: SP=2 on ranks 0-1, then SP=3 on all
+        group = dist.new_group(list(range(world)))  # collective: every process creates every group
+        if dist.get_rank() < world:
+            for name in CASES:
+                run_case(name, group, out_dir, prefix=f"sp{world}_")
     dist.barrier()
     dist.destroy_process_group()
 
