@@ -15,6 +15,7 @@ import torch
 from megavg.layers.config import Fp8Config
 
 EXTRA_STATE_SUFFIX = "_extra_state"
+FP8_TOKEN_MULTIPLE = 16  # FP8 GEMMs need row counts divisible by 8-16: token sequences are padded to it
 
 
 def fp8_blocks(num_blocks: int, cfg: Fp8Config) -> list[bool]:

@@ -65,14 +65,15 @@ def padded_length(length: int, world: int) -> int:
     return -(-length // world) * world
 
 
-def shard_sequence(x: torch.Tensor, group, dim: int = 1) -> torch.Tensor:
-    """This rank's contiguous chunk of ``x`` along ``dim``, after zero-padding it to a multiple of P.
+def shard_sequence(x: torch.Tensor, group, dim: int = 1, multiple: int = 1) -> torch.Tensor:
+    """This rank's contiguous chunk of ``x`` along ``dim``, after zero-padding it to a multiple of
+    P * ``multiple`` (so each chunk's length is a multiple of ``multiple``).
 
     The padding tokens sit at the end of the last rank's shard; the attention wrapper drops them before
     attending, and :func:`gather_sequence` drops them from the output.
     """
     world, rank = dist.get_world_size(group), dist.get_rank(group)
-    pad = padded_length(x.shape[dim], world) - x.shape[dim]
+    pad = padded_length(x.shape[dim], world * multiple) - x.shape[dim]
     if pad:
         pad_spec = [0, 0] * (x.ndim - 1 - dim) + [0, pad]
         x = F.pad(x, pad_spec)

@@ -43,7 +43,9 @@ def test_sp2_equals_single_process(results, name):
         assert ref.abs().sum() > 0, f"reference gradient of {param} is zero"
         assert_rel_close(ranks[0]["grads"][param] + ranks[1]["grads"][param], ref, f"grad {param}")
     # each rank holds only part of the gradient (SP-sum convention), not a copy of it
-    assert not torch.allclose(ranks[0]["grads"]["patch_embed.weight"], ref_grads["patch_embed.weight"])
+    # (with 16-token padding all 9 real tokens sit on rank 0, so only the unpadded cases show it)
+    if CASES[name][3] == 1:
+        assert not torch.allclose(ranks[0]["grads"]["patch_embed.weight"], ref_grads["patch_embed.weight"])
 
 
 def test_heads_not_divisible_and_group_broadcast(results):

@@ -18,17 +18,18 @@ from megavg.parallel.ulysses import broadcast_in_group
 from megavg.utils.errors import UserError
 from tests.models.wan_inputs import inputs
 
-# name -> (preset, token grid (t, h, w), activation checkpointing)
+# name -> (preset, token grid (t, h, w), activation checkpointing, per-rank token multiple)
 CASES = {
-    "t2v": ("wan-tiny-t2v", (2, 2, 3), False),  # 12 tokens: even split
-    "t2v_uneven": ("wan-tiny-t2v", (1, 3, 3), False),  # 9 tokens: padded to 10
-    "i2v_uneven_ckpt": ("wan-tiny-i2v", (1, 3, 5), True),  # 15 tokens, checkpointed blocks
+    "t2v": ("wan-tiny-t2v", (2, 2, 3), False, 1),  # 12 tokens: even split
+    "t2v_uneven": ("wan-tiny-t2v", (1, 3, 3), False, 1),  # 9 tokens: padded to 10
+    "i2v_uneven_ckpt": ("wan-tiny-i2v", (1, 3, 5), True, 1),  # 15 tokens, checkpointed blocks
+    "t2v_fp8_padding": ("wan-tiny-t2v", (1, 3, 3), False, 16),  # 9 tokens padded to 32 as FP8 runs do
 }
 
 
 def make_case(name: str):
     """(model, inputs) of a case, identical on every process (fixed seeds)."""
-    preset, grid, ckpt = CASES[name]
+    preset, grid, ckpt, _ = CASES[name]
     torch.manual_seed(0)
     model = build(preset, grad_checkpointing=ckpt)
     return model, inputs(model.args, grid=grid)
@@ -42,6 +43,7 @@ def loss_of(out: torch.Tensor) -> torch.Tensor:
 def run_case(name: str, group, out_dir: Path, rank: int) -> None:
     model, x = make_case(name)
     apply_ulysses(model, group)
+    model.token_shard.multiple = CASES[name][3]
     out = model(*x)
     loss_of(out).backward()
     grads = {n: p.grad for n, p in model.named_parameters()}

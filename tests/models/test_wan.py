@@ -135,3 +135,16 @@ def test_bad_inputs_are_user_errors():
         model(latents[..., :3], t, text)
     with pytest.raises(UserError, match="T2V"):
         model(latents, t, text, torch.zeros(2, 3, 24))
+
+
+def test_padding_tokens_change_nothing():
+    """FP8 runs pad the sequence to a multiple of 16: padded tokens are never keys and are cropped."""
+    model = build("wan-tiny-i2v")
+    x = inputs(model.args, grid=(1, 3, 3))  # 9 tokens
+    reference = model(*x)
+    ref_grads = torch.autograd.grad(reference.square().sum(), list(model.parameters()))
+    model.token_shard.multiple = 16
+    padded = model(*x)
+    torch.testing.assert_close(padded, reference, atol=1e-6, rtol=1e-6)
+    for got, want in zip(torch.autograd.grad(padded.square().sum(), list(model.parameters())), ref_grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -72,18 +72,20 @@ class ImageEmbedding(nn.Module):
 class AttentionCore(nn.Module):
     """The attention entry point: RoPE (if given) on q and k, then softmax attention.
 
-    q/k/v are [B, S, H, D]; ``rope`` holds (cos, sin) tables for the global positions of q/k. Sequence
-    parallelism wraps this module (see :mod:`megavg.models.wan.parallelize`).
+    q/k/v are [B, S_pad, H, D] holding the whole sequence; ``rope`` holds (cos, sin) tables for its S
+    global positions. Tokens past S are padding: they are dropped before attending (so never act as keys)
+    and get zero output. Sequence parallelism wraps this module (:mod:`megavg.models.wan.parallelize`).
     """
 
     def __init__(self, backend: str):
         super().__init__()
         self.backend = backend
 
-    def forward(self, q, k, v, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        if rope is not None:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
-        return attention(q, k, v, self.backend)
+    def forward(self, q, k, v, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        length, padded = rope[0].shape[0], q.shape[1]  # tokens beyond the RoPE table are padding
+        q, k, v = q[:, :length], k[:, :length], v[:, :length]
+        out = attention(apply_rope(q, rope), apply_rope(k, rope), v, self.backend)
+        return F.pad(out, (0, 0, 0, 0, 0, padded - length))  # padding rows get zeros
 
 
 class SelfAttention(nn.Module):

@@ -13,20 +13,37 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from megavg.layers import fp8_autocast, fp8_blocks, rope_tables
+from megavg.layers.fp8 import FP8_TOKEN_MULTIPLE
 from megavg.models.wan.args import Args
 from megavg.models.wan.layers import Head, ImageEmbedding, TextEmbedding, TimeEmbedding, WanBlock
 from megavg.utils.errors import UserError
 
 
-class TokenIdentity(nn.Module):
-    """Placeholder for the token shard / gather points (identity without sequence parallelism)."""
+class TokenPad(nn.Module):
+    """Token shard point without sequence parallelism: zero-pad [B, S, dim] to a multiple of ``multiple``.
 
-    def forward(self, x: torch.Tensor, length: int | None = None) -> torch.Tensor:
-        return x
+    FP8 GEMMs need token counts divisible by 16; padding tokens never act as attention keys
+    (:class:`AttentionCore` cuts them off) and are cropped from the output.
+    """
+
+    def __init__(self, multiple: int = 1):
+        super().__init__()
+        self.multiple = multiple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (0, 0, 0, -x.shape[1] % self.multiple))
+
+
+class TokenCrop(nn.Module):
+    """Token gather point without sequence parallelism: drop padding tokens."""
+
+    def forward(self, x: torch.Tensor, length: int) -> torch.Tensor:
+        return x[:, :length]
 
 
 class Model(nn.Module):
@@ -41,8 +58,8 @@ class Model(nn.Module):
         self.image_embed = ImageEmbedding(args.image_dim, args.dim) if args.is_i2v else None
         self.blocks = nn.ModuleList(WanBlock(args) for _ in range(args.num_layers))
         self.head = Head(args)
-        self.token_shard = TokenIdentity()
-        self.token_gather = TokenIdentity()
+        self.token_shard = TokenPad(self.token_multiple)
+        self.token_gather = TokenCrop()
         self.fp8_group = None  # amax reduction group, set by the engine when FP8 is on
 
     def forward(self, latents, timestep, text, image=None) -> torch.Tensor:
@@ -53,7 +70,7 @@ class Model(nn.Module):
         time_emb, time_proj = self.time_embed(timestep, text.dtype)
         text = self.text_embed(text)
         image = self.image_embed(image) if image is not None else None
-        x = self.token_shard(x)  # [B, S_local, dim]
+        x = self.token_shard(x)  # [B, S_local (padded), dim]
         x = self._run_blocks(x, text, image, time_proj, rope)
         x = self.token_gather(self.head(x, time_emb), math.prod(grid))  # [B, S, C_out * pt * ph * pw]
         return self.unpatchify(x, grid)
@@ -91,6 +108,11 @@ class Model(nn.Module):
                 f"wan: latent size {tuple(sizes)} is not divisible by patch {self.args.patch_size}"
             )
         return tuple(n // p for n, p in zip(sizes, self.args.patch_size))
+
+    @property
+    def token_multiple(self) -> int:
+        """Token count each rank's shard is padded to a multiple of (16 under FP8, else 1)."""
+        return FP8_TOKEN_MULTIPLE if self.args.layers.fp8.enabled else 1
 
     def num_tokens(self, latent_shape: tuple[int, ...]) -> int:
         """Sequence length for latents of shape (..., T, H, W)."""

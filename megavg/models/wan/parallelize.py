@@ -6,7 +6,8 @@ SAME full inputs; the model then
 1. shards the token sequence right after patch embedding (zero-padding it to a multiple of P),
 2. runs the blocks on its shard: self-attention trades tokens for heads around the attention entry point
    (one all-to-all for q/k/v, one back), RoPE applied after the trade with global positions; padding
-   tokens are cut off before attending, so they never act as keys; cross-attention stays local
+   tokens are cut off before attending, so they never act as keys (pad + mask, never a wrong result
+   for token counts that do not divide by P); cross-attention stays local
    (query shard x replicated text / image tokens),
 3. applies the head to its shard and all-gathers the prediction, returned in full on every rank.
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from megavg.models.wan.layers import AttentionCore
@@ -35,23 +35,22 @@ class UlyssesAttention(nn.Module):
         self.core, self.group = core, group
 
     def forward(self, q, k, v, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        length = rope[0].shape[0]  # true (unpadded) sequence length
-        qkv = torch.stack((q, k, v), dim=3).flatten(3)  # [B, S/P, H, 3*D]: one all-to-all for all three
+        qkv = torch.stack((q, k, v), dim=3).flatten(3)  # [B, S_pad/P, H, 3*D]: one all-to-all for all three
         qkv = seq_to_heads(qkv, self.group)  # [B, S_pad, H/P, 3*D]
-        padded = qkv.shape[1]
-        q, k, v = qkv[:, :length].unflatten(-1, (3, -1)).unbind(3)  # each [B, S, H/P, D]
-        out = self.core(q, k, v, rope)
-        out = F.pad(out, (0, 0, 0, 0, 0, padded - length))  # back to [B, S_pad, H/P, D]
-        return heads_to_seq(out, self.group)  # [B, S/P, H, D]
+        q, k, v = qkv.unflatten(-1, (3, -1)).unbind(3)  # each [B, S_pad, H/P, D]
+        out = self.core(q, k, v, rope)  # RoPE on global positions; padding cut off inside
+        return heads_to_seq(out, self.group)  # [B, S_pad/P, H, D]
 
 
 class SequenceShard(nn.Module):
-    def __init__(self, group):
+    """Pads [B, S, dim] to a multiple of P * ``multiple`` and keeps this rank's chunk."""
+
+    def __init__(self, group, multiple: int = 1):
         super().__init__()
-        self.group = group
+        self.group, self.multiple = group, multiple
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return shard_sequence(x, self.group, dim=1)
+        return shard_sequence(x, self.group, dim=1, multiple=self.multiple)
 
 
 class SequenceGather(nn.Module):
@@ -75,7 +74,7 @@ def apply_ulysses(model: Model, group) -> Model:
         )
     if isinstance(model.token_shard, SequenceShard):
         raise UserError("sequence parallelism is already applied to this model")
-    model.token_shard = SequenceShard(group)
+    model.token_shard = SequenceShard(group, model.token_multiple)
     model.token_gather = SequenceGather(group)
     for block in model.blocks:
         block.self_attn.core = UlyssesAttention(block.self_attn.core, group)
