@@ -7,9 +7,12 @@ sequence-parallel (SP) groups of ``sp`` *contiguous* ranks (inside a node, where
     W = 4, sp = 2:   SP groups [0 1] [2 3]      DP groups [0 2] [1 3]
 
 ZeRO-3 partitions parameters, gradients and optimizer state over all ``W`` ranks (the "sequence-data"
-group). The module object itself is the ``mpu`` handed to ``deepspeed.initialize``: DeepSpeed then sums
-gradients over each SP group and averages them over DP, which is exactly what the SP layers need (their
-per-rank gradients sum to the single-process gradient; see ``megavg.parallel.ulysses``).
+group, here the world), and DeepSpeed averages gradients over those ``W`` ranks. The SP layers follow the
+SP-sum convention (per-rank gradients summed over the group equal the single-process gradient; see
+``megavg.parallel.ulysses``), so the trainer back-propagates ``sp * loss``: the average over ``W`` ranks
+is then the average over DP of the full-sample gradients. (Handing this module to DeepSpeed as ``mpu``
+would let it do that scaling itself; with DeepSpeed 0.19.8 ZeRO-3 then produced wrong gradients in our
+DP x SP test, while stage 0 was right, so the engine does not pass it.)
 SP degree 1 means sequence parallelism is off: every rank is its own SP group.
 """
 
@@ -57,11 +60,6 @@ def initialize(sp_size: int = 1) -> None:
         if rank in ranks:
             dp_group, dp_ranks = group, ranks
     _STATE = _Groups(sp_size, sp_group, sp_ranks, dp_group, dp_ranks, dist.group.WORLD)
-
-
-# DeepSpeed recognises an SP-aware mpu (like its own ``sequence_parallel.parallel_state_sp``) by this name:
-# it then takes ZeRO groups from the sequence-data getters and no tensor-parallel group from us.
-initialize_sequence_parallel = initialize
 
 
 def is_initialized() -> bool:
@@ -126,24 +124,3 @@ def get_sequence_data_parallel_world_size() -> int:
 
 def get_sequence_data_parallel_rank() -> int:
     return dist.get_rank()
-
-
-# -- no tensor / pipeline parallelism: DeepSpeed asks for these through its mpu interface --------------
-def get_model_parallel_world_size() -> int:
-    return 1
-
-
-def get_model_parallel_rank() -> int:
-    return 0
-
-
-def get_tensor_model_parallel_world_size() -> int:
-    return 1
-
-
-def get_tensor_model_parallel_rank() -> int:
-    return 0
-
-
-def get_pipeline_model_parallel_world_size() -> int:
-    return 1

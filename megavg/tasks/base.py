@@ -27,6 +27,11 @@ class StepContext:
     sp_group: Any = None
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside a DeepSpeed engine (or the module itself)."""
+    return getattr(model, "module", model)
+
+
 def model_args(model_cfg) -> Any:
     """The model's args dataclass: the preset's (or ``init`` folder's) fields updated by ``model.args``.
 

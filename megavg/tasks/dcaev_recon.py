@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megavg.tasks.base import StepContext
+from megavg.models.dcaev.parallelize import apply_temporal_sp, gather_time, shard_time
+from megavg.tasks.base import StepContext, unwrap
 from megavg.tasks.base import Task as BaseTask
 
 
@@ -27,13 +28,15 @@ class Task(BaseTask):
     Args = Args
 
     def parallelize(self, model: nn.Module, sp_group) -> nn.Module:
-        from megavg.models.dcaev.parallelize import apply_temporal_sp
-
         return apply_temporal_sp(model, sp_group)
 
     def loss(self, model: nn.Module, batch: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
         video = batch["video"].to(ctx.device, ctx.dtype)  # B,3,T,H,W
-        recon = model(video).float()
+        if ctx.sp_group is None:
+            recon = model(video).float()
+        else:  # this rank's whole chunks in, every rank's reconstruction gathered back (SP-sum grads)
+            local = shard_time(video, unwrap(model).frame_chunk, ctx.sp_group)  # B,3,T_local,H,W
+            recon = gather_time(model(local), ctx.sp_group).float()
         target = video.float()
         l1 = F.l1_loss(recon, target)
         mse = F.mse_loss(recon, target)

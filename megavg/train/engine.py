@@ -131,8 +131,9 @@ def compute_dtype(ds: dict) -> torch.dtype:
     return torch.float32
 
 
-def initialize(cfg: TrainConfig, model: nn.Module, params: list[nn.Parameter], mpu) -> Any:
-    """``deepspeed.initialize`` over the trainable ``params``; ``mpu`` is :mod:`megavg.parallel.state`."""
+def initialize(cfg: TrainConfig, model: nn.Module, params: list[nn.Parameter]) -> Any:
+    """``deepspeed.initialize`` over the trainable ``params``: ZeRO partitions over all ranks and
+    gradients are averaged over all ranks (see :mod:`megavg.parallel.state` for the SP scaling)."""
     import deepspeed
     from torch.optim.lr_scheduler import LambdaLR
 
@@ -141,6 +142,5 @@ def initialize(cfg: TrainConfig, model: nn.Module, params: list[nn.Parameter], m
         model_parameters=params,
         config=deepspeed_config(cfg),
         lr_scheduler=lambda optimizer: LambdaLR(optimizer, lr_lambda(cfg)),
-        mpu=mpu,
     )
     return engine

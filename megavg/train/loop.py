@@ -65,12 +65,13 @@ class Trainer:
         self.device = ds_engine.device()
         self.dp_rank = state.get_data_parallel_rank()
         self.dp_size = state.get_data_parallel_world_size()
+        self.sp_group = state.get_sequence_parallel_group() if cfg.parallel.sp_size > 1 else None
         torch.manual_seed(cfg.schedule.seed)  # same initial weights on every rank
         model = task.build_model()
         if cfg.parallel.sp_size > 1:
-            model = task.parallelize(model, state.get_sequence_parallel_group())
+            model = task.parallelize(model, self.sp_group)
         params = set_trainable(model, cfg.model.trainable)
-        self.engine = ds_engine.initialize(cfg, model, params, state)
+        self.engine = ds_engine.initialize(cfg, model, params)
         self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint.keep, cfg.checkpoint.exclude_frozen)
         self.step = self.checkpointer.load(self.engine)
         self.loader = make_loader(cfg, self.dp_rank, self.dp_size, self.step * cfg.schedule.grad_accum)
@@ -89,12 +90,13 @@ class Trainer:
         for micro in range(ga):
             batch = next(self.batches)
             gen = micro_generator(self.cfg.schedule.seed, self.step * ga + micro, self.dp_rank)
-            ctx = StepContext(self.step, gen, self.device, self.dtype, None)
+            ctx = StepContext(self.step, gen, self.device, self.dtype, self.sp_group)
             terms = self.task.loss(self.engine, batch, ctx)
             if not _all_finite(terms["loss"]):
                 log.error(f"step {self.step + 1}: loss is NaN or Inf; stopping without a checkpoint")
                 raise SystemExit(1)
-            self.engine.backward(terms["loss"])
+            # DeepSpeed averages over DP x SP ranks; SP ranks hold partial (SP-sum) gradients.
+            self.engine.backward(terms["loss"] * self.cfg.parallel.sp_size)
             self.engine.step()
             tokens += self.task.tokens(batch)
             for name, value in terms.items():

@@ -18,13 +18,7 @@ def reference_recon_run(cfg: TrainConfig, dp_size: int) -> tuple[list[float], di
     (loss per step, final parameters). Gradient clipping as torch's ``clip_grad_norm_``."""
     torch.manual_seed(cfg.schedule.seed)
     model = megavg.models.build(cfg.model.preset)
-    opt = torch.optim.AdamW(
-        model.parameters(),
-        lr=cfg.optimizer.lr,
-        betas=cfg.optimizer.betas,
-        eps=cfg.optimizer.eps,
-        weight_decay=cfg.optimizer.weight_decay,
-    )
+    opt = _adamw(model, cfg)
     shape = (3, cfg.data.frames, *cfg.data.size)
     losses = []
     for step in range(cfg.schedule.steps):
@@ -67,3 +61,41 @@ def initial_params(cfg: TrainConfig) -> dict[str, torch.Tensor]:
     """The weights every run starts from (same seed as the trainer)."""
     torch.manual_seed(cfg.schedule.seed)
     return dict(megavg.models.build(cfg.model.preset).named_parameters())
+
+
+def reference_flow_run(cfg: TrainConfig, dp_size: int) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Flow matching (DESIGN §5) on the global synthetic batches, written out independently of
+    ``megavg.tasks.flow_matching``; noise per data-parallel slice from the trainer's seeding rule."""
+    from megavg.train.loop import micro_generator
+
+    torch.manual_seed(cfg.schedule.seed)
+    model = megavg.models.build(cfg.model.preset)
+    opt = _adamw(model, cfg)
+    args, b = cfg.task.args, cfg.data.batch_size
+    losses = []
+    for step in range(cfg.schedule.steps):
+        full = synthetic_batch(step, b * dp_size, "latent", (4, 2, *cfg.data.size))
+        loss = 0.0
+        for r in range(dp_size):
+            x0, text = full["latents"][r * b : (r + 1) * b], full["text"][r * b : (r + 1) * b]
+            gen = micro_generator(cfg.schedule.seed, step, r)
+            u = torch.rand(b, generator=gen)
+            sigma = args["shift"] * u / (1 + (args["shift"] - 1) * u)
+            noise = torch.randn(x0.shape, generator=gen)
+            keep = (torch.rand(b, generator=gen) >= args["text_dropout"]).float()
+            s = sigma.view(b, 1, 1, 1, 1)
+            pred = model((1 - s) * x0 + s * noise, 1000 * sigma, text * keep.view(b, 1, 1))
+            loss = loss + F.mse_loss(pred, noise - x0) / dp_size
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optimizer.grad_clip)
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses, {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def _adamw(model, cfg: TrainConfig) -> torch.optim.AdamW:
+    o = cfg.optimizer
+    return torch.optim.AdamW(
+        model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
+    )
