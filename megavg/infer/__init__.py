@@ -1,0 +1,1 @@
+"""Single-GPU inference: the standalone runner that uses exported megavg model folders."""
