@@ -7,6 +7,8 @@ positions of the whole grid, so a sequence-parallel caller can apply them after 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -22,10 +24,14 @@ def _angles(dim: int, positions: int, theta: float) -> torch.Tensor:
     return torch.outer(torch.arange(positions, dtype=torch.float64), inv_freq)
 
 
+@functools.lru_cache(maxsize=16)
 def rope_tables(
     head_dim: int, grid: tuple[int, int, int], theta: float = 10000.0, device: torch.device | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos, sin) for every token of a row-major (t, h, w) grid, each [T*H*W, head_dim // 2] float32."""
+    """(cos, sin) for every token of a row-major (t, h, w) grid, each [T*H*W, head_dim // 2] float32.
+
+    Cached per (head_dim, grid, theta, device): training reuses a few bucket shapes. Treat as read-only.
+    """
     parts = []
     for axis, (dim, size) in enumerate(zip(rope_split(head_dim), grid)):
         shape = [1, 1, 1, dim // 2]
