@@ -20,8 +20,8 @@ def rope_split(head_dim: int) -> tuple[int, int, int]:
 
 def _angles(dim: int, positions: int, theta: float) -> torch.Tensor:
     """[positions, dim // 2] rotation angles in float64."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
-    return torch.outer(torch.arange(positions, dtype=torch.float64), inv_freq)
+    inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64, device="cpu") / dim)
+    return torch.outer(torch.arange(positions, dtype=torch.float64, device="cpu"), inv_freq)
 
 
 @functools.lru_cache(maxsize=16)
