@@ -119,7 +119,7 @@ def test_torch_fallback_logs_one_line_each():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
-@pytest.mark.parametrize("layers", [{"linear": "te"}, {"attention": "flash"}])
+@pytest.mark.parametrize("layers", [{"linear": "te"}, {"attention": "flash"}, {"fp8": {"enabled": True}}])
 def test_explicit_gpu_backend_without_gpu_is_an_error(layers):
     with pytest.raises(UserError, match="needs"):
         model = build("wan-tiny-t2v", num_layers=1, layers=from_dict(LayerConfig, layers))

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from megavg.layers import fp8_autocast, fp8_blocks, rope_tables
+from megavg.layers.backends import resolve_linear
 from megavg.layers.fp8 import FP8_TOKEN_MULTIPLE
 from megavg.models.wan.args import Args
 from megavg.models.wan.layers import Head, ImageEmbedding, TextEmbedding, TimeEmbedding, WanBlock
@@ -51,6 +52,8 @@ class Model(nn.Module):
 
     def __init__(self, args: Args):
         super().__init__()
+        if args.layers.fp8.enabled and resolve_linear(args.layers.linear) != "te":
+            raise UserError("wan: layers.fp8.enabled needs Transformer Engine linears (not available here)")
         self.args = args
         self.patch_embed = nn.Conv3d(args.in_channels, args.dim, args.patch_size, stride=args.patch_size)
         self.time_embed = TimeEmbedding(args.freq_dim, args.dim)
