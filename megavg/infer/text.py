@@ -1,0 +1,54 @@
+"""Text conditioning through transformers: umT5 (Wan-2.1) or any T5-style encoder folder or hub id.
+
+encoder = TextEncoder("google/umt5-xxl")            # online; or a local folder (offline)
+embeddings = encoder(["a cat surfing"])             # list of [L_i, D], padding removed
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from megavg.utils.errors import UserError
+
+WAN_TEXT_ENCODER = "google/umt5-xxl"  # Wan-2.1 conditions on umT5-XXL, 512 tokens
+
+
+class TextEncoder:
+    """Tokenizer + encoder-only T5/umT5; returns one unpadded embedding per caption."""
+
+    def __init__(self, name_or_path: str, device: str = "cpu", dtype=torch.float32, max_length: int = 512):
+        import transformers
+
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        try:
+            config = transformers.AutoConfig.from_pretrained(name_or_path, local_files_only=offline)
+            model_cls = (
+                transformers.UMT5EncoderModel if config.model_type == "umt5" else transformers.T5EncoderModel
+            )
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(
+                name_or_path, local_files_only=offline
+            )
+            self.model = model_cls.from_pretrained(name_or_path, torch_dtype=dtype, local_files_only=offline)
+        except (OSError, ValueError) as err:
+            raise UserError(
+                f"text encoder {name_or_path}: cannot load ({str(err).splitlines()[0]})"
+            ) from None
+        self.model.to(device).eval()
+        self.device, self.max_length = device, max_length
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.d_model
+
+    @torch.no_grad()
+    def __call__(self, captions: list[str]) -> list[torch.Tensor]:
+        tokens = self.tokenizer(
+            captions, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+        hidden = self.model(
+            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask
+        ).last_hidden_state
+        lengths = tokens.attention_mask.sum(dim=1).tolist()
+        return [h[:n].float().cpu() for h, n in zip(hidden, lengths)]  # [L_i, D] each
