@@ -69,8 +69,9 @@ def shard_sequence(x: torch.Tensor, group, dim: int = 1, multiple: int = 1) -> t
     """This rank's contiguous chunk of ``x`` along ``dim``, after zero-padding it to a multiple of
     P * ``multiple`` (so each chunk's length is a multiple of ``multiple``).
 
-    The padding tokens sit at the end of the last rank's shard; the attention wrapper drops them before
-    attending, and :func:`gather_sequence` drops them from the output.
+    The padding tokens sit at the end of the sequence (in the last ranks' shards); the attention core
+    drops them before attending, so they never act as keys, and :func:`gather_sequence` drops them from
+    the output.
     """
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     pad = padded_length(x.shape[dim], world * multiple) - x.shape[dim]
