@@ -1,7 +1,8 @@
 """Latent shards for precomputed training: per sample one safetensors blob + json metadata.
 
 Sample ``<key>.safetensors`` holds ``latents`` [C, T, H, W], ``text`` [L, D] (text-encoder output) and
-optionally ``text_mask`` [L] and ``image`` (e.g. first-frame latents); ``<key>.json`` holds the caption and
+optionally ``text_mask`` [L], ``image`` (e.g. CLIP image tokens for I2V) and ``teacher_latents`` (the
+base VAE's latents of the same clip, for AE-Adapt-V embedding alignment); ``<key>.json`` holds the caption and
 the shapes. Batches stack latents (equal shapes required) and pad text to the longest L with a mask.
 """
 
@@ -20,7 +21,8 @@ from megavg.data.shards import write_shards
 from megavg.utils.errors import UserError
 
 REQUIRED = ("latents", "text")
-OPTIONAL = ("text_mask", "image")
+OPTIONAL = ("text_mask", "image", "teacher_latents")
+STACKED = ("image", "teacher_latents")  # optional tensors batched by stacking
 
 
 def encode_latent_sample(sample: dict, index: int) -> dict:
@@ -70,7 +72,8 @@ def collate_latents(items: list[dict]) -> dict:
         text[i, :n] = item["text"]
         mask[i, :n] = item["text_mask"].bool() if "text_mask" in item else True
     batch = {"latents": torch.stack([item["latents"] for item in items]), "text": text, "text_mask": mask}
-    if all("image" in item for item in items):
-        batch["image"] = torch.stack([item["image"] for item in items])
+    for name in STACKED:
+        if all(name in item for item in items):
+            batch[name] = torch.stack([item[name] for item in items])
     batch["caption"] = [item["caption"] for item in items]
     return batch

@@ -21,8 +21,8 @@ from types import ModuleType
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from megavg.utils.errors import UserError
@@ -87,9 +87,13 @@ def save(model: nn.Module, folder: str | os.PathLike) -> Path:
     args = getattr(model, "args", None)
     if args is None:
         raise UserError(f"{type(model).__name__} has no .args: not a megavg model")
-    config = {"format": FORMAT, "version": 1, "family": family_of(args), "args": to_dict(args)}
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    state = {k: v for k, v in state.items() if not k.endswith("_extra_state")}
+    return save_state(family_of(args), to_dict(args), model.state_dict(), folder)
+
+
+def save_state(family: str, args: dict, state: dict[str, torch.Tensor], folder: str | os.PathLike) -> Path:
+    """Write a model folder from a family name, its args dict and a state dict (no model is built)."""
+    config = {"format": FORMAT, "version": 1, "family": family, "args": args}
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items() if not k.endswith("_extra_state")}
     with atomic_dir(folder) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         _write_weights(state, tmp)
@@ -131,21 +135,35 @@ def read_config(folder: str | os.PathLike) -> dict:
     return config
 
 
-def load_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read every tensor of a model folder (single file or sharded index)."""
-    folder = Path(folder)
+def _weight_files(folder: Path) -> dict[str, list[str] | None]:
+    """Weight file names of a folder mapped to their keys (None: keys not listed, single file)."""
     if (folder / INDEX_NAME).is_file():
-        files = sorted(set(json.loads((folder / INDEX_NAME).read_text())["weight_map"].values()))
-    elif (folder / WEIGHTS_NAME).is_file():
-        files = [WEIGHTS_NAME]
-    else:
-        raise UserError(f"{folder}: no {WEIGHTS_NAME} or {INDEX_NAME}")
+        files: dict[str, list[str]] = {}
+        for key, name in json.loads((folder / INDEX_NAME).read_text())["weight_map"].items():
+            files.setdefault(name, []).append(key)
+        return files
+    if (folder / WEIGHTS_NAME).is_file():
+        return {WEIGHTS_NAME: None}
+    raise UserError(f"{folder}: no {WEIGHTS_NAME} or {INDEX_NAME}")
+
+
+def load_state_dict(folder: str | os.PathLike, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Read the tensors of a model folder (single file or sharded index): all, or only ``names``."""
+    folder = Path(folder)
+    wanted = None if names is None else set(names)
     state: dict[str, torch.Tensor] = {}
-    for name in files:
+    for name, keys in sorted(_weight_files(folder).items()):
+        if wanted is not None and keys is not None and not wanted & set(keys):
+            continue  # a shard holding none of the wanted tensors is not opened
         try:
-            state.update(load_file(str(folder / name)))
+            with safe_open(str(folder / name), framework="pt") as fh:
+                for key in fh.keys():
+                    if wanted is None or key in wanted:
+                        state[key] = fh.get_tensor(key)
         except (SafetensorError, OSError) as err:
             raise UserError(f"{folder / name}: unreadable safetensors file ({err})") from None
+    if wanted is not None and wanted - set(state):
+        raise UserError(f"{folder}: no tensor {sorted(wanted - set(state))[0]!r}")
     return state
 
 

@@ -1,0 +1,68 @@
+"""The model folder format: round trips (single file and sharded), partial reads, and clear errors."""
+
+import json
+
+import pytest
+import torch
+
+import megavg.models
+from megavg.models import registry
+from megavg.utils.errors import UserError
+
+
+@pytest.fixture
+def model():
+    return megavg.models.build("dc-ae-v-tiny")
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("shard_bytes", [None, 64 * 1024])
+def test_round_trip(model, tmp_path, monkeypatch, shard_bytes):
+    if shard_bytes:
+        monkeypatch.setattr(registry, "MAX_SHARD_BYTES", shard_bytes)
+    model.save(tmp_path / "m")
+    files = sorted(p.name for p in (tmp_path / "m").iterdir())
+    assert (registry.INDEX_NAME in files) == bool(shard_bytes)
+    if shard_bytes:
+        assert len([f for f in files if f.endswith(".safetensors")]) > 2
+    again = megavg.models.load(tmp_path / "m")
+    assert again.args == model.args and _same_weights(again, model)
+    key = next(iter(model.state_dict()))
+    assert list(registry.load_state_dict(tmp_path / "m", [key])) == [key]
+
+
+def test_meta_build_allocates_nothing():
+    with torch.device("meta"):
+        big = megavg.models.build("dc-ae-v-f32t4c32")
+    assert all(p.is_meta for p in big.parameters())
+
+
+def test_errors_name_the_folder_and_problem(model, tmp_path):
+    with pytest.raises(UserError, match="not a megavg model folder"):
+        megavg.models.load(tmp_path)
+    model.save(tmp_path / "m")
+    weights = tmp_path / "m" / registry.WEIGHTS_NAME
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    with pytest.raises(UserError, match="unreadable safetensors"):
+        megavg.models.load(tmp_path / "m")
+    megavg.models.build("dc-ae-v-small").save(tmp_path / "other")
+    config = json.loads((tmp_path / "other" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    model.save(tmp_path / "tiny")
+    (tmp_path / "tiny" / "config.json").write_text(json.dumps(config))  # tiny weights, small config
+    with pytest.raises(UserError, match="weights do not match the model|has shape"):
+        megavg.models.load(tmp_path / "tiny")
+    with pytest.raises(UserError, match="unknown model preset 'nope'"):
+        megavg.models.build("nope")
+
+
+def test_nonfinite_weights_rejected(model, tmp_path):
+    with torch.no_grad():
+        next(model.parameters())[0].fill_(float("nan"))
+    model.save(tmp_path / "m")
+    with pytest.raises(UserError, match="NaN or Inf"):
+        megavg.models.load(tmp_path / "m")
