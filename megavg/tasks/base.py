@@ -41,8 +41,10 @@ def model_args(model_cfg) -> Any:
         config = registry.read_config(model_cfg.init)
         family = importlib.import_module(registry.FAMILIES[config["family"]])
         base = from_dict(family.Args, config.get("args", {}), f"{model_cfg.init} args")
-    else:
+    elif model_cfg.preset:
         base = registry.preset_args(model_cfg.preset)
+    else:
+        raise UserError("config model: set model.preset (a preset name) or model.init (a model folder)")
     merged = {**to_dict(base), **model_cfg.args}
     if model_cfg.activation_checkpointing:
         if "grad_checkpointing" not in merged:

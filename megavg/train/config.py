@@ -41,7 +41,7 @@ class ModelConfig:
     megavg model folder whose weights start the run. ``trainable``: glob patterns of parameter names to
     train (empty = all); the rest are frozen and, with ``checkpoint.exclude_frozen``, not checkpointed."""
 
-    preset: str = "dc-ae-v-tiny"
+    preset: str = ""
     args: dict[str, Any] = dataclasses.field(default_factory=dict)
     init: str = ""
     trainable: list[str] = dataclasses.field(default_factory=list)
@@ -61,7 +61,8 @@ class OptimizerConfig:
 
 @dataclasses.dataclass
 class ScheduleConfig:
-    """``steps`` optimizer steps; linear warmup then ``decay`` to ``min_lr_ratio * lr``."""
+    """``steps`` optimizer steps; linear warmup then ``decay`` to ``min_lr_ratio * lr``. A NaN/Inf loss
+    on any rank stops the run (exit 1) before that step's update, without writing a checkpoint."""
 
     steps: int = 1000
     grad_accum: int = 1
@@ -69,7 +70,6 @@ class ScheduleConfig:
     decay: Literal["constant", "cosine", "linear"] = "constant"
     min_lr_ratio: float = 0.0
     seed: int = 0
-    on_nonfinite: Literal["stop", "skip"] = "stop"
 
     def __post_init__(self) -> None:
         for name in ("steps", "grad_accum"):

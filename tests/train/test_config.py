@@ -1,0 +1,121 @@
+"""The config tree, the DeepSpeed JSON merge, the LR schedule and pre-launch validation (no processes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from megavg.train.__main__ import prepare
+from megavg.train.config import TrainConfig, dump_config, load_config
+from megavg.train.engine import compute_dtype, deepspeed_config, lr_lambda
+from megavg.utils.errors import UserError
+from megavg.utils.schema import to_dict
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((REPO / "configs/train").glob("*.yaml"))
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load_and_change_only_non_defaults(path):
+    cfg = load_config(path)
+    defaults = to_dict(TrainConfig())
+    for section, values in yaml.safe_load(path.read_text()).items():
+        for key, value in values.items():
+            assert defaults[section].get(key) != value, f"{path.name}: {section}.{key} repeats the default"
+    assert deepspeed_config(cfg)["zero_optimization"]["stage"] == 3
+
+
+def test_overrides_are_parsed_as_yaml_and_resolved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["schedule.steps=7", "optimizer.betas=[0.8, 0.9]", "model.args.dim=32"])
+    assert cfg.schedule.steps == 7 and cfg.optimizer.betas == (0.8, 0.9) and cfg.model.args == {"dim": 32}
+    again = load_config(write(tmp_path / "c.yaml", dump_config(cfg)))
+    assert again == cfg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["schedule.stepz=3"], "schedule.stepz: unknown key"),
+        (["schedule.steps=many"], "schedule.steps: expected int"),
+        (["checkpoint.exclude_frozen=3"], "checkpoint.exclude_frozen: expected true/false"),
+        (["parallel.backend=mpi"], "parallel.backend: 'mpi' is not one of"),
+        (["schedule.steps"], "expected section.key=value"),
+        (["schedule.steps=0"], "schedule.steps: must be >= 1"),
+    ],
+)
+def test_bad_keys_and_values_name_the_key(overrides, message):
+    with pytest.raises(UserError, match=message):
+        load_config(None, overrides)
+
+
+def test_prepare_checks_task_model_data_and_deepspeed_json(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "shard-000000.tar").touch()
+    base = ["--config", str(REPO / "configs/train/dcaev_tiny_test.yaml"), f"data.shards={shards}"]
+    prepare(base)  # valid
+    cases = {
+        "task.name=nope": "unknown task 'nope'",
+        "task.args={l2_weight: 1}": "task.args.l2_weight: unknown key",
+        "model.preset=dc-ae-v-huge": "unknown model preset",
+        "model.args={latent_channelz: 3}": "model.args.latent_channelz: unknown key",
+        f"data.shards={tmp_path / 'missing'}": "no .tar shard found",
+        "parallel.deepspeed=nowhere.json": "nowhere.json not found",
+        "parallel.deepspeed_overrides={gradient_clipping: 1.0}": "gradient_clipping.* is set from",
+    }
+    for override, message in cases.items():
+        with pytest.raises(UserError, match=message):
+            prepare([*base, override])
+
+
+def test_deepspeed_config_takes_batch_optimizer_and_clipping_from_the_tree():
+    cfg = load_config(None, ["data.batch_size=3", "schedule.grad_accum=2", "optimizer.lr=0.5"])
+    cfg.parallel.deepspeed = str(REPO / cfg.parallel.deepspeed)
+    cfg.parallel.deepspeed_overrides = {"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}
+    ds = deepspeed_config(cfg)
+    assert ds["train_micro_batch_size_per_gpu"] == 3 and ds["gradient_accumulation_steps"] == 2
+    assert ds["optimizer"]["params"]["lr"] == 0.5 and ds["optimizer"]["params"]["torch_adam"] is True
+    assert ds["zero_optimization"]["stage"] == 3  # merged, not replaced
+    assert ds["zero_optimization"]["offload_optimizer"] == {"device": "cpu"}
+    assert compute_dtype(ds) is torch.bfloat16
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor():
+    cfg = load_config(None, ["schedule.steps=110", "schedule.warmup_steps=10", "schedule.decay=cosine"])
+    cfg.schedule.min_lr_ratio = 0.1
+    f = lr_lambda(cfg)
+    assert [f(0), f(4), f(9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert f(60) == pytest.approx(0.1 + 0.9 * 0.5) and f(110) == pytest.approx(0.1)
+
+
+def test_cli_bad_key_fails_before_launch_with_one_line(tmp_path):
+    cfg = write(tmp_path / "bad.yaml", "schedule:\n  step: 3\n")
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "megavg.train", "--config", str(cfg)], capture_output=True, text=True, cwd=REPO
+    )
+    assert proc.returncode == 2 and time.monotonic() - start < 30
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: config schedule.step: unknown key")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_invalid_yaml_and_json_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="invalid YAML"):
+        load_config(write(tmp_path / "x.yaml", "run: [unclosed\n"))
+    bad = write(tmp_path / "ds.json", "{not json")
+    with pytest.raises(UserError, match="invalid JSON"):
+        deepspeed_config(load_config(None, [f"parallel.deepspeed={bad}"]))
+    assert json.loads((REPO / "configs/deepspeed/zero3_fp32.json").read_text())["bf16"]["enabled"] is False
