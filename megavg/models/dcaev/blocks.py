@@ -17,6 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
+def _onednn() -> bool:
+    return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+
+
 # (last p frames of this call's input) -> left pad of its first chunk, or None for zeros
 LeftContext = Callable[[torch.Tensor], "torch.Tensor | None"]
 
@@ -31,14 +36,22 @@ class ChunkCausalConv3d(nn.Conv3d):
         self.pad_t = kernel_t // 2
         self.left_context: LeftContext | None = None
 
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv with temporal padding 0. On CPU, torch runs batch-1 3-D convs with its slow reference
+        kernel; oneDNN computes the same conv ~5x faster, so batch-1 float32 CPU inputs go to it."""
+        if x.shape[0] == 1 and x.device.type == "cpu" and x.dtype == torch.float32 and _onednn():
+            w, b = self.weight, self.bias
+            return torch.mkldnn_convolution(x, w, b, self.padding, self.stride, self.dilation, self.groups)
+        return super().forward(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.pad_t
         if p == 0:
-            return super().forward(x)
+            return self._conv(x)
         first_left = self.left_context(x[:, :, -p:]) if self.left_context is not None else None
         if first_left is None:
             first_left = x.new_zeros(*x.shape[:2], p, *x.shape[3:])
-        return chunk_causal_conv(x, first_left, self.chunk, super().forward)
+        return chunk_causal_conv(x, first_left, self.chunk, self._conv)
 
 
 def chunk_causal_conv(
