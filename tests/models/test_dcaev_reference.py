@@ -278,7 +278,7 @@ class _RunsCode:
         return (os.getcwd, ())
 
 
-@pytest.mark.parametrize("problem", ["truncated", "code", "missing_key", "not_found"])
+@pytest.mark.parametrize("problem", ["truncated", "code", "missing_key", "wrong_shape", "not_found"])
 def test_bad_checkpoints_exit_2_with_one_line(authors_files, tmp_path, problem):
     folder, ema = authors_files
     bad = tmp_path / "bad.pt"
@@ -289,10 +289,14 @@ def test_bad_checkpoints_exit_2_with_one_line(authors_files, tmp_path, problem):
         torch.save({"model_state_dict": _RunsCode()}, bad)
     elif problem == "missing_key":
         torch.save({"model_state_dict": {k: v for k, v in ema.items() if "stages.2.op_list.0" not in k}}, bad)
+    elif problem == "wrong_shape":
+        torch.save({"model_state_dict": {**ema, "encoder.project_out.conv.bias": torch.zeros(7)}}, bad)
     proc = run_convert(bad, "--arch", folder / "arch.json", "--out", tmp_path / "out")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "bad.pt" in lines[0], proc.stderr
     if problem == "missing_key":
         assert "missing" in lines[0] and "stages.2.op_list.0" in lines[0]
+    if problem == "wrong_shape":
+        assert "encoder.project_out.conv.bias has shape (7,), the architecture expects (6,)" in lines[0]
     assert not (tmp_path / "out").exists()

@@ -85,8 +85,13 @@ def from_authors(state: dict[str, torch.Tensor], model: Model, source: str) -> d
         parts = [f"{len(missing)} missing (e.g. {missing[0]})"] if missing else []
         parts += [f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []
         raise UserError(f"{source}: weights do not match the architecture: {', '.join(parts)}")
+    expected = model.state_dict()
+    for ours, key in mapping.items():
+        if tuple(state[key].shape) != tuple(expected[ours].shape):
+            got, want = tuple(state[key].shape), tuple(expected[ours].shape)
+            raise UserError(f"{source}: {key} has shape {got}, the architecture expects {want}")
     converted = {ours: state[key] for ours, key in mapping.items()}
-    check_state_dict(model, converted, source)  # shapes and NaN/Inf, named by our key
+    check_state_dict(model, converted, source)  # NaN/Inf
     return converted
 
 
