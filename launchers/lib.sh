@@ -1,0 +1,119 @@
+# Shared by launchers/megavg.sbatch and launchers/local.sh (sourced, not run).
+#
+# Exit-code contract of the workers (megavg.train): 0 finished, 75 stopped by SIGUSR1/SIGTERM after a
+# complete checkpoint (requeue and rerun the same command to resume), 2 bad input, anything else a crash.
+
+MEGAVG_EXIT_BAD_INPUT=2
+MEGAVG_EXIT_PREEMPTED=75
+MEGAVG_PYTHON="${MEGAVG_PYTHON:-$(command -v python || command -v python3)}"
+
+megavg_log() { echo "[megavg $(date -u +%H:%M:%S)] $*"; }
+
+# One line on stderr (the job log), exit 2.
+megavg_fail() {
+  echo "error: $*" >&2
+  exit "$MEGAVG_EXIT_BAD_INPUT"
+}
+
+# The Python module a job preset runs; every preset takes CONFIG [section.key=value ...].
+megavg_module() {
+  case "$1" in
+    train) echo megavg.train ;; # DC-AE-V training and the AE-Adapt-V phases (the config's task.name)
+    precompute) echo megavg.data.precompute ;;
+    export) echo megavg.infer.export ;;
+    *) megavg_fail "unknown job '$1' (expected train, precompute or export)" ;;
+  esac
+}
+
+# How many ranks a preset uses: export consolidates on one process, the others use the whole allocation.
+megavg_single_process() { [ "$1" = export ]; }
+
+# Fail in the launcher, in well under a second, on what would otherwise fail once per rank.
+megavg_preflight() { # MODULE CONFIG
+  [ -x "$MEGAVG_PYTHON" ] || megavg_fail "no python found (set MEGAVG_PYTHON or activate the megavg environment)"
+  "$MEGAVG_PYTHON" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec(sys.argv[1]) is None)' "$1" \
+    2>/dev/null || megavg_fail "python module $1 not found by $MEGAVG_PYTHON (install megavg there or set MEGAVG_PYTHON)"
+  [ -n "$2" ] || megavg_fail "no config given (usage: JOB CONFIG [section.key=value ...])"
+  [ -f "$2" ] || megavg_fail "$2: config file not found (relative paths start at $(pwd))"
+}
+
+# NCCL on GPU nodes, gloo on CPU nodes (the trainer's parallel.backend=auto picks the same); threads per rank.
+megavg_comm_env() { # GPUS_ON_NODE
+  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"
+  if [ -n "${MEGAVG_IFNAME:-}" ]; then
+    export NCCL_SOCKET_IFNAME="$MEGAVG_IFNAME" GLOO_SOCKET_IFNAME="$MEGAVG_IFNAME"
+  fi
+  if [ "${1:-0}" -gt 0 ]; then
+    export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
+    # a collective that can never finish (a rank died) aborts the process instead of hanging the job
+    export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}"
+    MEGAVG_BACKEND=nccl
+  else
+    MEGAVG_BACKEND=gloo
+  fi
+}
+
+# Rendezvous from the allocation: the first node of the job is the master; the port is fixed per job and
+# restart (the same on every node, different for two jobs sharing a node, free again after a requeue).
+megavg_slurm_env() {
+  MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
+  MASTER_PORT="${MEGAVG_MASTER_PORT:-$((20000 + (SLURM_JOB_ID * 8 + ${SLURM_RESTART_COUNT:-0}) % 40000))}"
+  export MASTER_ADDR MASTER_PORT
+  local gpus="${SLURM_GPUS_ON_NODE:-0}" tasks="${SLURM_TASKS_PER_NODE%%[(,]*}"
+  if [ "$gpus" -gt 0 ] && [ "$tasks" != "$gpus" ]; then
+    megavg_fail "one rank per GPU: this node has $gpus GPUs but $tasks tasks (use --ntasks-per-node=$gpus)"
+  fi
+  megavg_comm_env "$gpus"
+}
+
+# Run the job step in the background and wait for it, so the batch shell stays responsive: a SIGUSR1 or
+# SIGTERM that reaches only the batch shell (#SBATCH --signal=B:USR1, scancel -b) is passed to the
+# ranks as SIGUSR1 (srun forwards it to every task). Sets MEGAVG_STEP_RC.
+megavg_run_step() { # SRUN_OPTIONS... -- COMMAND...
+  srun "$@" &
+  MEGAVG_STEP_PID=$!
+  trap _megavg_forward_stop USR1 TERM
+  MEGAVG_STEP_RC=0
+  wait "$MEGAVG_STEP_PID" || MEGAVG_STEP_RC=$?
+  while [ "$MEGAVG_STEP_RC" -gt 128 ] && kill -0 "$MEGAVG_STEP_PID" 2>/dev/null; do
+    MEGAVG_STEP_RC=0
+    wait "$MEGAVG_STEP_PID" || MEGAVG_STEP_RC=$?
+  done
+  trap - USR1 TERM
+}
+
+_megavg_forward_stop() {
+  megavg_log "batch shell got a stop signal: asking the ranks to checkpoint and exit"
+  kill -USR1 "$MEGAVG_STEP_PID" 2>/dev/null || true
+}
+
+# The first 'error:' line any rank wrote (the workers print exactly one on bad input).
+megavg_first_error() { # LOG_DIR
+  grep -h -m 1 '^error: ' "$1"/rank*.log 2>/dev/null | head -n 1
+}
+
+# Decide what the job does after the step: finish, requeue itself, or fail with one line.
+megavg_finish() { # STEP_RC RANK_LOG_DIR
+  local rc="$1" logs="$2" restarts="${SLURM_RESTART_COUNT:-0}" state
+  if [ "$rc" -eq 0 ]; then
+    megavg_log "finished"
+    exit 0
+  fi
+  if [ "$rc" -eq "$MEGAVG_EXIT_PREEMPTED" ]; then
+    state="$(scontrol show job -o "$SLURM_JOB_ID" | grep -o 'JobState=[A-Z_]*')"
+    if [ "$state" = JobState=CANCELLED ]; then
+      megavg_log "cancelled: a complete checkpoint was written; not requeued (resubmit to resume)"
+    elif [ "$restarts" -ge "${MEGAVG_MAX_RESTARTS:-50}" ]; then
+      megavg_log "stopped with a complete checkpoint; $restarts restarts reached MEGAVG_MAX_RESTARTS, not requeued"
+    else
+      megavg_log "stopped with a complete checkpoint; requeueing (this is restart $restarts)"
+      scontrol requeue "$SLURM_JOB_ID" && exit 0
+      megavg_log "scontrol requeue failed: resubmit the same command to resume"
+    fi
+    exit "$rc"
+  fi
+  local line
+  line="$(megavg_first_error "$logs")"
+  echo "error: job step failed with exit code $rc${line:+: ${line#error: }} (rank logs: $logs)" >&2
+  exit "$rc"
+}

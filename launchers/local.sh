@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# megavg on one machine, same interface as launchers/megavg.sbatch (see README, section SLURM):
+#
+#   [MEGAVG_NPROC=N] bash launchers/local.sh JOB CONFIG [section.key=value ...]
+#
+# N ranks (default: one per GPU that nvidia-smi lists, else 1) started by DeepSpeed's launcher
+# (`deepspeed --num_gpus N`; on CPU it runs gloo processes). Ctrl-C, SIGTERM or SIGUSR1 ask every rank
+# to write a complete checkpoint and exit 75 (a second Ctrl-C kills); rerunning the command resumes.
+set -uo pipefail
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
+
+job="${1:-}" config="${2:-}"
+shift 2 2>/dev/null || true
+module="$(megavg_module "$job")" || exit "$MEGAVG_EXIT_BAD_INPUT"
+megavg_preflight "$module" "$config"
+
+gpus="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)"
+nproc="${MEGAVG_NPROC:-$([ "${gpus:-0}" -gt 0 ] && echo "$gpus" || echo 1)}"
+megavg_single_process "$job" && nproc=1
+megavg_comm_env "${gpus:-0}"
+port="${MEGAVG_MASTER_PORT:-$("$MEGAVG_PYTHON" -c 'import socket; s=socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')}"
+
+if [ "$nproc" -eq 1 ]; then
+  cmd=("$MEGAVG_PYTHON" -u -m "$module")
+else
+  cmd=("$MEGAVG_PYTHON" -m deepspeed.launcher.runner --num_gpus "$nproc" --master_port "$port" --module "$module")
+fi
+megavg_log "$job: $nproc rank(s), backend $MEGAVG_BACKEND: ${cmd[*]} --config $config $*"
+
+# The ranks run in their own process group with SIGUSR1 ignored by everything except the trainer (which
+# installs its handler): DeepSpeed's launcher processes have no SIGUSR1 handler and would die of it.
+(trap '' USR1 && exec setsid "${cmd[@]}" --config "$config" "$@") &
+ranks=$!
+stops=0
+_megavg_local_stop() {
+  stops=$((stops + 1))
+  if [ "$stops" -eq 1 ]; then
+    megavg_log "stop requested: every rank writes a checkpoint and exits $MEGAVG_EXIT_PREEMPTED"
+    kill -USR1 -- "-$ranks" 2>/dev/null || true
+  else
+    kill -KILL -- "-$ranks" 2>/dev/null || true
+  fi
+}
+trap _megavg_local_stop INT TERM USR1
+rc=0
+wait "$ranks" || rc=$?
+while [ "$rc" -gt 128 ] && kill -0 "$ranks" 2>/dev/null; do
+  rc=0
+  wait "$ranks" || rc=$?
+done
+case "$rc" in
+  0) megavg_log "finished" ;;
+  "$MEGAVG_EXIT_PREEMPTED") megavg_log "stopped with a complete checkpoint: rerun the same command to resume" ;;
+  *) megavg_log "failed with exit code $rc" ;;
+esac
+exit "$rc"

@@ -1,0 +1,144 @@
+"""``launchers/megavg.sbatch`` on a real (local, one-node) SLURM cluster running the real trainer.
+
+Two gloo ranks train the tiny DC-AE-V config on shards made from real clips. The reference is an
+uninterrupted run; the preempted run gets SIGUSR1 mid-training (what ``#SBATCH --signal=USR1@T`` sends),
+must requeue itself, resume from its checkpoint and end with the same weights as the reference.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from megavg.data.make_shards import main as make_shards
+from megavg.data.samples import real_clips
+from tests.slurm.cluster import FINAL_STATES, Job, LocalSlurm, unavailable_reason
+
+pytestmark = [pytest.mark.slurm, pytest.mark.distributed]
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = "configs/train/dcaev_tiny_test.yaml"
+STEPS = 10  # long enough (a few seconds of steps) for a signal to land mid-training
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with LocalSlurm() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shards") / "clips"
+    make_shards([*map(str, real_clips()), "--out", str(out), "--samples-per-shard", "2"])
+    return out
+
+
+def submit(slurm: LocalSlurm, work: Path, config: str, *overrides: str) -> str:
+    """``sbatch`` the launcher for a 2-rank training job with its logs and run folder under ``work``."""
+    env = slurm.env(MEGAVG_PYTHON=sys.executable, MEGAVG_LOG_DIR=str(work / "logs"), OMP_NUM_THREADS="1")
+    return slurm.sbatch(
+        "--job-name=megavg-test", "--ntasks-per-node=2", f"--chdir={REPO}", f"--output={work}/%x-%j.out",
+        str(REPO / "launchers" / "megavg.sbatch"), "train", config, f"run.dir={work / 'run'}", *overrides,
+        env=env,
+    )  # fmt: skip
+
+
+def train_args(shards: Path) -> list[str]:
+    return [f"data.shards={shards}", f"schedule.steps={STEPS}", "checkpoint.every=0"]
+
+
+def job_log(work: Path, job_id: str) -> str:
+    return (work / f"megavg-test-{job_id}.out").read_text()
+
+
+def rank_log(work: Path, job_id: str, restart: int, rank: int) -> str:
+    return (work / "logs" / f"megavg-test-{job_id}" / f"restart{restart}" / f"rank{rank}.log").read_text()
+
+
+def consolidated(run_dir: Path) -> dict[str, torch.Tensor]:
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints"))
+
+
+def assert_finished(job: Job) -> None:
+    assert (job.state, job.exit_code) == ("COMPLETED", 0), job.fields
+
+
+@pytest.fixture(scope="module")
+def reference(slurm, shards, tmp_path_factory) -> Path:
+    """An uninterrupted 2-rank run: its folder (the job's logs are under it too)."""
+    work = tmp_path_factory.mktemp("reference")
+    job_id = submit(slurm, work, CONFIG, *train_args(shards))
+    job = slurm.wait(job_id, timeout=240)
+    (work / "job_id").write_text(job_id)
+    assert_finished(job)
+    return work
+
+
+def test_two_ranks_train_to_a_checkpoint_and_name_every_rank(reference):
+    job_id = (reference / "job_id").read_text()
+    assert (reference / "run" / "checkpoints" / "latest").read_text().strip() == f"step_{STEPS:08d}"
+    for rank in (0, 1):
+        assert f"rank {rank} of 2 (local rank {rank} of 2)" in rank_log(reference, job_id, 0, rank)
+    log = job_log(reference, job_id)
+    assert "ntasks=2, backend gloo" in log and "finished" in log
+
+
+def wait_for_first_step(slurm: LocalSlurm, job_id: str, metrics: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not (metrics.is_file() and metrics.read_text().strip()):
+        assert slurm.job(job_id).state not in FINAL_STATES, slurm.job(job_id).fields
+        assert time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+
+
+def test_usr1_checkpoints_requeues_and_resumes_to_the_same_weights(slurm, shards, reference, tmp_path):
+    job_id = submit(slurm, tmp_path, CONFIG, *train_args(shards))
+    wait_for_first_step(slurm, job_id, tmp_path / "run" / "metrics.jsonl")
+    slurm.run("scancel", "--signal=USR1", job_id)  # the job steps, as --signal=USR1@T does
+    job = slurm.wait(job_id, timeout=240, until=lambda j: j.restarts >= 1 and j.state in FINAL_STATES)
+    assert_finished(job)
+
+    stopped = re.search(r"checkpoint at step (\d+) written, exiting 75", rank_log(tmp_path, job_id, 0, 0))
+    assert stopped, "rank 0 of the first run did not stop on SIGUSR1"
+    step = int(stopped.group(1))
+    assert 1 <= step < STEPS
+    resumed = rank_log(tmp_path, job_id, 1, 0)
+    assert f"job {job_id} restart 1: rank 0 of 2" in resumed
+    assert f"resumed from {tmp_path / 'run' / 'checkpoints' / f'step_{step:08d}'} (step {step})" in resumed
+    log = job_log(tmp_path, job_id)
+    assert "requeueing (this is restart 0)" in log and "(train, restart 1)" in log
+
+    expected, actual = consolidated(reference / "run"), consolidated(tmp_path / "run")
+    assert expected.keys() == actual.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(actual[name], value, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("config", "override", "message"),
+    [
+        ("configs/train/no_such.yaml", "run.dir=x", "configs/train/no_such.yaml: config file not found"),
+        (CONFIG, "schedule.stepz=3", "config schedule.stepz: unknown key"),
+        (CONFIG, "data.shards=/no/such/shards", "config data.shards: no .tar shard found at /no/such/shards"),
+    ],
+    ids=["missing-config", "unknown-key", "missing-data"],
+)
+def test_bad_input_fails_fast_with_one_error_line(slurm, tmp_path, config, override, message):
+    start = time.monotonic()
+    job_id = submit(slurm, tmp_path, config, override)
+    job = slurm.wait(job_id, timeout=60)
+    assert (job.state, job.exit_code) == ("FAILED", 2), job.fields
+    assert time.monotonic() - start < 45
+    errors = [line for line in job_log(tmp_path, job_id).splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], errors
