@@ -13,6 +13,8 @@ from types import ModuleType
 from megavg.utils.errors import UserError
 
 TASKS = {
+    "adapt_align": "megavg.tasks.adapt_align",
+    "adapt_lora": "megavg.tasks.adapt_lora",
     "dcaev_recon": "megavg.tasks.dcaev_recon",
     "flow_matching": "megavg.tasks.flow_matching",
 }

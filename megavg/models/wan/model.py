@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from megavg.layers import fp8_autocast, fp8_blocks, rope_tables
 from megavg.layers.backends import resolve_linear
 from megavg.layers.fp8 import FP8_TOKEN_MULTIPLE
+from megavg.models.base import MegavgModel
 from megavg.models.wan.args import Args
 from megavg.models.wan.layers import Head, ImageEmbedding, TextEmbedding, TimeEmbedding, WanBlock
 from megavg.utils.errors import UserError
@@ -47,7 +48,7 @@ class TokenCrop(nn.Module):
         return x[:, :length]
 
 
-class Model(nn.Module):
+class Model(MegavgModel):
     """Wan-2.1 DiT. ``forward(latents, timestep, text, image=None)`` -> prediction [B, C_out, T, H, W]."""
 
     def __init__(self, args: Args):

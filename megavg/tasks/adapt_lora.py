@@ -1,0 +1,83 @@
+"""AE-Adapt-V phase 3: LoRA fine-tuning end to end with the diffusion loss (DESIGN.md section 5).
+
+peft injects LoRA (rank 256, alpha 512 in the paper) into every linear layer except cross-attention, the
+text embedding and the head; the patch embedder and the output linear train fully; the rest is frozen
+(and, with ``checkpoint.exclude_frozen``, left out of checkpoints). ``tools/merge_lora.py`` folds the
+trained LoRA into the base weights and writes a plain model folder for inference.
+Phase 2 (patch/head fine-tuning) needs no module: ``flow_matching`` with
+``model.trainable: [patch_embed.*, head.linear.*]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from torch import nn
+
+from megavg.tasks import flow_matching
+from megavg.utils.errors import UserError
+
+
+@dataclasses.dataclass
+class Args(flow_matching.Args):
+    rank: int = 256
+    alpha: float = 512.0
+    exclude: list[str] = dataclasses.field(default_factory=lambda: ["cross_attn", "text_embed", "head"])
+    train_fully: list[str] = dataclasses.field(default_factory=lambda: ["patch_embed", "head.linear"])
+
+
+def lora_targets(model: nn.Module, exclude: list[str]) -> list[str]:
+    """Names of the linear layers to adapt: every nn.Linear whose dotted name has no ``exclude`` part."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and not any(f".{word}." in f".{name}." for word in exclude)
+    ]
+
+
+def lora_scale(args: Args) -> float:
+    return args.alpha / args.rank
+
+
+class Task(flow_matching.Task):
+    Args = Args
+
+    def build_model(self) -> nn.Module:
+        model = super().build_model()
+        targets = lora_targets(model, self.args.exclude)
+        if not targets:
+            raise UserError("task adapt_lora: no linear layer left to adapt after task.args.exclude")
+        config = LoraConfig(
+            r=self.args.rank, lora_alpha=self.args.alpha, target_modules=targets, lora_dropout=0.0
+        )
+        model = inject_adapter_in_model(config, model)
+        prefixes = tuple(p + "." for p in self.args.train_fully)
+        for name, param in model.named_parameters():
+            param.requires_grad_(".lora_" in name or name.startswith(prefixes))
+        return model
+
+
+def merge_lora(base: dict[str, torch.Tensor], trained: dict[str, torch.Tensor], scale: float) -> dict:
+    """Fold trained LoRA pairs into ``base`` weights (W + scale * B @ A) and copy fully trained tensors.
+
+    ``trained`` holds peft-named tensors (``X.lora_A.default.weight``, ``X.lora_B.default.weight``,
+    ``X.base_layer.weight`` or plain names); the result has ``base``'s keys, dtypes and shapes.
+    """
+    merged = dict(base)
+    for key, value in trained.items():
+        if ".lora_B." in key:
+            continue
+        if ".lora_A." in key:
+            prefix, adapter = key.split(".lora_A.")
+            weight = f"{prefix}.weight"
+            up = trained[f"{prefix}.lora_B.{adapter}"].float()  # out, r
+            delta = scale * (up @ value.float())  # (out, r) @ (r, in) -> out, in
+            merged[weight] = (base[weight].float() + delta).to(base[weight].dtype)
+            continue
+        plain = key.replace(".base_layer.", ".")
+        if plain not in base:
+            raise UserError(f"trained tensor {key!r} has no counterpart {plain!r} in the base weights")
+        merged[plain] = value.to(base[plain].dtype)
+    return merged
