@@ -114,7 +114,7 @@ class Trainer:
         peak = torch.tensor([peak_memory_gib()], device=self.device)
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)
         samples = self.cfg.data.batch_size * self.cfg.schedule.grad_accum * self.dp_size
-        scalars = {f"train/{k}": v for k, v in mean.items()}
+        scalars = {"train/loss": mean.pop("loss")} | {f"train/{k}": v for k, v in mean.items()}
         scalars |= {
             "train/lr": float(self.engine.get_lr()[0]),
             "train/grad_norm": float(self.engine.get_global_grad_norm() or 0.0),

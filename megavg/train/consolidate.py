@@ -1,0 +1,68 @@
+"""Turn the latest complete ZeRO-3 checkpoint of a run into a megavg model folder (single-GPU runner).
+
+    python tools/consolidate.py RUN_DIR --out FOLDER
+
+DeepSpeed's ``zero_to_fp32`` reassembles the fp32 master weights from every rank's optimizer shard in
+lazy mode (one tensor materialised at a time, not all shards at once); frozen parameters left out of the
+checkpoint (``checkpoint.exclude_frozen``) come from ``model.init``; Transformer Engine ``_extra_state``
+entries are dropped; the result is checked against the model's keys and shapes before it is written
+(atomically; safetensors, sharded past 4 GiB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from megavg.models import registry
+from megavg.tasks.base import model_args
+from megavg.train.checkpoint import read_latest
+from megavg.train.config import load_config
+from megavg.utils.errors import UserError, run_cli
+from megavg.utils.schema import to_dict
+
+
+def trained_state(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
+    """fp32 weights of checkpoint ``tag`` (without ``_extra_state``), materialised one by one."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    try:
+        lazy = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag, lazy_mode=True)
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(f"{ckpt_dir / tag}: not a readable ZeRO checkpoint ({err})") from None
+    return {k: v.contiguous() for k, v in lazy.items() if not k.endswith("_extra_state")}
+
+
+def consolidate(run_dir: str | Path, out: str | Path) -> Path:
+    """Write the model of ``run_dir``'s latest checkpoint to ``out``; returns ``out``."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    tag = read_latest(ckpt_dir) if ckpt_dir.is_dir() else None
+    if tag is None:
+        raise UserError(f"{run_dir}: no complete checkpoint (no {ckpt_dir / 'latest'})")
+    cfg = load_config(ckpt_dir / tag / "config.yaml")
+    args = model_args(cfg.model)
+    if hasattr(args, "grad_checkpointing"):
+        args = dataclasses.replace(args, grad_checkpointing=False)  # a training-only choice
+    state = trained_state(ckpt_dir, tag)
+    if cfg.model.init:
+        state = {**registry.load_state_dict(cfg.model.init), **state}
+    with torch.device("meta"):
+        model = registry.build(args)
+    registry.check_state_dict(model, state, f"{ckpt_dir / tag}")
+    return registry.save_state(registry.family_of(args), to_dict(args), state, out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="tools/consolidate.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="a training run.dir (holds checkpoints/latest)")
+    parser.add_argument("--out", required=True, help="model folder to write")
+    args = parser.parse_args(argv)
+    out = consolidate(args.run_dir, args.out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
