@@ -12,13 +12,13 @@ multiple of the chunk length simply ends with a shorter chunk, which is padded l
 from __future__ import annotations
 
 import math
-import os
 from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from megavg.models.base import MegavgModel
 from megavg.models.dcaev.args import (
     CONV_BLOCK,
     Args,
@@ -144,7 +144,7 @@ class Decoder(nn.Module):
         return self.project_out(x)
 
 
-class Model(nn.Module):
+class Model(MegavgModel):
     """DC-AE-V autoencoder. ``encode``: B,3,T,H,W in [-1,1] -> latent; ``decode``: latent -> video."""
 
     def __init__(self, args: Args):
@@ -212,12 +212,6 @@ class Model(nn.Module):
         """Reconstruction ``decode(encode(x))`` trimmed/cropped to the input's T, H, W."""
         T, H, W = x.shape[2:]
         return self.decode(self.encode(x))[:, :, :T, :H, :W]
-
-    def save(self, folder: str | os.PathLike):
-        """Write this model as a megavg model folder (config.json + safetensors)."""
-        from megavg.models.registry import save
-
-        return save(self, folder)
 
 
 def chunk_convs(module: nn.Module) -> list[ChunkCausalConv3d]:
