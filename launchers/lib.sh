@@ -100,9 +100,11 @@ megavg_finish() { # STEP_RC RANK_LOG_DIR
     exit 0
   fi
   if [ "$rc" -eq "$MEGAVG_EXIT_PREEMPTED" ]; then
-    state="$(scontrol show job -o "$SLURM_JOB_ID" | grep -o 'JobState=[A-Z_]*')"
-    if [ "$state" = JobState=CANCELLED ]; then
-      megavg_log "cancelled: a complete checkpoint was written; not requeued (resubmit to resume)"
+    # RUNNING: the stop came from SIGUSR1 (--signal=USR1@T, scancel --signal=USR1). Otherwise SLURM is
+    # already ending the job (scancel, time limit, preemption: COMPLETING) and must not be overridden.
+    state="$(scontrol show job -o "$SLURM_JOB_ID" | grep -o 'JobState=[A-Z_]*' | cut -d= -f2)"
+    if [ "$state" != RUNNING ]; then
+      megavg_log "stopped with a complete checkpoint while SLURM ends the job ($state); not requeued (resubmit to resume)"
     elif [ "$restarts" -ge "${MEGAVG_MAX_RESTARTS:-50}" ]; then
       megavg_log "stopped with a complete checkpoint; $restarts restarts reached MEGAVG_MAX_RESTARTS, not requeued"
     else

@@ -6,7 +6,9 @@ spool, sockets and logs under the folder), starts the three daemons in the foreg
 the test process (munged as the ``munge`` user) and always stops them again. Client commands (``sbatch``,
 ``squeue``, ``scontrol``, ``scancel``) find the cluster through ``SLURM_CONF`` in :meth:`env`.
 
-There is no slurmdbd, so ``sacct`` has no data: job state comes from ``scontrol show job``.
+There is no slurmdbd, so ``sacct`` has no data: job state comes from ``scontrol show job``. A requeued job
+waits ``cred_expire`` seconds (SLURM 22.05 refuses less than 5) and then the next scheduler pass
+(``sched_interval=1``) before it starts again.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ class Job:
 class LocalSlurm:
     """Context manager: a running one-node cluster; ``sbatch``/``wait`` submit and follow jobs."""
 
-    def __init__(self, cred_expire: int = 2, kill_wait: int = 5):
+    def __init__(self, cred_expire: int = 5, kill_wait: int = 5):
         # Its own folder directly under the temp dir: munged (user munge) must be able to reach it, which
         # rules out pytest's 0700 tmp_path.
         self.root = Path(tempfile.mkdtemp(prefix="megavg-slurm-"))
@@ -159,6 +161,7 @@ class LocalSlurm:
             "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_Core",
             "SchedulerType=sched/builtin",
+            "SchedulerParameters=sched_interval=1",  # a requeued job starts as soon as it is eligible
             "AccountingStorageType=accounting_storage/none",
             "JobAcctGatherType=jobacct_gather/none",
             "JobCompType=jobcomp/none",
