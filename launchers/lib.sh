@@ -15,26 +15,31 @@ megavg_fail() {
   exit "$MEGAVG_EXIT_BAD_INPUT"
 }
 
-# The Python module a job preset runs; every preset takes CONFIG [section.key=value ...].
-megavg_module() {
-  case "$1" in
-    train) echo megavg.train ;; # DC-AE-V training and the AE-Adapt-V phases (the config's task.name)
-    precompute) echo megavg.data.precompute ;;
-    export) echo megavg.infer.export ;;
-    *) megavg_fail "unknown job '$1' (expected train, precompute or export)" ;;
+# A job preset and its arguments -> MEGAVG_MODULE, MEGAVG_ARGS (the module's argv), MEGAVG_SINGLE (1: one
+# process, not one per rank), after checks that would otherwise fail once per rank.
+#   train CONFIG [section.key=value ...]   DC-AE-V training, AE-Adapt-V phases (the config's task.name)
+#   precompute ARGS...                     latents: python -m megavg.infer.precompute ARGS (one part per rank)
+#   export RUN_DIR --out FOLDER            latest checkpoint -> model folder (one process)
+megavg_prepare() { # JOB ARGS...
+  local job="${1:-}"
+  shift || true
+  MEGAVG_SINGLE=0
+  case "$job" in
+    train) MEGAVG_MODULE=megavg.train ;;
+    precompute) MEGAVG_MODULE=megavg.infer.precompute ;;
+    export) MEGAVG_MODULE=megavg.train.consolidate MEGAVG_SINGLE=1 ;;
+    *) megavg_fail "unknown job '$job' (expected train, precompute or export)" ;;
   esac
-}
-
-# How many ranks a preset uses: export consolidates on one process, the others use the whole allocation.
-megavg_single_process() { [ "$1" = export ]; }
-
-# Fail in the launcher, in well under a second, on what would otherwise fail once per rank.
-megavg_preflight() { # MODULE CONFIG
+  MEGAVG_ARGS=("$@")
   [ -x "$MEGAVG_PYTHON" ] || megavg_fail "no python found (set MEGAVG_PYTHON or activate the megavg environment)"
-  "$MEGAVG_PYTHON" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec(sys.argv[1]) is None)' "$1" \
-    2>/dev/null || megavg_fail "python module $1 not found by $MEGAVG_PYTHON (install megavg there or set MEGAVG_PYTHON)"
-  [ -n "$2" ] || megavg_fail "no config given (usage: JOB CONFIG [section.key=value ...])"
-  [ -f "$2" ] || megavg_fail "$2: config file not found (relative paths start at $(pwd))"
+  "$MEGAVG_PYTHON" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec(sys.argv[1]) is None)' \
+    "$MEGAVG_MODULE" 2>/dev/null ||
+    megavg_fail "python module $MEGAVG_MODULE not found by $MEGAVG_PYTHON (install megavg there or set MEGAVG_PYTHON)"
+  if [ "$job" = train ]; then
+    [ -n "${1:-}" ] || megavg_fail "no config given (usage: train CONFIG [section.key=value ...])"
+    [ -f "$1" ] || megavg_fail "$1: config file not found (relative paths start at $(pwd))"
+    MEGAVG_ARGS=(--config "$@")
+  fi
 }
 
 # NCCL on GPU nodes, gloo on CPU nodes (the trainer's parallel.backend=auto picks the same); threads per rank.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # megavg on one machine, same interface as launchers/megavg.sbatch (see README, section SLURM):
 #
-#   [MEGAVG_NPROC=N] bash launchers/local.sh JOB CONFIG [section.key=value ...]
+#   [MEGAVG_NPROC=N] bash launchers/local.sh train CONFIG [section.key=value ...]
+#                    bash launchers/local.sh precompute ARGS... | export RUN_DIR --out FOLDER
 #
 # N ranks (default: one per GPU that nvidia-smi lists, else 1) started by DeepSpeed's launcher
 # (`deepspeed --num_gpus N`; on CPU it runs gloo processes). Ctrl-C, SIGTERM or SIGUSR1 ask every rank
@@ -9,27 +10,26 @@
 set -uo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
-job="${1:-}" config="${2:-}"
-shift 2 2>/dev/null || true
-module="$(megavg_module "$job")" || exit "$MEGAVG_EXIT_BAD_INPUT"
-megavg_preflight "$module" "$config"
+job="${1:-}"
+megavg_prepare "$@"
 
 gpus="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)"
 nproc="${MEGAVG_NPROC:-$([ "${gpus:-0}" -gt 0 ] && echo "$gpus" || echo 1)}"
-megavg_single_process "$job" && nproc=1
+[ "$MEGAVG_SINGLE" = 1 ] && nproc=1
 megavg_comm_env "${gpus:-0}"
 port="${MEGAVG_MASTER_PORT:-$("$MEGAVG_PYTHON" -c 'import socket; s=socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')}"
 
 if [ "$nproc" -eq 1 ]; then
-  cmd=("$MEGAVG_PYTHON" -u -m "$module")
+  cmd=("$MEGAVG_PYTHON" -u -m "$MEGAVG_MODULE")
 else
-  cmd=("$MEGAVG_PYTHON" -m deepspeed.launcher.runner --num_gpus "$nproc" --master_port "$port" --module "$module")
+  cmd=("$MEGAVG_PYTHON" -m deepspeed.launcher.runner --num_gpus "$nproc" --master_port "$port" --no_local_rank
+    --module "$MEGAVG_MODULE")
 fi
-megavg_log "$job: $nproc rank(s), backend $MEGAVG_BACKEND: ${cmd[*]} --config $config $*"
+megavg_log "$job: $nproc rank(s), backend $MEGAVG_BACKEND: ${cmd[*]} ${MEGAVG_ARGS[*]}"
 
 # The ranks run in their own process group with SIGUSR1 ignored by everything except the trainer (which
 # installs its handler): DeepSpeed's launcher processes have no SIGUSR1 handler and would die of it.
-(trap '' USR1 && exec setsid "${cmd[@]}" --config "$config" "$@") &
+(trap '' USR1 && exec setsid "${cmd[@]}" "${MEGAVG_ARGS[@]}") &
 ranks=$!
 stops=0
 _megavg_local_stop() {

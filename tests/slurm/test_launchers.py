@@ -44,11 +44,15 @@ def shards(tmp_path_factory) -> Path:
 
 def submit(slurm: LocalSlurm, work: Path, config: str, *overrides: str) -> str:
     """``sbatch`` the launcher for a 2-rank training job with its logs and run folder under ``work``."""
+    return sbatch(slurm, work, "train", config, f"run.dir={work / 'run'}", *overrides)
+
+
+def sbatch(slurm: LocalSlurm, work: Path, *job: str) -> str:
+    """``sbatch`` ``launchers/megavg.sbatch JOB ARGS...`` on 2 tasks, job log and rank logs under ``work``."""
     env = slurm.env(MEGAVG_PYTHON=sys.executable, MEGAVG_LOG_DIR=str(work / "logs"), OMP_NUM_THREADS="1")
     return slurm.sbatch(
         "--job-name=megavg-test", "--ntasks-per-node=2", f"--chdir={REPO}", f"--output={work}/%x-%j.out",
-        str(REPO / "launchers" / "megavg.sbatch"), "train", config, f"run.dir={work / 'run'}", *overrides,
-        env=env,
+        str(REPO / "launchers" / "megavg.sbatch"), *job, env=env,
     )  # fmt: skip
 
 
@@ -92,6 +96,14 @@ def test_two_ranks_train_to_a_checkpoint_and_name_every_rank(reference):
         assert f"rank {rank} of 2 (local rank {rank} of 2)" in rank_log(reference, job_id, 0, rank)
     log = job_log(reference, job_id)
     assert "ntasks=2, backend gloo" in log and "finished" in log
+
+
+def test_export_job_writes_a_model_folder_from_the_run(slurm, reference):
+    out = reference / "model"
+    job_id = sbatch(slurm, reference, "export", str(reference / "run"), "--out", str(out))
+    assert_finished(slurm.wait(job_id, timeout=120))
+    assert "ntasks=1" in job_log(reference, job_id)
+    assert (out / "config.json").is_file() and list(out.glob("*.safetensors"))
 
 
 def wait_for_first_step(slurm: LocalSlurm, job_id: str, metrics: Path, timeout: float = 180) -> None:
