@@ -137,6 +137,33 @@ def test_usr1_checkpoints_requeues_and_resumes_to_the_same_weights(slurm, shards
         torch.testing.assert_close(actual[name], value, rtol=0, atol=0, msg=name)
 
 
+def wait_for_text(path: Path, text: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not (path.is_file() and text in path.read_text()):
+        assert time.monotonic() < deadline, f"{text!r} never appeared in {path}"
+        time.sleep(0.2)
+
+
+def test_batch_shell_signal_is_forwarded_and_scancel_is_not_requeued(slurm, shards, tmp_path):
+    job_id = submit(slurm, tmp_path, CONFIG, *train_args(shards), "schedule.steps=200")
+    ranks = tmp_path / "logs" / f"megavg-test-{job_id}"
+    wait_for_text(ranks / "restart0" / "rank0.log", "megavg.train.metrics: step")
+    slurm.run("scancel", "--batch", "--signal=USR1", job_id)  # only the batch shell: it must pass it on
+    wait_for_text(ranks / "restart1" / "rank0.log", "megavg.train.metrics: step")
+    assert "batch shell got a stop signal" in job_log(tmp_path, job_id)
+    slurm.run("scancel", job_id)  # SIGTERM to everything: the ranks still checkpoint, nothing requeues
+    slurm.wait(job_id, timeout=60)
+    time.sleep(slurm.cred_expire + 2)
+    job = slurm.job(job_id)
+    assert (job.state, job.restarts) == ("CANCELLED", 1), job.fields
+    stopped = re.search(
+        r"checkpoint at step (\d+) written, exiting 75", (ranks / "restart1" / "rank0.log").read_text()
+    )
+    assert stopped, "the ranks did not checkpoint on scancel's SIGTERM"
+    latest = (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
+    assert latest == f"step_{int(stopped.group(1)):08d}"
+
+
 @pytest.mark.parametrize(
     ("config", "override", "message"),
     [
