@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+import megavg.models
 from megavg.train.config import load_config
+from megavg.train.consolidate import consolidate
 from tests.distributed.engine_reference import (
     consolidated,
     initial_params,
@@ -41,6 +43,8 @@ def test_zero3_two_processes_equal_single_process_torch(tmp_path, monkeypatch):
     total, worst = rel_errs(consolidated(run), ref_params)
     assert total <= 1e-5 and worst <= 1e-4, (total, worst)
     assert rel_errs(initial_params(cfg), ref_params)[0] > 1e-3  # training moved the weights
+    exported = dict(megavg.models.load(consolidate(run, tmp_path / "model")).named_parameters())
+    assert rel_errs(exported, ref_params)[0] <= 1e-5  # tools/consolidate.py -> model folder
 
 
 @pytest.mark.distributed
