@@ -64,3 +64,22 @@ def test_dp2_x_sp2_ulysses_equals_single_process_torch(tmp_path, monkeypatch):
         assert got[step] == pytest.approx(ref, rel=1e-5), step
     total, worst = rel_errs(consolidated(run), ref_params)
     assert total <= 1e-5 and worst <= 1e-4, (total, worst)
+
+
+@pytest.mark.distributed
+def test_dcaev_temporal_sp2_equals_single_process_torch(tmp_path, monkeypatch):
+    """2 ranks = 1 data-parallel x 2 temporal-SP ranks of DC-AE-V (16 frames = 2 chunks, one per rank)."""
+    monkeypatch.setenv("MEGAVG_TEST_SYNTHETIC", "1")
+    run = tmp_path / "run"
+    (tmp_path / "unused.tar").touch()
+    overrides = [f"run.dir={run}", f"data.shards={tmp_path / 'unused.tar'}", "parallel.sp_size=2"]
+    overrides += ["data.frames=16", "schedule.steps=3", "checkpoint.every=0"]
+    cfg = load_config(REPO / TINY, overrides)
+    torchrun(WORKER, 2, tmp_path / "out", "--config", TINY, *overrides)
+
+    ref_losses, ref_params = reference_recon_run(cfg, dp_size=1)
+    got = logged_losses(run)
+    for step, ref in enumerate(ref_losses, start=1):
+        assert got[step] == pytest.approx(ref, rel=1e-5), step
+    total, worst = rel_errs(consolidated(run), ref_params)
+    assert total <= 1e-5 and worst <= 1e-4, (total, worst)
