@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -54,6 +56,24 @@ def model_args(model_cfg) -> Any:
     return from_dict(type(base), merged, "model.args")
 
 
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` into ``model``; parameters partitioned by ``deepspeed.zero.Init`` are gathered one
+    at a time and written by rank 0 (DeepSpeed re-partitions them on exit)."""
+    params = dict(model.named_parameters())
+    if not any(hasattr(p, "ds_id") for p in params.values()):
+        model.load_state_dict(state, strict=False)
+        return
+    import deepspeed
+    import torch.distributed as dist
+
+    for name, param in params.items():
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+            if dist.get_rank() == 0:
+                param.data.copy_(state[name])
+    buffers = {k: v for k, v in state.items() if k not in params}
+    model.load_state_dict(buffers, strict=False)
+
+
 def set_trainable(model: nn.Module, patterns: list[str]) -> list[nn.Parameter]:
     """Freeze every parameter whose name matches none of ``patterns`` (empty = train all)."""
     if not patterns:
@@ -79,18 +99,24 @@ class Task:
     def __init__(self, args: Any, cfg) -> None:
         self.args = args
         self.cfg = cfg
+        # The trainer sets this to deepspeed.zero.Init (parallel.zero_init) around model construction.
+        self.init_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     def validate(self) -> None:
         """Cheap checks run before launch (default: the model args resolve)."""
         model_args(self.cfg.model)
 
     def build_model(self) -> nn.Module:
-        """The model to train, in fp32 on CPU, weights from ``model.init`` when set."""
-        model = registry.build(model_args(self.cfg.model))
-        if self.cfg.model.init:
-            state = registry.load_state_dict(self.cfg.model.init)
-            registry.check_state_dict(model, state, self.cfg.model.init)
-            model.load_state_dict(state, strict=False)
+        """The model to train, in fp32, weights from ``model.init`` when set (also under zero.Init)."""
+        args = model_args(self.cfg.model)
+        state = registry.load_state_dict(self.cfg.model.init) if self.cfg.model.init else None
+        if state is not None:
+            with torch.device("meta"):
+                registry.check_state_dict(registry.build(args), state, self.cfg.model.init)
+        with self.init_context():
+            model = registry.build(args)
+        if state is not None:
+            load_weights(model, state)
         return model
 
     def parallelize(self, model: nn.Module, sp_group) -> nn.Module:

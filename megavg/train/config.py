@@ -82,9 +82,11 @@ class ParallelConfig:
     """``sp_size`` ranks share one sample (1 = off). ``deepspeed`` is a JSON config (ZeRO stage, bf16,
     offload, communication); ``deepspeed_overrides`` is merged into it. Batch size, optimizer and
     clipping come from this tree and must not appear in the JSON. ``backend`` ``auto`` is NCCL on GPU,
-    gloo on CPU."""
+    gloo on CPU. ``zero_init``: build the model under ``deepspeed.zero.Init`` so that no rank ever holds
+    all weights (needed for the 14B DiT; ZeRO stage 3 only)."""
 
     sp_size: int = 1
+    zero_init: bool = False
     deepspeed: str = "configs/deepspeed/zero3_bf16.json"
     deepspeed_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     backend: Literal["auto", "nccl", "gloo"] = "auto"

@@ -131,6 +131,16 @@ def compute_dtype(ds: dict) -> torch.dtype:
     return torch.float32
 
 
+def zero_init(cfg: TrainConfig, ds: dict):
+    """Context that partitions parameters as modules are built (``parallel.zero_init``), else a no-op."""
+    import deepspeed
+
+    enabled = cfg.parallel.zero_init
+    if enabled and ds.get("zero_optimization", {}).get("stage") != 3:
+        raise UserError("config parallel.zero_init: needs ZeRO stage 3 in the DeepSpeed JSON")
+    return deepspeed.zero.Init(config_dict_or_path=ds, enabled=enabled)
+
+
 def initialize(cfg: TrainConfig, model: nn.Module, params: list[nn.Parameter]) -> Any:
     """``deepspeed.initialize`` over the trainable ``params``: ZeRO partitions over all ranks and
     gradients are averaged over all ranks (see :mod:`megavg.parallel.state` for the SP scaling)."""

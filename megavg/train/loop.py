@@ -67,6 +67,7 @@ class Trainer:
         self.dp_size = state.get_data_parallel_world_size()
         self.sp_group = state.get_sequence_parallel_group() if cfg.parallel.sp_size > 1 else None
         torch.manual_seed(cfg.schedule.seed)  # same initial weights on every rank
+        task.init_context = lambda: ds_engine.zero_init(cfg, self.ds_config)
         model = task.build_model()
         if cfg.parallel.sp_size > 1:
             model = task.parallelize(model, self.sp_group)

@@ -16,8 +16,7 @@ from tests.distributed.engine_worker import synthetic_batch
 def reference_recon_run(cfg: TrainConfig, dp_size: int) -> tuple[list[float], dict[str, torch.Tensor]]:
     """Train DC-AE-V reconstruction on the global synthetic batches with torch AdamW; returns
     (loss per step, final parameters). Gradient clipping as torch's ``clip_grad_norm_``."""
-    torch.manual_seed(cfg.schedule.seed)
-    model = megavg.models.build(cfg.model.preset)
+    model = initial_model(cfg)
     opt = _adamw(model, cfg)
     shape = (3, cfg.data.frames, *cfg.data.size)
     losses = []
@@ -57,10 +56,12 @@ def rel_errs(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> tupl
     return total.item(), worst
 
 
-def initial_params(cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    """The weights every run starts from (same seed as the trainer)."""
+def initial_model(cfg: TrainConfig) -> torch.nn.Module:
+    """The model every run starts from: ``model.init`` when set, else the preset under the run's seed."""
+    if cfg.model.init:
+        return megavg.models.load(cfg.model.init)
     torch.manual_seed(cfg.schedule.seed)
-    return dict(megavg.models.build(cfg.model.preset).named_parameters())
+    return megavg.models.build(cfg.model.preset)
 
 
 def reference_flow_run(cfg: TrainConfig, dp_size: int) -> tuple[list[float], dict[str, torch.Tensor]]:

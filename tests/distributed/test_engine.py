@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 import megavg.models
 from megavg.train.config import load_config
 from megavg.train.consolidate import consolidate
 from tests.distributed.engine_reference import (
     consolidated,
-    initial_params,
+    initial_model,
     logged_losses,
     reference_flow_run,
     reference_recon_run,
@@ -27,11 +28,15 @@ WAN = "configs/train/wan_flow_tiny.yaml"
 
 @pytest.mark.distributed
 def test_zero3_two_processes_equal_single_process_torch(tmp_path, monkeypatch):
-    """Global batch 2 = 2 ranks x 1; 4 AdamW steps with active clipping; fp32 ZeRO-3 vs torch AdamW."""
+    """Global batch 2 = 2 ranks x 1; 4 AdamW steps with active clipping; fp32 ZeRO-3 vs torch AdamW.
+    Weights start from a model folder (``model.init``) loaded into a model built under zero.Init."""
     monkeypatch.setenv("MEGAVG_TEST_SYNTHETIC", "1")
     run = tmp_path / "run"
     (tmp_path / "unused.tar").touch()  # data.shards must exist; the synthetic loader ignores it
+    torch.manual_seed(123)
+    megavg.models.save(megavg.models.build("dc-ae-v-tiny"), tmp_path / "init")
     overrides = [f"run.dir={run}", f"data.shards={tmp_path / 'unused.tar'}", "optimizer.grad_clip=0.5"]
+    overrides += [f"model.init={tmp_path / 'init'}", "parallel.zero_init=true"]
     cfg = load_config(REPO / TINY, overrides)
     torchrun(WORKER, 2, tmp_path / "out", "--config", TINY, *overrides)
 
@@ -42,7 +47,8 @@ def test_zero3_two_processes_equal_single_process_torch(tmp_path, monkeypatch):
         assert got[step] == pytest.approx(ref, rel=1e-5), step
     total, worst = rel_errs(consolidated(run), ref_params)
     assert total <= 1e-5 and worst <= 1e-4, (total, worst)
-    assert rel_errs(initial_params(cfg), ref_params)[0] > 1e-3  # training moved the weights
+    start = dict(initial_model(cfg).named_parameters())
+    assert rel_errs(start, ref_params)[0] > 1e-3  # training moved the weights
     exported = dict(megavg.models.load(consolidate(run, tmp_path / "model")).named_parameters())
     assert rel_errs(exported, ref_params)[0] <= 1e-5  # tools/consolidate.py -> model folder
 
@@ -68,12 +74,13 @@ def test_dp2_x_sp2_ulysses_equals_single_process_torch(tmp_path, monkeypatch):
 
 @pytest.mark.distributed
 def test_dcaev_temporal_sp2_equals_single_process_torch(tmp_path, monkeypatch):
-    """2 ranks = 1 data-parallel x 2 temporal-SP ranks of DC-AE-V (16 frames = 2 chunks, one per rank)."""
+    """2 ranks = 1 data-parallel x 2 temporal-SP ranks of DC-AE-V (16 frames = 2 chunks, one per rank),
+    model built under deepspeed.zero.Init."""
     monkeypatch.setenv("MEGAVG_TEST_SYNTHETIC", "1")
     run = tmp_path / "run"
     (tmp_path / "unused.tar").touch()
     overrides = [f"run.dir={run}", f"data.shards={tmp_path / 'unused.tar'}", "parallel.sp_size=2"]
-    overrides += ["data.frames=16", "schedule.steps=3", "checkpoint.every=0"]
+    overrides += ["data.frames=16", "schedule.steps=3", "checkpoint.every=0", "parallel.zero_init=true"]
     cfg = load_config(REPO / TINY, overrides)
     torchrun(WORKER, 2, tmp_path / "out", "--config", TINY, *overrides)
 
