@@ -44,6 +44,13 @@ def lora_scale(args: Args) -> float:
 class Task(flow_matching.Task):
     Args = Args
 
+    def validate(self) -> None:
+        super().validate()
+        if self.cfg.parallel.zero_init:
+            # peft initialises the new LoRA weights after construction: under zero.Init they would
+            # already be partitioned placeholders and stay uninitialised.
+            raise UserError("config parallel.zero_init: task adapt_lora does not support it")
+
     def build_model(self) -> nn.Module:
         model = super().build_model()
         targets = lora_targets(model, self.args.exclude)
