@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from megavg.data.make_shards import main as make_shards
-from megavg.data.samples import real_clips
 from tests.slurm.cluster import FINAL_STATES, Job, LocalSlurm, unavailable_reason
 
 pytestmark = [pytest.mark.slurm, pytest.mark.distributed]
@@ -33,13 +31,6 @@ def slurm():
         pytest.skip(reason)
     with LocalSlurm() as cluster:
         yield cluster
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("shards") / "clips"
-    make_shards([*map(str, real_clips()), "--out", str(out), "--samples-per-shard", "2"])
-    return out
 
 
 def submit(slurm: LocalSlurm, work: Path, config: str, *overrides: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -10,19 +12,31 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+ENV = {"PATH": "/usr/bin:/bin", "MEGAVG_PYTHON": sys.executable, "MEGAVG_NPROC": "2", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.distributed
+def test_local_launcher_turns_sigusr1_into_a_checkpoint_and_exit_75(shards, tmp_path):
+    run = tmp_path / "run"
+    cmd = ["bash", "launchers/local.sh", "train", "configs/train/dcaev_tiny_test.yaml", f"run.dir={run}",
+           f"data.shards={shards}", "schedule.steps=200", "checkpoint.every=0"]  # fmt: skip
+    with open(tmp_path / "log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 180
+        while not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "log").read_text()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGUSR1)  # the launcher, not the ranks: it must pass the request on
+        assert proc.wait(timeout=120) == 75, (tmp_path / "log").read_text()
+    stopped = re.search(r"checkpoint at step (\d+) written, exiting 75", (tmp_path / "log").read_text())
+    assert stopped and (run / "checkpoints" / "latest").read_text().strip() == f"step_{int(stopped[1]):08d}"
 
 
 @pytest.mark.distributed
 def test_local_launcher_fails_fast_on_a_bad_config_key(tmp_path):
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "MEGAVG_PYTHON": sys.executable,
-        "MEGAVG_NPROC": "2",
-        "OMP_NUM_THREADS": "1",
-    }
     cmd = ["bash", "launchers/local.sh", "train", "configs/train/dcaev_tiny_test.yaml", "schedule.stepz=3"]
     start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert time.monotonic() - start < 60
     errors = {line.split(" (known:")[0] for line in proc.stderr.splitlines() if line.startswith("error: ")}

