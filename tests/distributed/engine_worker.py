@@ -4,6 +4,7 @@ Run under ``torchrun`` or ``deepspeed`` exactly like the entry point (same argum
 
 - ``MEGAVG_TEST_SYNTHETIC=1``: the data loader yields :func:`synthetic_batch` slices (global batch of
   micro-batch ``i`` cut by data-parallel rank), so a single-process reference can rebuild the same data.
+- ``MEGAVG_TEST_NAN_AT=k``: micro-batch ``k`` of data-parallel rank 0 is all NaN.
 - ``MEGAVG_TEST_BLOCK_AT=k``: fetching micro-batch ``k`` waits until ``$MEGAVG_TEST_OUT/release`` exists
   (forever when it never appears): the test then kills or signals a rank at a known step.
 
@@ -39,10 +40,14 @@ def _synthetic_loader(cfg, dp_rank: int, dp_size: int, start_batch: int):
         i += 1
 
 
-def _blocking(batches, start_batch: int, block_at: int, release: Path):
+def _hooked(batches, start_batch: int, dp_rank: int, out: Path):
+    block_at = int(os.environ.get("MEGAVG_TEST_BLOCK_AT", -1))
+    nan_at = int(os.environ.get("MEGAVG_TEST_NAN_AT", -1))
     for i, batch in enumerate(batches, start=start_batch):
-        while i == block_at and not release.exists():
+        while i == block_at and not (out / "release").exists():
             time.sleep(0.05)
+        if i == nan_at and dp_rank == 0:
+            batch = {k: torch.full_like(v, float("nan")) for k, v in batch.items()}
         yield batch
 
 
@@ -53,11 +58,9 @@ def install_hooks() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"pid_rank{os.environ.get('RANK', '0')}").write_text(str(os.getpid()))
     make = _synthetic_loader if os.environ.get("MEGAVG_TEST_SYNTHETIC") else loop.make_loader
-    block_at = int(os.environ.get("MEGAVG_TEST_BLOCK_AT", -1))
 
     def make_loader(cfg, dp_rank, dp_size, start_batch):
-        batches = iter(make(cfg, dp_rank, dp_size, start_batch))
-        return _blocking(batches, start_batch, block_at, out / "release")
+        return _hooked(iter(make(cfg, dp_rank, dp_size, start_batch)), start_batch, dp_rank, out)
 
     loop.make_loader = make_loader
 

@@ -75,14 +75,18 @@ def test_dp2_x_sp2_ulysses_equals_single_process_torch(tmp_path, monkeypatch):
 @pytest.mark.distributed
 def test_dcaev_temporal_sp2_equals_single_process_torch(tmp_path, monkeypatch):
     """2 ranks = 1 data-parallel x 2 temporal-SP ranks of DC-AE-V (16 frames = 2 chunks, one per rank),
-    model built under deepspeed.zero.Init."""
+    model built under deepspeed.zero.Init. Step 4 gets a NaN batch: the run stops with the step number,
+    exit 1, and ``latest`` stays at the step-3 checkpoint."""
     monkeypatch.setenv("MEGAVG_TEST_SYNTHETIC", "1")
+    monkeypatch.setenv("MEGAVG_TEST_NAN_AT", "3")
     run = tmp_path / "run"
     (tmp_path / "unused.tar").touch()
     overrides = [f"run.dir={run}", f"data.shards={tmp_path / 'unused.tar'}", "parallel.sp_size=2"]
-    overrides += ["data.frames=16", "schedule.steps=3", "checkpoint.every=0", "parallel.zero_init=true"]
-    cfg = load_config(REPO / TINY, overrides)
-    torchrun(WORKER, 2, tmp_path / "out", "--config", TINY, *overrides)
+    overrides += ["data.frames=16", "schedule.steps=6", "checkpoint.every=3", "parallel.zero_init=true"]
+    with pytest.raises(AssertionError, match=r"failed \(1\)[\s\S]*step 4: loss is NaN or Inf"):
+        torchrun(WORKER, 2, tmp_path / "out", "--config", TINY, *overrides)
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000003"
+    cfg = load_config(REPO / TINY, [*overrides, "schedule.steps=3"])
 
     ref_losses, ref_params = reference_recon_run(cfg, dp_size=1)
     got = logged_losses(run)
