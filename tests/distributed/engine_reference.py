@@ -14,14 +14,17 @@ from tests.distributed.engine_worker import synthetic_batch
 
 
 def reference_recon_run(cfg: TrainConfig, dp_size: int) -> tuple[list[float], dict[str, torch.Tensor]]:
-    """Train DC-AE-V reconstruction on the global synthetic batches with torch AdamW; returns
+    """Train DC-AE-V reconstruction on the global synthetic batches (all DP ranks and gradient-accumulation
+    micro-batches of a step in one batch) with torch AdamW; returns
     (loss per step, final parameters). Gradient clipping as torch's ``clip_grad_norm_``."""
     model = initial_model(cfg)
     opt = _adamw(model, cfg)
     shape = (3, cfg.data.frames, *cfg.data.size)
     losses = []
     for step in range(cfg.schedule.steps):
-        video = synthetic_batch(step, cfg.data.batch_size * dp_size, "video", shape)["video"]
+        ga, global_batch = cfg.schedule.grad_accum, cfg.data.batch_size * dp_size
+        micro = [synthetic_batch(step * ga + m, global_batch, "video", shape) for m in range(ga)]
+        video = torch.cat([b["video"] for b in micro])  # micro-batches step*ga .. step*ga+ga-1
         recon = model(video)
         loss = F.l1_loss(recon, video) + F.mse_loss(recon, video)
         loss.backward()

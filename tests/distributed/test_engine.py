@@ -28,7 +28,8 @@ WAN = "configs/train/wan_flow_tiny.yaml"
 
 @pytest.mark.distributed
 def test_zero3_two_processes_equal_single_process_torch(tmp_path, monkeypatch):
-    """Global batch 2 = 2 ranks x 1; 4 AdamW steps with active clipping; fp32 ZeRO-3 vs torch AdamW.
+    """Global batch 4 = 2 ranks x 1 x 2 accumulation steps; 4 AdamW steps with active clipping; fp32
+    ZeRO-3 vs torch AdamW.
     Weights start from a model folder (``model.init``) loaded into a model built under zero.Init."""
     monkeypatch.setenv("MEGAVG_TEST_SYNTHETIC", "1")
     run = tmp_path / "run"
@@ -36,7 +37,7 @@ def test_zero3_two_processes_equal_single_process_torch(tmp_path, monkeypatch):
     torch.manual_seed(123)
     megavg.models.save(megavg.models.build("dc-ae-v-tiny"), tmp_path / "init")
     overrides = [f"run.dir={run}", f"data.shards={tmp_path / 'unused.tar'}", "optimizer.grad_clip=0.5"]
-    overrides += [f"model.init={tmp_path / 'init'}", "parallel.zero_init=true"]
+    overrides += [f"model.init={tmp_path / 'init'}", "parallel.zero_init=true", "schedule.grad_accum=2"]
     cfg = load_config(REPO / TINY, overrides)
     torchrun(WORKER, 2, tmp_path / "out", "--config", TINY, *overrides)
 
