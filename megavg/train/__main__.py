@@ -7,6 +7,7 @@ checked before any process group exists: a mistake is one ``error: ...`` line an
 from __future__ import annotations
 
 import argparse
+import warnings
 
 from megavg.data.shards import list_shards
 from megavg.tasks import task_module
@@ -38,6 +39,8 @@ def prepare(argv: list[str] | None):
 
 def main(argv: list[str] | None = None) -> None:
     cfg, task = prepare(argv)
+    # DeepSpeed 0.19 calls collectives torch 2.13 renamed; one FutureWarning per call site drowns the log.
+    warnings.filterwarnings("ignore", r"`torch\.distributed\.\w+` is deprecated", FutureWarning)
     from megavg.train.loop import train  # imports deepspeed: only after the config is known good
 
     code = train(cfg, task)
