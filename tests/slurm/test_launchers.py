@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import megavg.models
 from tests.slurm.cluster import FINAL_STATES, Job, LocalSlurm, unavailable_reason
 
 pytestmark = [pytest.mark.slurm, pytest.mark.distributed]
@@ -97,6 +98,20 @@ def test_export_job_writes_a_model_folder_from_the_run(slurm, reference):
     assert (out / "config.json").is_file() and list(out.glob("*.safetensors"))
 
 
+def test_precompute_job_writes_one_latent_part_per_rank(slurm, shards, tmp_path):
+    from tests.infer.test_precompute import tiny_text_encoder
+
+    megavg.models.build("dc-ae-v-tiny").save(tmp_path / "vae")
+    tiny_text_encoder(tmp_path / "text")
+    args = ["--vae", str(tmp_path / "vae"), "--text-encoder", str(tmp_path / "text"), "--shards", str(shards),
+            "--frames", "8", "--size", "32", "32", "--out", str(tmp_path / "latents")]  # fmt: skip
+    job_id = sbatch(slurm, tmp_path, "precompute", *args)
+    assert_finished(slurm.wait(job_id, timeout=180))
+    parts = sorted(p.name for p in (tmp_path / "latents").iterdir())
+    assert parts == ["part-00000", "part-00001"]
+    assert all(list((tmp_path / "latents" / p).glob("*.tar")) for p in parts)
+
+
 def wait_for_first_step(slurm: LocalSlurm, job_id: str, metrics: Path, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while not (metrics.is_file() and metrics.read_text().strip()):
@@ -143,8 +158,8 @@ def test_batch_shell_signal_is_forwarded_and_scancel_is_not_requeued(slurm, shar
     wait_for_text(ranks / "restart1" / "rank0.log", "megavg.train.metrics: step")
     assert "batch shell got a stop signal" in job_log(tmp_path, job_id)
     slurm.run("scancel", job_id)  # SIGTERM to everything: the ranks still checkpoint, nothing requeues
-    slurm.wait(job_id, timeout=60)
-    time.sleep(slurm.cred_expire + 2)
+    slurm.wait(job_id, timeout=60)  # CANCELLED once the batch shell is gone: a requeue would show by now
+    time.sleep(1)
     job = slurm.job(job_id)
     assert (job.state, job.restarts) == ("CANCELLED", 1), job.fields
     stopped = re.search(
