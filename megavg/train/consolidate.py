@@ -4,7 +4,8 @@
 
 DeepSpeed's ``zero_to_fp32`` reassembles the fp32 master weights from every rank's optimizer shard in
 lazy mode (one tensor materialised at a time, not all shards at once); frozen parameters left out of the
-checkpoint (``checkpoint.exclude_frozen``) come from ``model.init``; Transformer Engine ``_extra_state``
+checkpoint (``checkpoint.exclude_frozen``) come from ``model.init`` (or the seeded initial model, as the
+trainer built it); Transformer Engine ``_extra_state``
 entries are dropped; the result is checked against the model's keys and shapes before it is written
 (atomically; safetensors, sharded past 4 GiB).
 """
@@ -36,6 +37,14 @@ def trained_state(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in lazy.items() if not k.endswith("_extra_state")}
 
 
+def initial_state(cfg, args) -> dict[str, torch.Tensor]:
+    """The weights the run started from: ``model.init``, else the model built under the run's seed."""
+    if cfg.model.init:
+        return registry.load_state_dict(cfg.model.init)
+    torch.manual_seed(cfg.schedule.seed)
+    return registry.build(args).state_dict()
+
+
 def consolidate(run_dir: str | Path, out: str | Path) -> Path:
     """Write the model of ``run_dir``'s latest checkpoint to ``out``; returns ``out``."""
     ckpt_dir = Path(run_dir) / "checkpoints"
@@ -47,10 +56,10 @@ def consolidate(run_dir: str | Path, out: str | Path) -> Path:
     if hasattr(args, "grad_checkpointing"):
         args = dataclasses.replace(args, grad_checkpointing=False)  # a training-only choice
     state = trained_state(ckpt_dir, tag)
-    if cfg.model.init:
-        state = {**registry.load_state_dict(cfg.model.init), **state}
     with torch.device("meta"):
         model = registry.build(args)
+    if set(model.state_dict()) - set(state):  # frozen weights were left out of the checkpoint
+        state = {**initial_state(cfg, args), **state}
     registry.check_state_dict(model, state, f"{ckpt_dir / tag}")
     return registry.save_state(registry.family_of(args), to_dict(args), state, out)
 

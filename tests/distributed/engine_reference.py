@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from pathlib import Path
 
@@ -74,6 +75,8 @@ def reference_flow_run(cfg: TrainConfig, dp_size: int) -> tuple[list[float], dic
 
     torch.manual_seed(cfg.schedule.seed)
     model = megavg.models.build(cfg.model.preset)
+    for name, param in model.named_parameters():  # model.trainable: train only matching names
+        param.requires_grad_(any(fnmatch.fnmatchcase(name, p) for p in cfg.model.trainable or ["*"]))
     opt = _adamw(model, cfg)
     args, b = cfg.task.args, cfg.data.batch_size
     losses = []
@@ -91,7 +94,7 @@ def reference_flow_run(cfg: TrainConfig, dp_size: int) -> tuple[list[float], dic
             pred = model((1 - s) * x0 + s * noise, 1000 * sigma, text * keep.view(b, 1, 1))
             loss = loss + F.mse_loss(pred, noise - x0) / dp_size
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optimizer.grad_clip)
+        torch.nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], cfg.optimizer.grad_clip)
         opt.step()
         opt.zero_grad()
         losses.append(loss.item())
