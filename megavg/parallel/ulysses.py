@@ -6,8 +6,9 @@ heads for the full sequence of H/P heads (``[B, S/P, H, D] -> [B, S, H/P, D]``),
 Gradient convention ("SP-sum"), relied on by the training engine: every rank computes the same loss on
 the same gathered output. The backward of :func:`gather_sequence` hands each rank only the gradient of
 its own shard (no communication), so a rank's parameter gradients cover only the paths through its
-tokens, and **summing them over the SP group gives the single-process gradient**. DeepSpeed with the
-SP-aware ``mpu`` of :mod:`megavg.parallel.state` sums over SP and averages over DP.
+tokens, and **summing them over the SP group gives the single-process gradient**. DeepSpeed averages
+gradients over all DP x SP ranks, so the trainer back-propagates ``sp_size * loss`` (see
+:mod:`megavg.parallel.state` for why no ``mpu`` is handed to DeepSpeed).
 """
 
 from __future__ import annotations

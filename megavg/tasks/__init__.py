@@ -20,6 +20,14 @@ TASKS = {
 }
 
 
+def build_task(cfg):
+    """The task object of a training config (``task.name`` with ``task.args`` checked by its schema)."""
+    from megavg.utils.schema import from_dict
+
+    module = task_module(cfg.task.name)
+    return module.Task(from_dict(module.Args, cfg.task.args, "task.args"), cfg)
+
+
 def task_module(name: str) -> ModuleType:
     """The module implementing task ``name`` (registry name or dotted module path)."""
     path = TASKS.get(name, name if "." in name else None)

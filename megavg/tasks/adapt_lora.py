@@ -2,8 +2,8 @@
 
 peft injects LoRA (rank 256, alpha 512 in the paper) into every linear layer except cross-attention, the
 text embedding and the head; the patch embedder and the output linear train fully; the rest is frozen
-(and, with ``checkpoint.exclude_frozen``, left out of checkpoints). ``tools/merge_lora.py`` folds the
-trained LoRA into the base weights and writes a plain model folder for inference.
+(and, with ``checkpoint.exclude_frozen``, left out of checkpoints). ``tools/consolidate.py`` folds the
+trained LoRA into the base weights (:meth:`Task.export_state`) and writes a plain model folder.
 Phase 2 (patch/head fine-tuning) needs no module: ``flow_matching`` with
 ``model.trainable: [patch_embed.*, head.linear.*]``.
 """
@@ -64,6 +64,10 @@ class Task(flow_matching.Task):
         for name, param in model.named_parameters():
             param.requires_grad_(".lora_" in name or name.startswith(prefixes))
         return model
+
+    def export_state(self, trained: dict, initial, keys: set[str]) -> dict:
+        """The LoRA merged into the starting weights: a plain model without adapters."""
+        return merge_lora(initial(), trained, lora_scale(self.args))
 
 
 def merge_lora(base: dict[str, torch.Tensor], trained: dict[str, torch.Tensor], scale: float) -> dict:

@@ -130,6 +130,15 @@ class Task:
         """
         raise NotImplementedError
 
+    def export_state(
+        self, trained: dict[str, torch.Tensor], initial: Callable[[], dict], keys: set[str]
+    ) -> dict[str, torch.Tensor]:
+        """Plain model weights (``keys``) from a checkpoint's trained tensors, for a model folder.
+
+        Frozen weights left out of the checkpoint come from ``initial()`` (the run's starting weights).
+        """
+        return {**initial(), **trained} if keys - set(trained) else trained
+
     def tokens(self, batch: dict) -> int:
         """Tokens (latent positions) in ``batch``, for the tokens/s metric."""
         return 0

@@ -10,11 +10,10 @@ import argparse
 import warnings
 
 from megavg.data.shards import list_shards
-from megavg.tasks import task_module
+from megavg.tasks import build_task
 from megavg.train.config import load_config
 from megavg.train.engine import deepspeed_config
 from megavg.utils.errors import run_cli
-from megavg.utils.schema import from_dict
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -29,8 +28,7 @@ def prepare(argv: list[str] | None):
     """Parse and check everything; returns (config, task). Raises UserError on bad input."""
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    module = task_module(cfg.task.name)
-    task = module.Task(from_dict(module.Args, cfg.task.args, "task.args"), cfg)
+    task = build_task(cfg)
     task.validate()
     list_shards(cfg.data.shards, cfg.data.kind)  # the data path exists and holds shards
     deepspeed_config(cfg)

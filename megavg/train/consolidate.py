@@ -5,9 +5,10 @@
 DeepSpeed's ``zero_to_fp32`` reassembles the fp32 master weights from every rank's optimizer shard in
 lazy mode (one tensor materialised at a time, not all shards at once); frozen parameters left out of the
 checkpoint (``checkpoint.exclude_frozen``) come from ``model.init`` (or the seeded initial model, as the
-trainer built it); Transformer Engine ``_extra_state``
-entries are dropped; the result is checked against the model's keys and shapes before it is written
-(atomically; safetensors, sharded past 4 GiB).
+trainer built it); the task may transform the result (``Task.export_state``: the AE-Adapt-V LoRA task
+merges its adapters into the weights); Transformer Engine ``_extra_state`` entries are dropped; the
+result is checked against the model's keys and shapes before it is written (atomically; safetensors,
+sharded past 4 GiB).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from megavg.models import registry
+from megavg.tasks import build_task
 from megavg.tasks.base import model_args
 from megavg.train.checkpoint import read_latest
 from megavg.train.config import load_config
@@ -58,8 +60,7 @@ def consolidate(run_dir: str | Path, out: str | Path) -> Path:
     state = trained_state(ckpt_dir, tag)
     with torch.device("meta"):
         model = registry.build(args)
-    if set(model.state_dict()) - set(state):  # frozen weights were left out of the checkpoint
-        state = {**initial_state(cfg, args), **state}
+    state = build_task(cfg).export_state(state, lambda: initial_state(cfg, args), set(model.state_dict()))
     registry.check_state_dict(model, state, f"{ckpt_dir / tag}")
     return registry.save_state(registry.family_of(args), to_dict(args), state, out)
 
