@@ -78,13 +78,20 @@ megavg_run_step() { # SRUN_OPTIONS... -- COMMAND...
   srun "$@" &
   MEGAVG_STEP_PID=$!
   trap _megavg_forward_stop USR1 TERM
-  MEGAVG_STEP_RC=0
-  wait "$MEGAVG_STEP_PID" || MEGAVG_STEP_RC=$?
-  while [ "$MEGAVG_STEP_RC" -gt 128 ] && kill -0 "$MEGAVG_STEP_PID" 2>/dev/null; do
-    MEGAVG_STEP_RC=0
-    wait "$MEGAVG_STEP_PID" || MEGAVG_STEP_RC=$?
-  done
+  megavg_wait "$MEGAVG_STEP_PID"
+  MEGAVG_STEP_RC=$MEGAVG_WAIT_RC
   trap - USR1 TERM
+}
+
+# Wait for PID to exit, also across trapped signals (which interrupt `wait` with a code > 128).
+# Sets MEGAVG_WAIT_RC to the process's exit code.
+megavg_wait() { # PID
+  MEGAVG_WAIT_RC=0
+  wait "$1" || MEGAVG_WAIT_RC=$?
+  while [ "$MEGAVG_WAIT_RC" -gt 128 ] && kill -0 "$1" 2>/dev/null; do
+    MEGAVG_WAIT_RC=0
+    wait "$1" || MEGAVG_WAIT_RC=$?
+  done
 }
 
 _megavg_forward_stop() {

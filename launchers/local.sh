@@ -42,12 +42,8 @@ _megavg_local_stop() {
   fi
 }
 trap _megavg_local_stop INT TERM USR1
-rc=0
-wait "$ranks" || rc=$?
-while [ "$rc" -gt 128 ] && kill -0 "$ranks" 2>/dev/null; do
-  rc=0
-  wait "$ranks" || rc=$?
-done
+megavg_wait "$ranks"
+rc=$MEGAVG_WAIT_RC
 case "$rc" in
   0) megavg_log "finished" ;;
   "$MEGAVG_EXIT_PREEMPTED") megavg_log "stopped with a complete checkpoint: rerun the same command to resume" ;;
