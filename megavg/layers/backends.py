@@ -48,3 +48,8 @@ def resolve_linear(choice: str) -> str:
 def resolve_attention(choice: str) -> str:
     """``flash`` or ``sdpa`` for a ``LayerConfig.attention`` value."""
     return _resolve(choice, "flash", "flash_attn", "attention", "sdpa")
+
+
+def te_device() -> str:
+    """Where a Transformer Engine module allocates: ``meta`` under ``torch.device("meta")``, else CUDA."""
+    return "meta" if torch.get_default_device().type == "meta" else "cuda"

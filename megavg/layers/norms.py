@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megavg.layers.backends import resolve_linear
+from megavg.layers.backends import resolve_linear, te_device
 
 
 class Fp32LayerNorm(nn.LayerNorm):
@@ -24,5 +24,4 @@ def make_rms_norm(dim: int, eps: float, backend: str) -> nn.Module:
         return nn.RMSNorm(dim, eps=eps, elementwise_affine=True)
     import transformer_engine.pytorch as te  # GPU path
 
-    device = "meta" if torch.get_default_device().type == "meta" else "cuda"
-    return te.RMSNorm(dim, eps=eps, device=device, params_dtype=torch.get_default_dtype())
+    return te.RMSNorm(dim, eps=eps, device=te_device(), params_dtype=torch.get_default_dtype())

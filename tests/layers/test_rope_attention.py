@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+
+import pytest
 import torch
 
 from megavg.layers import apply_rope, attention, rope_tables
 from megavg.layers.rope import rope_split
+from megavg.utils.errors import UserError
 
 
 def complex_rope(x: torch.Tensor, grid, theta: float = 10000.0) -> torch.Tensor:
@@ -45,3 +49,13 @@ def test_sdpa_attention_matches_plain_softmax():
     weights = torch.einsum("bqhd,bkhd->bhqk", q, k).div(8**0.5).softmax(-1)
     expected = torch.einsum("bhqk,bkhd->bqhd", weights, v)
     torch.testing.assert_close(attention(q, k, v, "sdpa"), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_flash_choice_respects_its_dtypes(monkeypatch):
+    """flash-attn takes fp16/bf16 only: ``auto`` sends fp32 to SDPA, an explicit ``flash`` refuses it."""
+    attention_module = importlib.import_module("megavg.layers.attention")  # the module, not the function
+    monkeypatch.setattr(attention_module, "resolve_attention", lambda choice: "flash")  # as on a GPU node
+    assert attention_module._backend_for(torch.float32, "auto") == "sdpa"
+    assert attention_module._backend_for(torch.bfloat16, "auto") == "flash"
+    with pytest.raises(UserError, match="fp16/bf16"):
+        attention_module._backend_for(torch.float32, "flash")

@@ -13,7 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megavg.layers import Fp32LayerNorm, apply_rope, attention, make_linear, make_rms_norm
+from megavg.layers import (
+    Fp32LayerNorm,
+    apply_rope,
+    attention,
+    make_layer_norm_linear,
+    make_linear,
+    make_rms_norm,
+)
 from megavg.models.wan.args import Args
 
 
@@ -109,14 +116,22 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Cross-attention of the video tokens to text, plus (I2V) to CLIP image tokens via added k/v."""
+    """Cross-attention of the video tokens to text, plus (I2V) to CLIP image tokens via added k/v.
+
+    With ``cross_attn_norm`` (all Wan-2.1 models) the block's LayerNorm before cross-attention feeds only
+    the query projection, so the two are one layer, ``q`` (fused ``te.LayerNormLinear`` on GPU).
+    """
 
     def __init__(self, args: Args):
         super().__init__()
         dim, backend = args.dim, args.layers.linear
         self.num_heads = args.num_heads
         self.backend = args.layers.attention
-        self.q, self.k, self.v, self.o = (make_linear(dim, dim, backend) for _ in range(4))
+        if args.cross_attn_norm:
+            self.q = make_layer_norm_linear(dim, dim, args.eps, backend)
+        else:
+            self.q = make_linear(dim, dim, backend)
+        self.k, self.v, self.o = (make_linear(dim, dim, backend) for _ in range(3))
         self.norm_q = make_rms_norm(dim, args.eps, backend)
         self.norm_k = make_rms_norm(dim, args.eps, backend)
         if args.is_i2v:
@@ -152,7 +167,6 @@ class WanBlock(nn.Module):
         super().__init__()
         self.norm_self = Fp32LayerNorm(args.dim, args.eps, elementwise_affine=False)
         self.self_attn = SelfAttention(args)
-        self.norm_cross = Fp32LayerNorm(args.dim, args.eps) if args.cross_attn_norm else None
         self.cross_attn = CrossAttention(args)
         self.norm_ffn = Fp32LayerNorm(args.dim, args.eps, elementwise_affine=False)
         self.ffn = FeedForward(args)
@@ -165,8 +179,7 @@ class WanBlock(nn.Module):
         )
         h = (self.norm_self(x) * (1 + scale) + shift).type_as(x)
         x = (x.float() + self.self_attn(h, rope) * gate).type_as(x)
-        h = self.norm_cross(x).type_as(x) if self.norm_cross is not None else x
-        x = x + self.cross_attn(h, text, image)
+        x = x + self.cross_attn(x, text, image)  # its query projection holds the cross-attention norm
         h = (self.norm_ffn(x) * (1 + ffn_scale) + ffn_shift).type_as(x)
         return (x.float() + self.ffn(h).float() * ffn_gate).type_as(x)
 

@@ -47,7 +47,9 @@ TOP_KEYS = {
 }
 BLOCK_KEYS = {
     "modulation": ("scale_shift_table", "modulation"),
-    "norm_cross": ("norm2", "norm3"),
+    # the cross-attention LayerNorm lives in the fused norm + query projection (te.LayerNormLinear names)
+    "cross_attn.q.layer_norm_weight": ("norm2.weight", "norm3.weight"),
+    "cross_attn.q.layer_norm_bias": ("norm2.bias", "norm3.bias"),
     "ffn.fc1": ("ffn.net.0.proj", "ffn.0"),
     "ffn.fc2": ("ffn.net.2", "ffn.2"),
     **{f"self_attn.{n}": (f"attn1.to_{n}", f"self_attn.{n}") for n in "qkv"},
