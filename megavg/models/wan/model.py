@@ -64,7 +64,8 @@ class Model(MegavgModel):
         self.head = Head(args)
         self.token_shard = TokenPad(self.token_multiple)
         self.token_gather = TokenCrop()
-        self.fp8_group = None  # amax reduction group, set by the engine when FP8 is on
+        # FP8 amax reduction group; None is TE's default, the world (all DP x SP ranks, as training wants)
+        self.fp8_group = None
 
     def forward(self, latents, timestep, text, image=None) -> torch.Tensor:
         """latents [B, C, T, H, W]; timestep [B]; text [B, L, text_dim]; image [B, L', image_dim] (I2V)."""
