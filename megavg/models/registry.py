@@ -90,35 +90,63 @@ def save(model: nn.Module, folder: str | os.PathLike) -> Path:
     return save_state(family_of(args), to_dict(args), model.state_dict(), folder)
 
 
-def save_state(family: str, args: dict, state: dict[str, torch.Tensor], folder: str | os.PathLike) -> Path:
-    """Write a model folder from a family name, its args dict and a state dict (no model is built)."""
+def materialize(value: Any) -> torch.Tensor:
+    """A tensor from a tensor or a *lazy tensor*: anything with ``shape``, ``dtype`` and ``contiguous()``
+    returning the tensor, such as the entries of DeepSpeed's ``zero_to_fp32`` lazy mode."""
+    return value if isinstance(value, torch.Tensor) else value.contiguous()
+
+
+def save_state(family: str, args: dict, state: dict[str, Any], folder: str | os.PathLike) -> Path:
+    """Write a model folder from a family name, its args dict and a state dict (no model is built).
+
+    ``state`` values may be lazy tensors (:func:`materialize`): they are materialised one safetensors
+    shard at a time, so writing needs memory for one shard, not for the whole model.
+    """
     config = {"format": FORMAT, "version": 1, "family": family, "args": args}
-    state = {k: v.detach().contiguous().cpu() for k, v in state.items() if not k.endswith("_extra_state")}
+    state = {k: v for k, v in state.items() if not k.endswith("_extra_state")}
     with atomic_dir(folder) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         _write_weights(state, tmp)
     return Path(folder)
 
 
-def _write_weights(state: dict[str, torch.Tensor], folder: Path) -> None:
-    shards: list[dict[str, torch.Tensor]] = [{}]
+def _plan_shards(state: dict[str, Any]) -> list[list[str]]:
+    """Keys grouped into consecutive shards of at most ``MAX_SHARD_BYTES`` (a bigger tensor: alone)."""
+    shards: list[list[str]] = [[]]
     size = 0
-    for key, tensor in state.items():
-        nbytes = tensor.numel() * tensor.element_size()
+    for key, value in state.items():
+        nbytes = torch.Size(value.shape).numel() * value.dtype.itemsize
         if shards[-1] and size + nbytes > MAX_SHARD_BYTES:
-            shards.append({})
+            shards.append([])
             size = 0
-        shards[-1][key] = tensor
+        shards[-1].append(key)
         size += nbytes
-    if len(shards) == 1:
-        save_file(shards[0], str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
-        return
-    weight_map = {}
-    for i, shard in enumerate(shards):
-        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(folder / name), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, name))
-    (folder / INDEX_NAME).write_text(json.dumps({"weight_map": weight_map}, indent=2) + "\n")
+    return shards
+
+
+def _materialized_shard(state: dict[str, Any], keys: list[str]) -> dict[str, torch.Tensor]:
+    shard = {}
+    for key in keys:
+        tensor = materialize(state[key]).detach().contiguous().cpu()
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise UserError(f"{key} contains NaN or Inf: not writing a model folder")
+        shard[key] = tensor
+    return shard
+
+
+def _write_weights(state: dict[str, Any], folder: Path) -> None:
+    shards = _plan_shards(state)
+    count = len(shards)
+    names = (
+        [WEIGHTS_NAME]
+        if count == 1
+        else [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+    )
+    for name, keys in zip(names, shards):
+        save_file(_materialized_shard(state, keys), str(folder / name), metadata={"format": "pt"})
+    if count > 1:
+        weight_map = {key: name for name, keys in zip(names, shards) for key in keys}
+        (folder / INDEX_NAME).write_text(json.dumps({"weight_map": weight_map}, indent=2) + "\n")
 
 
 def read_config(folder: str | os.PathLike) -> dict:
@@ -178,8 +206,12 @@ def load(folder: str | os.PathLike, device: str | torch.device = "cpu", dtype: t
     return model.to(device=device, dtype=dtype)
 
 
-def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Raise one :class:`UserError` for missing, unexpected or mis-shaped keys, or non-finite weights."""
+def check_state_dict(model: nn.Module, state: dict[str, Any], source: str) -> None:
+    """Raise one :class:`UserError` for missing, unexpected or mis-shaped keys, or non-finite weights.
+
+    Lazy tensors (:func:`materialize`) are checked for shape only; :func:`save_state` checks their values
+    as it writes them.
+    """
     expected = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -195,5 +227,6 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
             raise UserError(
                 f"{source}: {key} has shape {tuple(state[key].shape)}, model expects {tuple(ref.shape)}"
             )
-        if state[key].is_floating_point() and not torch.isfinite(state[key]).all():
+        value = state[key]
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
             raise UserError(f"{source}: {key} contains NaN or Inf")

@@ -16,6 +16,7 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
+from megavg.models import registry
 from megavg.tasks import flow_matching
 from megavg.utils.errors import UserError
 
@@ -80,10 +81,11 @@ def merge_lora(base: dict[str, torch.Tensor], trained: dict[str, torch.Tensor], 
     for key, value in trained.items():
         if ".lora_B." in key:
             continue
+        value = registry.materialize(value)  # consolidation hands out lazy tensors
         if ".lora_A." in key:
             prefix, adapter = key.split(".lora_A.")
             weight = f"{prefix}.weight"
-            up = trained[f"{prefix}.lora_B.{adapter}"].float()  # out, r
+            up = registry.materialize(trained[f"{prefix}.lora_B.{adapter}"]).float()  # out, r
             delta = scale * (up @ value.float())  # (out, r) @ (r, in) -> out, in
             merged[weight] = (base[weight].float() + delta).to(base[weight].dtype)
             continue

@@ -2,8 +2,9 @@
 
     python tools/consolidate.py RUN_DIR --out FOLDER
 
-DeepSpeed's ``zero_to_fp32`` reassembles the fp32 master weights from every rank's optimizer shard in
-lazy mode (one tensor materialised at a time, not all shards at once); frozen parameters left out of the
+DeepSpeed's ``zero_to_fp32`` reads every rank's fp32 master partitions and hands out lazy tensors, which
+stay lazy until the writer materialises them one safetensors shard at a time (peak memory: the
+partitions plus one shard, instead of twice the model); frozen parameters left out of the
 checkpoint (``checkpoint.exclude_frozen``) come from ``model.init`` (or the seeded initial model, as the
 trainer built it); the task may transform the result (``Task.export_state``: the AE-Adapt-V LoRA task
 merges its adapters into the weights); Transformer Engine ``_extra_state`` entries are dropped; the
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,15 +30,16 @@ from megavg.utils.errors import UserError, run_cli
 from megavg.utils.schema import to_dict
 
 
-def trained_state(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
-    """fp32 weights of checkpoint ``tag`` (without ``_extra_state``), materialised one by one."""
+def trained_state(ckpt_dir: Path, tag: str) -> dict[str, Any]:
+    """fp32 weights of checkpoint ``tag`` (without ``_extra_state``) as lazy tensors
+    (:func:`megavg.models.registry.materialize`)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     try:
         lazy = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag, lazy_mode=True)
     except (FileNotFoundError, ValueError) as err:
         raise UserError(f"{ckpt_dir / tag}: not a readable ZeRO checkpoint ({err})") from None
-    return {k: v.contiguous() for k, v in lazy.items() if not k.endswith("_extra_state")}
+    return {k: v for k, v in lazy.items() if not k.endswith("_extra_state")}
 
 
 def initial_state(cfg, args) -> dict[str, torch.Tensor]:

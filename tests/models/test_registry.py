@@ -4,10 +4,12 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import megavg.models
 from megavg.models import registry
 from megavg.utils.errors import UserError
+from megavg.utils.schema import to_dict
 
 
 @pytest.fixture
@@ -61,8 +63,48 @@ def test_errors_name_the_folder_and_problem(model, tmp_path):
 
 
 def test_nonfinite_weights_rejected(model, tmp_path):
-    with torch.no_grad():
-        next(model.parameters())[0].fill_(float("nan"))
     model.save(tmp_path / "m")
+    state = registry.load_state_dict(tmp_path / "m")
+    next(iter(state.values()))[0].fill_(float("nan"))
+    save_file(state, str(tmp_path / "m" / registry.WEIGHTS_NAME))  # a folder written by something else
     with pytest.raises(UserError, match="NaN or Inf"):
         megavg.models.load(tmp_path / "m")
+    with pytest.raises(UserError, match="NaN or Inf"):  # and megavg never writes one
+        registry.save_state("dcaev", {}, state, tmp_path / "nan")
+    assert not (tmp_path / "nan").exists()
+
+
+class LazyTensor:
+    """Stands for a DeepSpeed zero_to_fp32 lazy tensor; logs when it is materialised."""
+
+    def __init__(self, key, tensor, log):
+        self.key, self.tensor, self.log = key, tensor, log
+        self.shape, self.dtype = tensor.shape, tensor.dtype
+
+    def contiguous(self):
+        self.log.append(("materialise", self.key))
+        return self.tensor.clone()
+
+
+def test_lazy_tensors_are_materialised_one_shard_at_a_time(model, tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "MAX_SHARD_BYTES", 64 * 1024)
+    log = []
+    real_save_file = registry.save_file
+
+    def logging_save_file(tensors, path, metadata=None):
+        log.append(("write", tuple(tensors)))
+        real_save_file(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(registry, "save_file", logging_save_file)
+    state = model.state_dict()
+    lazy = {k: LazyTensor(k, v, log) for k, v in state.items()}
+    registry.save_state("dcaev", to_dict(model.args), lazy, tmp_path / "m")
+    writes = [i for i, (what, _) in enumerate(log) if what == "write"]
+    assert len(writes) > 2
+    materialised_before = 0
+    for i in writes:  # each write follows exactly the materialisation of its own keys
+        keys = log[i][1]
+        assert [k for what, k in log[materialised_before:i]] == list(keys)
+        materialised_before = i + 1
+    again = megavg.models.load(tmp_path / "m")
+    assert _same_weights(again, model)
