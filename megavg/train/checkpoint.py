@@ -118,7 +118,7 @@ class Checkpointer:
             raise UserError(f"{self.dir / tag}: incomplete DeepSpeed checkpoint")
         rng = self.dir / tag / "rng" / f"rank_{dist.get_rank():05d}.pt"
         if rng.is_file():
-            _set_rng_state(torch.load(rng, weights_only=False))
+            _set_rng_state(torch.load(rng, weights_only=True))
         log.info(f"resumed from {self.dir / tag} (step {client['step']})")
         return int(client["step"])
 
