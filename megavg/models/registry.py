@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from megavg.utils.errors import UserError
-from megavg.utils.io import atomic_dir
+from megavg.utils.io import atomic_dir, default_file_mode
 from megavg.utils.schema import from_dict, to_dict
 
 FAMILIES = {"dcaev": "megavg.models.dcaev", "wan": "megavg.models.wan"}
@@ -144,6 +144,7 @@ def _write_weights(state: dict[str, Any], folder: Path) -> None:
     )
     for name, keys in zip(names, shards):
         save_file(_materialized_shard(state, keys), str(folder / name), metadata={"format": "pt"})
+        os.chmod(folder / name, default_file_mode())  # safetensors writes 0600: teammates could not read it
     if count > 1:
         weight_map = {key: name for name, keys in zip(names, shards) for key in keys}
         (folder / INDEX_NAME).write_text(json.dumps({"weight_map": weight_map}, indent=2) + "\n")

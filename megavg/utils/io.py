@@ -45,3 +45,10 @@ def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def default_file_mode() -> int:
+    """Permission bits a new file gets from ``open()`` under the current umask (0o644 for umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask

@@ -1,6 +1,7 @@
 """The model folder format: round trips (single file and sharded), partial reads, and clear errors."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -33,6 +34,10 @@ def test_round_trip(model, tmp_path, monkeypatch, shard_bytes):
         assert len([f for f in files if f.endswith(".safetensors")]) > 2
     again = megavg.models.load(tmp_path / "m")
     assert again.args == model.args and _same_weights(again, model)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in (tmp_path / "m").iterdir():  # readable as any file the user writes (not 0600)
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name
     key = next(iter(model.state_dict()))
     assert list(registry.load_state_dict(tmp_path / "m", [key])) == [key]
 
