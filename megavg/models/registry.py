@@ -176,19 +176,59 @@ def _weight_files(folder: Path) -> dict[str, list[str] | None]:
     raise UserError(f"{folder}: no {WEIGHTS_NAME} or {INDEX_NAME}")
 
 
-def load_state_dict(folder: str | os.PathLike, names: list[str] | None = None) -> dict[str, torch.Tensor]:
-    """Read the tensors of a model folder (single file or sharded index): all, or only ``names``."""
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredTensor:
+    """A lazy tensor (:func:`materialize`): one tensor of a safetensors file, read when asked for."""
+
+    path: str
+    key: str
+    shape: torch.Size
+    dtype: torch.dtype
+
+    def contiguous(self) -> torch.Tensor:
+        with safe_open(self.path, framework="pt") as fh:
+            return fh.get_tensor(self.key)
+
+
+def _stored(path: str, fh: Any, key: str) -> StoredTensor:
+    piece = fh.get_slice(key)
+    return StoredTensor(path, key, torch.Size(piece.get_shape()), _SAFETENSORS_DTYPES[piece.get_dtype()])
+
+
+def load_state_dict(
+    folder: str | os.PathLike, names: list[str] | None = None, lazy: bool = False
+) -> dict[str, Any]:
+    """Read the tensors of a model folder (single file or sharded index): all, or only ``names``.
+
+    ``lazy=True`` returns :class:`StoredTensor` entries instead, read only when materialised (export
+    merges a 14B base this way without holding it in memory).
+    """
     folder = Path(folder)
     wanted = None if names is None else set(names)
-    state: dict[str, torch.Tensor] = {}
+    state: dict[str, Any] = {}
     for name, keys in sorted(_weight_files(folder).items()):
         if wanted is not None and keys is not None and not wanted & set(keys):
             continue  # a shard holding none of the wanted tensors is not opened
+        path = str(folder / name)
         try:
-            with safe_open(str(folder / name), framework="pt") as fh:
+            with safe_open(path, framework="pt") as fh:
                 for key in fh.keys():
                     if wanted is None or key in wanted:
-                        state[key] = fh.get_tensor(key)
+                        state[key] = _stored(path, fh, key) if lazy else fh.get_tensor(key)
         except (SafetensorError, OSError) as err:
             raise UserError(f"{folder / name}: unreadable safetensors file ({err})") from None
     if wanted is not None and wanted - set(state):

@@ -87,7 +87,7 @@ def merge_lora(base: dict[str, torch.Tensor], trained: dict[str, torch.Tensor], 
             weight = f"{prefix}.weight"
             up = registry.materialize(trained[f"{prefix}.lora_B.{adapter}"]).float()  # out, r
             delta = scale * (up @ value.float())  # (out, r) @ (r, in) -> out, in
-            merged[weight] = (base[weight].float() + delta).to(base[weight].dtype)
+            merged[weight] = (registry.materialize(base[weight]).float() + delta).to(base[weight].dtype)
             continue
         plain = key.replace(".base_layer.", ".")
         if plain not in base:

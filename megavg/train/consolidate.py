@@ -3,13 +3,13 @@
     python tools/consolidate.py RUN_DIR --out FOLDER
 
 DeepSpeed's ``zero_to_fp32`` reads every rank's fp32 master partitions and hands out lazy tensors, which
-stay lazy until the writer materialises them one safetensors shard at a time (peak memory: the
-partitions plus one shard, instead of twice the model); frozen parameters left out of the
-checkpoint (``checkpoint.exclude_frozen``) come from ``model.init`` (or the seeded initial model, as the
-trainer built it); the task may transform the result (``Task.export_state``: the AE-Adapt-V LoRA task
-merges its adapters into the weights); Transformer Engine ``_extra_state`` entries are dropped; the
-result is checked against the model's keys and shapes before it is written (atomically; safetensors,
-sharded past 4 GiB).
+stay lazy until the writer materialises them one safetensors shard at a time (peak memory: the partitions
+plus one shard, instead of twice the model). Frozen parameters left out of the checkpoint
+(``checkpoint.exclude_frozen``) come from ``model.init``, also read lazily, or from the seeded initial
+model as the trainer built it. The task may transform the result (``Task.export_state``: the AE-Adapt-V
+LoRA task merges its adapters into the weights). Transformer Engine ``_extra_state`` entries are dropped,
+and the result is checked against the model's keys and shapes before it is written (atomically;
+safetensors, sharded past 4 GiB).
 """
 
 from __future__ import annotations
@@ -42,10 +42,11 @@ def trained_state(ckpt_dir: Path, tag: str) -> dict[str, Any]:
     return {k: v for k, v in lazy.items() if not k.endswith("_extra_state")}
 
 
-def initial_state(cfg, args) -> dict[str, torch.Tensor]:
-    """The weights the run started from: ``model.init``, else the model built under the run's seed."""
+def initial_state(cfg, args) -> dict[str, Any]:
+    """The weights the run started from: ``model.init`` (lazy: read as written), else the model built
+    under the run's seed."""
     if cfg.model.init:
-        return registry.load_state_dict(cfg.model.init)
+        return registry.load_state_dict(cfg.model.init, lazy=True)
     torch.manual_seed(cfg.schedule.seed)
     return registry.build(args).state_dict()
 

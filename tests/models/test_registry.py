@@ -113,3 +113,19 @@ def test_lazy_tensors_are_materialised_one_shard_at_a_time(model, tmp_path, monk
         materialised_before = i + 1
     again = megavg.models.load(tmp_path / "m")
     assert _same_weights(again, model)
+
+
+@pytest.mark.parametrize("shard_bytes", [None, 64 * 1024])
+def test_lazy_read_gives_shapes_and_dtypes_and_reads_on_demand(model, tmp_path, monkeypatch, shard_bytes):
+    if shard_bytes:
+        monkeypatch.setattr(registry, "MAX_SHARD_BYTES", shard_bytes)
+    state = {k: v.to(torch.bfloat16) if i % 2 else v for i, (k, v) in enumerate(model.state_dict().items())}
+    registry.save_state("dcaev", to_dict(model.args), state, tmp_path / "m")
+    lazy = registry.load_state_dict(tmp_path / "m", lazy=True)
+    assert list(lazy) == list(registry.load_state_dict(tmp_path / "m"))
+    assert all(isinstance(v, registry.StoredTensor) for v in lazy.values())
+    for key, ref in state.items():
+        assert (lazy[key].shape, lazy[key].dtype) == (ref.shape, ref.dtype), key
+        assert torch.equal(registry.materialize(lazy[key]), ref), key
+    registry.save_state("dcaev", to_dict(model.args), lazy, tmp_path / "copy")  # lazy in, lazy out
+    assert _same_weights(megavg.models.load(tmp_path / "copy"), megavg.models.load(tmp_path / "m"))
