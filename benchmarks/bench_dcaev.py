@@ -3,18 +3,18 @@
     python benchmarks/bench_dcaev.py                       # streaming table + f32t4c32 full pass
     python benchmarks/bench_dcaev.py --skip-full           # streaming table only
 
-Memory is the peak resident set size (``ru_maxrss``) of a fresh subprocess per measurement, minus its
-RSS after building the model and decoding one warm-up chunk: the extra memory that decoding *that many
-frames* needed (torch's CPU allocations are invisible to tracemalloc, RSS sees them). Streamed chunks
-are consumed (reduced to a checksum) and dropped, as a writer would do. The full-pass rows decode the
-same latents in one call, for contrast. Target: streaming peak at 640 frames within 1.1x of 80 frames.
+Memory is the peak resident set size (``VmHWM``, see ``megavg.utils.memory``) of a fresh subprocess
+per measurement, minus its peak after building the model and decoding one warm-up chunk: the extra
+memory that decoding *that many frames* needed (torch's CPU allocations are invisible to tracemalloc,
+RSS sees them). Streamed chunks are consumed (reduced to a checksum) and dropped, as a writer would do.
+The full-pass rows decode the same latents in one call, for contrast. Target: streaming peak at 640
+frames within 1.1x of 80 frames.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -23,10 +23,7 @@ import torch
 
 import megavg.models as mm
 from megavg.models.dcaev.streaming import StreamingDecoder
-
-
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+from megavg.utils.memory import peak_rss_mib
 
 
 def _random_model(preset: str, seed: int = 0):
@@ -54,7 +51,7 @@ def child_decode(preset: str, frames: int, size: int, mode: str) -> dict:
     latents = torch.randn(1, model.args.latent_channels, frames // t, size // s, size // s)
     with torch.inference_mode():
         model.decode(latents[:, :, : model.latent_chunk])  # warm-up: allocator, one chunk
-        base = _rss_mib()
+        base = peak_rss_mib()
         start = time.perf_counter()
         checksum = 0.0
         if mode == "stream":
@@ -67,7 +64,8 @@ def child_decode(preset: str, frames: int, size: int, mode: str) -> dict:
         else:
             checksum = float(model.decode(latents).float().mean())
         seconds = time.perf_counter() - start
-    return {"peak_mib": _rss_mib(), "extra_mib": _rss_mib() - base, "fps": frames / seconds, "sum": checksum}
+    peak = peak_rss_mib()
+    return {"peak_mib": peak, "extra_mib": peak - base, "fps": frames / seconds, "sum": checksum}
 
 
 def child_full(preset: str, frames: int, size: int) -> dict:
@@ -83,7 +81,7 @@ def child_full(preset: str, frames: int, size: int) -> dict:
     return {
         "encode_s": mid - start,
         "decode_s": end - mid,
-        "peak_mib": _rss_mib(),
+        "peak_mib": peak_rss_mib(),
         "threads": torch.get_num_threads(),
     }
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import resource
-import sys
 from pathlib import Path
 
 import torch
 
 from megavg.utils.io import atomic_file
 from megavg.utils.logging import get_logger
+from megavg.utils.memory import peak_rss_mib
 
 log = get_logger(__name__)
 
@@ -19,8 +18,7 @@ def peak_memory_gib() -> float:
     """Peak accelerator memory of this process (GPU), else peak resident set size (CPU), in GiB."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**30
+    return peak_rss_mib() / 1024
 
 
 def truncate_jsonl(path: Path, last_step: int) -> None:

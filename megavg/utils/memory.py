@@ -1,0 +1,39 @@
+"""Host memory of this process: current and peak resident set size.
+
+Peak comes from ``VmHWM`` in ``/proc/self/status``, which starts afresh in every new program. Not from
+``ru_maxrss``: Linux keeps that across fork + exec, so a process started by a big parent (a launcher, a
+benchmark driver) would report the parent's peak. Where ``/proc`` is missing (macOS) ``ru_maxrss`` is
+the fallback.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+
+_STATUS = Path("/proc/self/status")
+
+
+def _status_mib(field: str) -> float | None:
+    if not _STATUS.is_file():
+        return None
+    for line in _STATUS.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # kB -> MiB
+    return None
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process, MiB."""
+    peak = _status_mib("VmHWM")
+    if peak is not None:
+        return peak
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def rss_mib() -> float:
+    """Resident set size of this process now, MiB (the peak where the current value is unavailable)."""
+    now = _status_mib("VmRSS")
+    return now if now is not None else peak_rss_mib()

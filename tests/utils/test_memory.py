@@ -1,0 +1,25 @@
+"""Peak RSS of a process is its own, not its parent's (what ``ru_maxrss`` would report after exec)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from megavg.utils.memory import peak_rss_mib, rss_mib
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
+
+
+def test_peak_follows_an_allocation_and_a_child_reports_its_own():
+    before = peak_rss_mib()
+    block = torch.ones(400 * 2**20 // 4)  # 400 MiB, touched
+    assert peak_rss_mib() >= before + 350 and rss_mib() >= 350
+    parent_peak = peak_rss_mib()
+    code = "from megavg.utils.memory import peak_rss_mib; print(peak_rss_mib())"
+    child_peak = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout)
+    assert child_peak < parent_peak - 300, (child_peak, parent_peak)
+    del block
