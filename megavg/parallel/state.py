@@ -18,6 +18,7 @@ SP degree 1 means sequence parallelism is off: every rank is its own SP group.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 
 import torch.distributed as dist
@@ -70,6 +71,19 @@ def destroy() -> None:
     """Forget the groups (the process groups themselves die with the default group)."""
     global _STATE
     _STATE = None
+
+
+def shutdown() -> None:
+    """End of a run: forget the groups and destroy every process group (call once, on every rank).
+
+    Reference cycles still holding tensors that went through gloo collectives are collected first. Left
+    to interpreter finalization, their release aborts the process with "terminate called without an
+    active exception" (exit -6 after a finished run: 1 in 5 to 1 in 30 runs of the Ulysses test
+    worker on torch 2.13 CPU; none in 100+ with this collection).
+    """
+    destroy()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def _state() -> _Groups:

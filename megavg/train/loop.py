@@ -166,6 +166,5 @@ def train(cfg: TrainConfig, task: Task) -> int:
     finally:
         trainer.close()
     dist.barrier()
-    state.destroy()
-    dist.destroy_process_group()
+    state.shutdown()
     return code

@@ -20,6 +20,7 @@ from megavg.models.dcaev.parallelize import (
     gather_time,
     shard_time,
 )
+from megavg.parallel import state
 
 CASES = {"frames40": (40, 10), "frames37": (37, 9)}  # (frames, latent frames): 5 chunks each, 37/9 partial
 
@@ -75,7 +76,7 @@ def main() -> None:
             for name in CASES:
                 run_case(name, group, out_dir, prefix=f"sp{world}_")
     dist.barrier()
-    dist.destroy_process_group()
+    state.shutdown()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from megavg.models import build
 from megavg.models.wan.parallelize import apply_ulysses
+from megavg.parallel import state
 from megavg.parallel.ulysses import broadcast_in_group
 from megavg.utils.errors import UserError
 from tests.models.wan_inputs import inputs
@@ -64,7 +65,7 @@ def main() -> None:
     shared = torch.full((3,), float(rank))
     broadcast_in_group([shared], group)
     torch.save({"heads_error": heads_error, "broadcast": shared}, out_dir / f"misc_rank{rank}.pt")
-    dist.destroy_process_group()
+    state.shutdown()
 
 
 if __name__ == "__main__":
