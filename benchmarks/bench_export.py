@@ -56,7 +56,7 @@ def main() -> None:
     if opts.measure:
         print(json.dumps(measure(*opts.measure, opts.shard_mib)))
         return
-    with tempfile.TemporaryDirectory(dir=".") as tmp:
+    with tempfile.TemporaryDirectory(dir=".") as tmp:  # on disk: a tmpfs /tmp would hold the files in RAM
         torch.set_default_dtype(DTYPES[opts.dtype])
         model = build(opts.preset)
         torch.set_default_dtype(torch.float32)
