@@ -142,9 +142,10 @@ def _write_weights(state: dict[str, Any], folder: Path) -> None:
         if count == 1
         else [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
     )
+    mode = default_file_mode()  # safetensors writes 0600: teammates on a shared file system could not read
     for name, keys in zip(names, shards):
         save_file(_materialized_shard(state, keys), str(folder / name), metadata={"format": "pt"})
-        os.chmod(folder / name, default_file_mode())  # safetensors writes 0600: teammates could not read it
+        os.chmod(folder / name, mode)
     if count > 1:
         weight_map = {key: name for name, keys in zip(names, shards) for key in keys}
         (folder / INDEX_NAME).write_text(json.dumps({"weight_map": weight_map}, indent=2) + "\n")
