@@ -64,7 +64,7 @@ def open_video(source: bytes | str | os.PathLike, name: str) -> Iterator[av.cont
     try:
         with _open(source) as container:
             if not container.streams.video:
-                raise VideoError(f"{name}: has no video stream")
+                raise VideoError(f"{name}: has no video stream (not a video, or its index is damaged)")
             container.streams.video[0].thread_type = "SLICE"  # never FRAME: it hides the last error
             yield container
     except (av.error.FFmpegError, UnicodeDecodeError) as err:
@@ -170,32 +170,46 @@ def probe_video(source: bytes | str | os.PathLike, name: str) -> VideoInfo:
 def decode_frames(
     data: bytes, start: int, count: int, stride: int, size: tuple[int, int], name: str = "video"
 ) -> np.ndarray:
-    """Decode frames ``start, start+stride, ...`` (``count`` of them), upright, scaled to ``size`` = (H, W)
-    (displayed orientation).
+    """Decode frames ``start, start+stride, ...`` (``count`` of them; frame i is the i-th decoded frame),
+    upright, scaled to ``size`` = (H, W) (displayed orientation).
 
-    Frame i is the one shown at time i / fps: decoding seeks to the keyframe before ``start`` and stops
-    after the last frame needed (a video without timestamps is decoded from its first frame). Returns
-    uint8 [count, H, W, 3]. Raises VideoError (naming ``name``) when the video is corrupt or ends early.
+    Decoding seeks to the keyframe before ``start`` (estimated from its time at the average frame rate)
+    and stops after the last frame needed. When that estimate leaves too few frames (variable frame
+    rate) it decodes again from the first frame. Returns uint8 [count, H, W, 3]. Raises VideoError
+    (naming ``name``) when the video is corrupt or ends early.
     """
-    out = []
+    out = _decode_clip(data, start, count, stride, size, name, seek=start > 0)
+    if len(out) < count and start > 0:
+        out = _decode_clip(data, start, count, stride, size, name, seek=False)
+    if len(out) < count:
+        raise VideoError(f"{name}: has fewer than {start + (count - 1) * stride + 1} frames")
+    return np.stack(out)
+
+
+def _decode_clip(
+    data: bytes, start: int, count: int, stride: int, size: tuple, name: str, seek: bool
+) -> list:
+    out: list[np.ndarray] = []
     with open_video(data, name) as container:
         stream = container.streams.video[0]
-        rate, base = stream.average_rate, stream.time_base
-        first = stream.start_time or 0
-        timed = bool(rate and base)
-        if timed and start > 0:
+        rate, base, first = stream.average_rate, stream.time_base, stream.start_time or 0
+        position = 0
+        if seek and rate and base:
             container.seek(first + int(start / (rate * base)), stream=stream, backward=True, any_frame=False)
-        for position, frame in enumerate(container.decode(stream)):
-            index = round((frame.pts - first) * base * rate) if timed and frame.pts is not None else position
-            if index >= start + len(out) * stride:  # the wanted frame, or the next one after a gap
+            position = None  # the landing frame's position, from its time
+        for frame in container.decode(stream):
+            if position is None:
+                if frame.pts is None:
+                    return []  # cannot tell where the seek landed: decode from the start
+                position = round((frame.pts - first) * base * rate)
+            if position >= start and (position - start) % stride == 0:
                 height, width = displayed_size(*size, frame.rotation)  # stored orientation
                 image = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
                 out.append(upright(image, frame.rotation))
                 if len(out) == count:
                     break
-    if len(out) < count:
-        raise VideoError(f"{name}: video has fewer than {start + (count - 1) * stride + 1} frames")
-    return np.stack(out)
+            position += 1
+    return out
 
 
 def clip_start(rng: np.random.Generator, total: int, count: int, stride: int) -> int:
