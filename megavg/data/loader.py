@@ -142,7 +142,9 @@ class RankStream(IterableDataset):
             rng = np.random.default_rng(_seed_int(f"{key}/clip{index}"))
             start = clip_start(rng, meta["frames"], cfg.frames, cfg.frame_stride)
             size = decode_size(meta["height"], meta["width"], buckets)  # displayed size
-            frames = decode_frames(data, start, cfg.frames, cfg.frame_stride, size, raw["__key__"])
+            frames = decode_frames(
+                data, start, cfg.frames, cfg.frame_stride, size, raw["__key__"], meta["rotation"]
+            )
             return {"frames": frames, "caption": meta["caption"], "key": raw["__key__"]}
 
         def collate(items: list[dict]) -> dict:
@@ -156,17 +158,18 @@ class RankStream(IterableDataset):
 
 
 def video_sample_parts(raw: dict) -> tuple[dict, bytes]:
-    """(metadata with int frames/height/width and str caption, video bytes) of a raw video sample;
+    """(metadata with int frames/height/width/rotation and str caption, video bytes) of a raw video sample;
     VideoError when the json or the video member is missing or malformed."""
     meta = json.loads(raw["json"])
     data = next((raw[ext] for ext in VIDEO_EXTS if ext in raw), None)
     if data is None:
         raise VideoError(f"no video file ({'/'.join(VIDEO_EXTS)}) in sample")
     try:
-        sizes = {name: int(meta[name]) for name in ("frames", "height", "width")}
+        ints = {name: int(meta[name]) for name in ("frames", "height", "width")}
+        ints["rotation"] = int(meta.get("rotation", 0))  # none in shards written before rotation support
     except (TypeError, ValueError) as err:
         raise VideoError(f"malformed sample metadata ({err})") from None
-    return {**sizes, "caption": str(meta.get("caption", ""))}, data
+    return {**ints, "caption": str(meta.get("caption", ""))}, data
 
 
 def _decode_latent(raw: dict, index: int) -> dict:

@@ -168,7 +168,13 @@ def probe_video(source: bytes | str | os.PathLike, name: str) -> VideoInfo:
 
 
 def decode_frames(
-    data: bytes, start: int, count: int, stride: int, size: tuple[int, int], name: str = "video"
+    data: bytes,
+    start: int,
+    count: int,
+    stride: int,
+    size: tuple[int, int],
+    name: str = "video",
+    rotation: int | None = None,
 ) -> np.ndarray:
     """Decode frames ``start, start+stride, ...`` (``count`` of them; frame i is the i-th decoded frame),
     upright, scaled to ``size`` = (H, W) (displayed orientation).
@@ -176,18 +182,19 @@ def decode_frames(
     Decoding seeks to the keyframe before ``start`` (estimated from its time at the average frame rate)
     and stops after the last frame needed. When that estimate leaves too few frames (variable frame
     rate) it decodes again from the first frame. Returns uint8 [count, H, W, 3]. Raises VideoError
-    (naming ``name``) when the video is corrupt or ends early.
+    (naming ``name``) when the video is corrupt or ends early, or when ``rotation`` (what the sample's
+    metadata recorded, which ``size`` was computed from) differs from the video's.
     """
-    out = _decode_clip(data, start, count, stride, size, name, seek=start > 0)
+    out = _decode_clip(data, start, count, stride, size, name, start > 0, rotation)
     if len(out) < count and start > 0:
-        out = _decode_clip(data, start, count, stride, size, name, seek=False)
+        out = _decode_clip(data, start, count, stride, size, name, False, rotation)
     if len(out) < count:
         raise VideoError(f"{name}: has fewer than {start + (count - 1) * stride + 1} frames")
     return np.stack(out)
 
 
 def _decode_clip(
-    data: bytes, start: int, count: int, stride: int, size: tuple, name: str, seek: bool
+    data: bytes, start: int, count: int, stride: int, size: tuple, name: str, seek: bool, rotation: int | None
 ) -> list:
     out: list[np.ndarray] = []
     with open_video(data, name) as container:
@@ -202,6 +209,12 @@ def _decode_clip(
                 if frame.pts is None:
                     return []  # cannot tell where the seek landed: decode from the start
                 position = round((frame.pts - first) * base * rate)
+            if rotation is not None and quarter_turns(frame.rotation) != quarter_turns(rotation):
+                found = quarter_turns(frame.rotation) * 90
+                raise VideoError(
+                    f"{name}: metadata says rotation {rotation}, the video {found} "
+                    "(shard written before rotation support? re-run make_shards)"
+                )
             if position >= start and (position - start) % stride == 0:
                 height, width = displayed_size(*size, frame.rotation)  # stored orientation
                 image = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()

@@ -45,7 +45,7 @@ def video_samples(
                     raise UserError(raw["__error__"])
                 meta, data = video_sample_parts(raw)
                 native = (meta["height"], meta["width"])  # displayed size; resized below, with antialiasing
-                clip = decode_frames(data, 0, frames, stride, native, raw["__key__"])  # T, H, W, 3 uint8
+                clip = decode_frames(data, 0, frames, stride, native, raw["__key__"], meta["rotation"])
             except SAMPLE_ERRORS as err:  # a broken sample is skipped; a bug in megavg is not
                 stats.skipped += 1
                 stats.warn_once(

@@ -186,3 +186,18 @@ def test_corrupt_data_still_counts_as_corrupt(corpus, tmp_path, warnings_log):
     assert loader.skipped >= 5
     bad = ("badjson", "nomp4", "nojson", "badmeta", "noise")
     assert len(warnings_log) == 5 and all(f"sample {key} " in m for key, m in zip(bad, warnings_log))
+
+
+def test_rotated_clip_in_a_shard_without_rotation_metadata_is_skipped(corpus, tmp_path, warnings_log):
+    """Shards written before rotation support record the stored size and no rotation: such a sample
+    would come out squashed, so it is skipped with a warning that says to re-run make_shards."""
+    good, rotated = corpus.good.read_bytes(), corpus.odd["rotated.mp4"].path.read_bytes()
+    old_meta = {"frames": 6, "height": 16, "width": 24}  # stored size, no "rotation" key
+    samples = [
+        {"__key__": "good", "mp4": good, "json": json.dumps({**old_meta, "frames": 24}).encode()},
+        {"__key__": "old", "mp4": rotated, "json": json.dumps(old_meta).encode()},
+    ]
+    cfg = DataConfig(shards=write_video_set(tmp_path / "shards", samples, 2), frames=4, size=(16, 24))
+    loader = build_loader(cfg, dp_rank=0, dp_size=1, seed=0)
+    assert {b["key"][0] for b in itertools.islice(loader, 4)} == {"good"} and loader.skipped >= 1
+    assert len(warnings_log) == 1 and "re-run make_shards" in warnings_log[0]
