@@ -36,6 +36,29 @@ class TaskConfig:
 
 
 @dataclasses.dataclass
+class EmaConfig:
+    """Exponential moving average of the trainable weights (:mod:`megavg.train.ema`); ``decay: null`` =
+    off. The EMA equals the weights up to and including optimizer step ``start_step`` (step 0: the initial
+    weights), then after every ``every``-th step from there ``ema = decay * ema + (1 - decay) * weights``."""
+
+    decay: float | None = None
+    start_step: int = 0
+    every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.decay is not None and not 0.0 <= self.decay <= 1.0:
+            raise UserError(f"config model.ema.decay: must be in [0, 1] (or null = off), got {self.decay}")
+        if self.start_step < 0:
+            raise UserError(f"config model.ema.start_step: must be >= 0, got {self.start_step}")
+        if self.every < 1:
+            raise UserError(f"config model.ema.every: must be >= 1, got {self.every}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.decay is not None
+
+
+@dataclasses.dataclass
 class ModelConfig:
     """A preset (``megavg.models.list_presets()``) with ``args`` overriding its fields, or ``init``: a
     megavg model folder whose weights start the run. ``trainable``: glob patterns of parameter names to
@@ -46,6 +69,7 @@ class ModelConfig:
     init: str = ""
     trainable: list[str] = dataclasses.field(default_factory=list)
     activation_checkpointing: bool = False
+    ema: EmaConfig = dataclasses.field(default_factory=EmaConfig)
 
 
 @dataclasses.dataclass

@@ -73,7 +73,19 @@ def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
         },
     )
     ds.setdefault("steps_per_print", 10**9)
+    _check_ema(cfg, ds)
     return ds
+
+
+def _check_ema(cfg: TrainConfig, ds: dict) -> None:
+    """``model.ema`` shards the EMA like the stage-3 fp32 master partitions, kept in memory."""
+    if not cfg.model.ema.enabled:
+        return
+    zero = ds.get("zero_optimization", {})
+    if zero.get("stage") != 3:
+        raise UserError("config model.ema: needs ZeRO stage 3 in the DeepSpeed JSON")
+    if zero.get("offload_optimizer", {}).get("device") == "nvme":
+        raise UserError("config model.ema: not supported with NVMe offload of the optimizer")
 
 
 def lr_lambda(cfg: TrainConfig):

@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from megavg.parallel import state
 from megavg.tasks.base import StepContext, Task, set_trainable
+from megavg.train import ema as ema_mod
 from megavg.train import engine as ds_engine
 from megavg.train.checkpoint import Checkpointer
 from megavg.train.config import TrainConfig, dump_config
@@ -75,6 +76,7 @@ class Trainer:
         self.engine = ds_engine.initialize(cfg, model, params)
         self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint.keep, cfg.checkpoint.exclude_frozen)
         self.step = self.checkpointer.load(self.engine)
+        self.ema = ema_mod.build(cfg.model.ema, self.engine, self.step)
         self.loader = make_loader(cfg, self.dp_rank, self.dp_size, self.step * cfg.schedule.grad_accum)
         self.batches = iter(self.loader)
         rank0 = dist.get_rank() == 0
@@ -125,6 +127,8 @@ class Trainer:
             "perf/peak_memory_gib": float(peak.item()),
             "data/skipped_samples": skipped,
         }
+        if self.ema is not None:
+            scalars["train/ema_decay"] = self.ema.last_decay
         self.metrics.log(self.step, scalars)
 
     def save(self) -> None:
@@ -138,6 +142,8 @@ class Trainer:
             start = time.perf_counter()
             terms = self.train_step()
             self.step += 1
+            if self.ema is not None:
+                self.ema.update(self.step)
             if self.step % cfg.logging.every == 0 or self.step == cfg.schedule.steps:
                 self.log_step(terms, time.perf_counter() - start)
             preempted = stop.agreed()
