@@ -25,11 +25,13 @@ from __future__ import annotations
 import random
 import re
 import shutil
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from megavg.layers.fp8 import load_module_state
 from megavg.train import ckpt_integrity
 from megavg.utils.errors import UserError
 from megavg.utils.io import atomic_file
@@ -166,6 +168,8 @@ class Checkpointer:
             load_module_strict=not self.exclude_frozen,
             load_optimizer_states=True,
             load_lr_scheduler_states=True,
+            # module state through megavg.layers.fp8: TE FP8 scaling state kept or reset (reset_amax_on_load)
+            custom_load_fn=partial(load_module_state, strict=not self.exclude_frozen),
         )
         if path is None:
             raise UserError(f"{self.dir / tag}: incomplete DeepSpeed checkpoint")

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 import torch.distributed as dist
 
+from megavg.layers.config import Fp8Config
 from megavg.train import ckpt_integrity as ci
-from megavg.train.checkpoint import choose_tag, read_latest, tag_of
+from megavg.train.checkpoint import Checkpointer, choose_tag, read_latest, tag_of
 from megavg.utils.errors import UserError
 
 STATES = ["zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"]
@@ -141,3 +146,75 @@ def test_resume_choice_of_complete_and_partial_tags(tmp_path, world_of_one, warn
     damage(tmp_path / tag_of(2), "missing")
     with pytest.raises(UserError, match="no intact checkpoint to resume from"):
         choose_tag(tmp_path)
+
+
+class FakeEngine:
+    """The two DeepSpeed engine calls the checkpointer makes, as DeepSpeed 0.19.8 does them for one rank:
+    the module state in ``*_model_states.pt`` and, on load, ``custom_load_fn(src=..., dst=module)`` when
+    given, else ``module.load_state_dict(src, strict=load_module_strict)``."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+
+    def save_checkpoint(self, save_dir, tag, client_state, save_latest, exclude_frozen_parameters):
+        folder = Path(save_dir) / tag
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save({"module": self.module.state_dict(), **client_state}, folder / STATES[0])
+        torch.save({"optimizer_state_dict": {}}, folder / STATES[1])
+
+    def load_checkpoint(self, load_dir, tag, load_module_strict, custom_load_fn=None, **_):
+        saved = torch.load(Path(load_dir) / tag / STATES[0], weights_only=False)
+        if custom_load_fn:
+            custom_load_fn(src=saved["module"], dst=self.module)
+        else:
+            self.module.load_state_dict(saved["module"], strict=load_module_strict)
+        return str(Path(load_dir) / tag), {"step": saved["step"]}
+
+
+class Fp8Like(torch.nn.Module):
+    """A layer with FP8 scaling state in ``_extra_state`` (as TE's modules keep their amax history)."""
+
+    def __init__(self, fp8: Fp8Config) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2)
+        self.amax = torch.zeros(4)
+        self.args = SimpleNamespace(layers=SimpleNamespace(fp8=fp8))
+
+    def get_extra_state(self):
+        return self.amax.clone()
+
+    def set_extra_state(self, state) -> None:
+        self.amax = state.clone()
+
+
+KEEP = Fp8Config(
+    enabled=True, recipe="delayed", reset_amax_on_load=False, bf16_first_blocks=0, bf16_last_blocks=0
+)
+
+
+@pytest.mark.parametrize(
+    ("fp8", "restored"), [(Fp8Config(enabled=True), False), (KEEP, True)], ids=["reset", "keep"]
+)
+def test_resume_resets_or_keeps_fp8_scaling_state(tmp_path, world_of_one, fp8, restored):
+    model = Fp8Like(fp8)
+    model.amax = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    ckpt = Checkpointer(tmp_path, keep=2, exclude_frozen=False)
+    ckpt.save(FakeEngine(model), 3, "run: {}\n")
+    assert ci.problems(tmp_path / "checkpoints" / tag_of(3)) == []  # sealed
+    fresh = Fp8Like(fp8)
+    assert ckpt.load(FakeEngine(fresh)) == 3
+    assert torch.equal(fresh.lin.weight, model.lin.weight)
+    assert torch.equal(fresh.amax, model.amax if restored else torch.zeros(4))
+
+
+def test_resume_restores_the_global_rng(tmp_path, world_of_one):
+    """Whatever a task draws from torch's or Python's global RNG after a resume equals what it drew after
+    the save."""
+    ckpt = Checkpointer(tmp_path, keep=2, exclude_frozen=False)
+    ckpt.save(FakeEngine(torch.nn.Linear(2, 2)), 1, "run: {}\n")
+    after_save = (torch.rand(3), random.random())
+    torch.manual_seed(99)
+    random.seed(99)
+    ckpt.load(FakeEngine(torch.nn.Linear(2, 2)))
+    after_load = (torch.rand(3), random.random())
+    assert torch.equal(after_save[0], after_load[0]) and after_save[1] == after_load[1]
