@@ -92,7 +92,8 @@ def config(req: Request, layout: Layout) -> TrainConfig:
 
 
 def sp_degrees(req: Request, facts: model.ModelFacts) -> list[int]:
-    """SP degrees inside one node that divide the world, and (Wan) the heads / (DC-AE-V) the frames."""
+    """SP degrees inside one node that divide the world and (Wan) the heads; (DC-AE-V) at most one per
+    temporal chunk."""
     if req.sp is not None:
         if facts.heads and facts.heads % req.sp:
             raise UserError(
@@ -102,17 +103,24 @@ def sp_degrees(req: Request, facts: model.ModelFacts) -> list[int]:
             raise UserError(
                 f"--sp {req.sp}: must divide --gpus-per-node {req.gpus_per_node} (SP stays in a node)"
             )
-        if facts.family == "dcaev" and req.frames % req.sp:
-            raise UserError(f"--sp {req.sp}: does not divide --frames {req.frames}")
+        if facts.family == "dcaev" and _chunks(req, facts) < req.sp:
+            chunks = _chunks(req, facts)
+            raise UserError(
+                f"--sp {req.sp}: {req.frames} frames are {chunks} chunks of {facts.frame_chunk}, too few"
+            )
         return [req.sp]
     found = []
     for sp in range(1, req.gpus_per_node + 1):
         if req.gpus_per_node % sp or (facts.heads and facts.heads % sp):
             continue
-        if facts.family == "dcaev" and req.frames % sp:
+        if facts.family == "dcaev" and _chunks(req, facts) < sp:
             continue
         found.append(sp)
     return found
+
+
+def _chunks(req: Request, facts: model.ModelFacts) -> int:
+    return -(-req.frames // facts.frame_chunk)
 
 
 def evaluate(

@@ -30,6 +30,7 @@ class ModelFacts:
     block_params: int  # the largest transformer block / autoencoder stage: what ZeRO-3 gathers at once
     layers: int  # transformer blocks (0: no per-block activation checkpointing)
     heads: int | None
+    frame_chunk: int = 0  # DC-AE-V: frames per temporal chunk (temporal SP hands out whole chunks)
 
 
 @dataclass
@@ -96,7 +97,7 @@ def model_facts(cfg: TrainConfig) -> ModelFacts:
         model = build_meta(cfg)
         stages = [*model.encoder.stages, *model.decoder.stages]
         block = max(sum(p.numel() for p in s.parameters()) for s in stages)
-        return ModelFacts(family, model.args, *_counts(model), block, 0, None)
+        return ModelFacts(family, model.args, *_counts(model), block, 0, None, model.frame_chunk)
     from megavg.tasks.base import model_args
 
     layers = model_args(cfg.model).num_layers
@@ -171,9 +172,13 @@ class WanTracer:
 
 
 def dcaev_forward(cfg: TrainConfig, batch: int, frames: int, size, sp: int, dtype) -> ForwardFacts:
-    """DC-AE-V: temporal SP gives each rank frames / sp; one trace of the whole autoencoder."""
+    """DC-AE-V: one trace of the whole autoencoder on the frames of the most loaded rank (temporal SP
+    hands out whole chunks, :func:`megavg.models.dcaev.parallelize.time_split`)."""
+    from megavg.models.dcaev.parallelize import time_split
+
     model = build_meta(cfg).to(dtype)
+    local = max(end - start for start, end in time_split(frames, model.frame_chunk, sp))
     with torch.device("meta"):
-        video = torch.empty(batch, 3, frames // sp, *size, dtype=dtype)
+        video = torch.empty(batch, 3, local, *size, dtype=dtype)
     trace = trace_forward(model, lambda: model(video))
     return ForwardFacts(trace.saved_bytes, 0, 0, 0, trace.flops, trace.largest)

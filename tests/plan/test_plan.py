@@ -154,3 +154,18 @@ def test_14b_lora_model_states_by_hand():
         found, {"zero_optimization": {"offload_optimizer": {}, "offload_param": {}}}, Run(8, 1, 2)
     )
     assert offloaded["model_states"] == 0
+
+
+def test_dcaev_plan(capsys):
+    """DC-AE-V: no per-block checkpointing layouts; temporal SP up to one rank per chunk of 8 frames."""
+    code, out, err = cli(
+        capsys, "--preset", "dc-ae-v-tiny", "--task", "dcaev_recon", "--nodes", "1", "--gpus-per-node", "4",
+        "--gpu-memory-gib", "80", "--size", "64", "64", "--frames", "20", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["params"] == sum(p.numel() for p in build("dc-ae-v-tiny").parameters())
+    assert {r["sp"] for r in result["layouts"]} == {1, 2} and not any(
+        r["checkpointing"] for r in result["layouts"]
+    )
+    assert result["per_gpu_gib"]["activations"] > 0
