@@ -49,6 +49,17 @@ def test_overrides_are_parsed_as_yaml_and_resolved_config_round_trips(tmp_path):
     assert again == cfg
 
 
+def test_exponent_floats_in_overrides_and_yaml_files(tmp_path):
+    """`1e-4` is a string to YAML 1.1; a float key takes it (override and file alike)."""
+    cfg = load_config(None, ["optimizer.lr=1e-4", "optimizer.weight_decay=5E-2"])
+    assert cfg.optimizer.lr == 1e-4 and cfg.optimizer.weight_decay == 0.05
+    cfg = load_config(write(tmp_path / "c.yaml", "optimizer:\n  lr: 3e-5\n  betas: [0.9, 9.5e-1]\n"))
+    assert cfg.optimizer.lr == 3e-5 and cfg.optimizer.betas == (0.9, 0.95)
+    assert isinstance(cfg.optimizer.lr, float)
+    with pytest.raises(UserError, match="optimizer.lr: expected float, got str 'fast'"):
+        load_config(None, ["optimizer.lr=fast"])
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
