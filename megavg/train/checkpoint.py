@@ -69,8 +69,9 @@ class Checkpointer:
         self.keep = keep
         self.exclude_frozen = exclude_frozen
 
-    def save(self, engine, step: int, config_yaml: str) -> str:
-        """Write checkpoint ``step`` on every rank (collective); returns its tag."""
+    def save(self, engine, step: int, config_yaml: str, aux: dict | None = None) -> str:
+        """Write checkpoint ``step`` on every rank (collective); returns its tag. ``aux``: auxiliary
+        engines by name (:meth:`megavg.tasks.base.Task.setup`), each saved under ``<tag>/<name>/``."""
         tag = tag_of(step)
         engine.save_checkpoint(
             str(self.dir),
@@ -79,6 +80,8 @@ class Checkpointer:
             save_latest=False,
             exclude_frozen_parameters=self.exclude_frozen,
         )
+        for name, aux_engine in (aux or {}).items():
+            aux_engine.save_checkpoint(str(self.dir / tag), tag=name, client_state={}, save_latest=False)
         rank = dist.get_rank()
         with atomic_file(self.dir / tag / "rng" / f"rank_{rank:05d}.pt") as tmp:
             torch.save(_rng_state(), tmp)
@@ -101,8 +104,9 @@ class Checkpointer:
         for s in [s for s in steps if s > newest] + done[: -self.keep]:
             shutil.rmtree(self.dir / tag_of(s), ignore_errors=True)
 
-    def load(self, engine) -> int:
-        """Restore the ``latest`` checkpoint into ``engine``; returns its step (0 when there is none)."""
+    def load(self, engine, aux: dict | None = None) -> int:
+        """Restore the ``latest`` checkpoint into ``engine`` (and the ``aux`` engines); returns its step (0
+        when there is none)."""
         tag = read_latest(self.dir)
         if tag is None:
             return 0
@@ -116,11 +120,23 @@ class Checkpointer:
         )
         if path is None:
             raise UserError(f"{self.dir / tag}: incomplete DeepSpeed checkpoint")
+        for name, aux_engine in (aux or {}).items():
+            self._load_aux(aux_engine, tag, name)
         rng = self.dir / tag / "rng" / f"rank_{dist.get_rank():05d}.pt"
         if rng.is_file():
             _set_rng_state(torch.load(rng, weights_only=True))
         log.info(f"resumed from {self.dir / tag} (step {client['step']})")
         return int(client["step"])
+
+    def _load_aux(self, aux_engine, tag: str, name: str) -> None:
+        folder = self.dir / tag / name
+        if not folder.is_dir():
+            raise UserError(f"{folder}: missing; checkpoint {tag} has no {name} state")
+        path, _ = aux_engine.load_checkpoint(
+            str(self.dir / tag), tag=name, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if path is None:
+            raise UserError(f"{folder}: incomplete DeepSpeed checkpoint")
 
     def _check_world_size(self, tag: str) -> None:
         shards = list((self.dir / tag).glob("*_optim_states.pt"))
