@@ -77,7 +77,7 @@ class Task(BaseTask):
     def __init__(self, args: Args, cfg) -> None:
         super().__init__(args, cfg)
         self.lpips = None
-        self.disc = None
+        self.disc = self.disc_replica = None
         self.evaluator = None
 
     def validate(self) -> None:
@@ -104,12 +104,19 @@ class Task(BaseTask):
         if g.weight:
             with self.init_context():
                 module = PatchDiscriminator3d(g.discriminator)
-            self.disc = gan.build_engine(module, gan.engine_config(ds_config, g.lr, g.betas))
-            engines["discriminator"] = self.disc
+            engines["discriminator"] = gan.build_engine(module, gan.engine_config(ds_config, g.lr, g.betas))
+            self.attach_discriminator(engines["discriminator"], device, self.dtype)
         if self.args.eval.every:
             metric_net = self.lpips if p.vgg and p.vgg != RANDOM else None
             self.evaluator = Evaluator(self.args.eval, self.cfg.data, self.cfg.schedule.seed, metric_net)
         return engines
+
+    def attach_discriminator(self, engine, device: torch.device, dtype: torch.dtype) -> None:
+        """Use ``engine`` (forward, backward, step; ``.module``) as the discriminator, with a frozen plain
+        replica for the generator's adversarial term (see :mod:`megavg.tasks.gan`)."""
+        self.disc = engine
+        self.disc_replica = PatchDiscriminator3d(self.args.gan.discriminator).to(device, dtype)
+        self.disc_replica.requires_grad_(False)
 
     def parallelize(self, model: nn.Module, sp_group) -> nn.Module:
         return apply_temporal_sp(model, sp_group)
@@ -150,6 +157,7 @@ class Task(BaseTask):
         d_loss = gan.discriminator_loss(logits_real, logits_fake, self.args.gan.loss)
         self.disc.backward(d_loss)
         self.disc.step()
+        gan.copy_weights(self.disc.module, self.disc_replica)
         return {
             "d_loss": d_loss.detach(),
             "logits_real": logits_real.detach().mean(),
@@ -160,7 +168,7 @@ class Task(BaseTask):
         """rec + weight * lambda * L_adv, as a scalar whose gradient reaches the generator only through
         ``recon`` (the discriminator's parameters get none)."""
         g = self.args.gan
-        g_adv = gan.generator_loss(self.disc(recon.to(dtype)).float(), g.loss)
+        g_adv = gan.generator_loss(self.disc_replica(recon.to(dtype)).float(), g.loss)
         # Only the two small graphs above recon are walked (and freed); the generator's stays for backward.
         (grad_rec,) = torch.autograd.grad(rec, recon)
         (grad_adv,) = torch.autograd.grad(g_adv, recon)

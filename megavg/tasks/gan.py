@@ -5,9 +5,13 @@ DeepSpeed JSON, constant learning rate), stepped by the task in the same trainin
 and checkpointed by the trainer next to the main engine (``<tag>/discriminator/``).
 
 Generator gradients never touch the discriminator's parameters: the generator's loss terms are
-differentiated with ``torch.autograd.grad`` with respect to the reconstruction only (through the VGG and
-the discriminator, whose parameters accumulate nothing), and the generator engine back-propagates
-``<recon, dL/drecon>`` (:func:`through_output`), which has exactly the gradient of the weighted sum.
+differentiated with ``torch.autograd.grad`` with respect to the reconstruction only, and the generator
+engine back-propagates ``<recon, dL/drecon>`` (:func:`through_output`), which has exactly the gradient of
+the weighted sum. The generator's adversarial term goes through a frozen plain *replica* of the
+discriminator (:func:`copy_weights`, refreshed after every discriminator step; the discriminator is
+small, so a full copy per rank is cheap): running ``autograd.grad`` through the ZeRO-3 engine itself
+corrupts that engine's next gradient (DeepSpeed 0.19 treats any backward through its hooked modules as a
+backward of the engine; measured: the following discriminator step differs from one without it).
 
 Adaptive weight (after VQGAN): lambda = ||dL_rec/dy|| / (||dL_adv/dy|| + 1e-4), clamped to
 [0, ``max_weight``], detached. VQGAN takes the gradients at the decoder's last-layer *weight*; under ZeRO-3
@@ -55,6 +59,22 @@ def through_output(output: torch.Tensor, value: torch.Tensor, grad: torch.Tensor
     the parameters only through ``output``)."""
     link = (output * grad.detach()).sum()
     return value.detach() + link - link.detach()
+
+
+def copy_weights(source: torch.nn.Module, replica: torch.nn.Module) -> None:
+    """Copy ``source``'s current weights (gathered when ZeRO-3 partitions them; collective then) into
+    the plain module ``replica`` of the same architecture."""
+    import contextlib
+
+    params = list(source.parameters())
+    gather = contextlib.nullcontext()
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    with gather, torch.no_grad():
+        for dst, src in zip(replica.parameters(), params, strict=True):
+            dst.copy_(src.data)
 
 
 def engine_config(ds_config: dict, lr: float, betas: tuple[float, float]) -> dict:
