@@ -75,8 +75,9 @@ class Trainer:
             model = task.parallelize(model, self.sp_group)
         params = set_trainable(model, cfg.model.trainable)
         self.engine = ds_engine.initialize(cfg, model, params)
+        self.aux_engines = task.setup(self.ds_config, self.device)  # e.g. a GAN discriminator
         self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint.keep, cfg.checkpoint.exclude_frozen)
-        self.step = self.checkpointer.load(self.engine)
+        self.step = self.checkpointer.load(self.engine, self.aux_engines)
         self.loader = make_loader(cfg, self.dp_rank, self.dp_size, self.step * cfg.schedule.grad_accum)
         self.batches = iter(self.loader)
         rank0 = dist.get_rank() == 0
@@ -138,7 +139,7 @@ class Trainer:
         self.metrics.log(self.step, scalars)
 
     def save(self) -> None:
-        self.checkpointer.save(self.engine, self.step, dump_config(self.cfg))
+        self.checkpointer.save(self.engine, self.step, dump_config(self.cfg), self.aux_engines)
 
     def run(self, stop: StopFlag) -> int:
         """Train to ``schedule.steps``; returns the exit code (0 done, 75 preempted)."""
@@ -150,6 +151,7 @@ class Trainer:
             self.step += 1
             if self.step % cfg.logging.every == 0 or self.step == cfg.schedule.steps:
                 self.log_step(terms, time.perf_counter() - start)
+            self.task.on_step_end(self.engine, self.step, self.metrics)
             preempted = stop.agreed()
             if preempted or (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0):
                 self.save()
