@@ -84,7 +84,7 @@ class Encoders:
     text: TextEncoder
     device: str
     teacher: TeacherVAE | None = None
-    image: Any = None  # megavg.infer.conditioning.CLIPImageEncoder; set for I2V
+    image: Any = None  # megavg.infer.conditioning.ImageEncoder; set for I2V
 
 
 @torch.no_grad()
@@ -161,9 +161,9 @@ def load_encoders(args: argparse.Namespace) -> Encoders:
     if args.teacher_vae:
         enc.teacher = TeacherVAE(args.teacher_vae, device=args.device)
     if args.i2v:
-        from megavg.infer.conditioning import CLIPImageEncoder
+        from megavg.infer.conditioning import ImageEncoder
 
-        enc.image = CLIPImageEncoder(args.image_encoder, device=args.device)
+        enc.image = ImageEncoder(args.image_encoder, device=args.device)
     return enc
 
 

@@ -2,6 +2,8 @@
 DC-AE-V encode times its scaling factor, the T5 embedding, diffusers' Wan VAE on the teacher's clip,
 normalised as Wan's pipelines do); partitions cover every shard; each bucket gets its own shard set."""
 
+import itertools
+
 import av
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from megavg.data.samples import real_clips
 from megavg.data.video import resize_crop
 from megavg.infer.precompute import main as precompute
 from megavg.utils.errors import UserError
-from tests.infer.tiny_encoders import tiny_text_encoder, tiny_wan_vae
+from tests.infer.tiny_encoders import tiny_clip, tiny_text_encoder, tiny_wan_vae
 
 CAPTIONS = {"bikes.mp4": "bikes", "carphone_pristine.mp4": "a car phone video"}
 SCALE = 0.5  # DC-AE-V scaling factor of the test VAE (1.0 would hide a missing factor)
@@ -31,6 +33,7 @@ def inputs(tmp_path_factory):
     megavg.models.build("dc-ae-v-tiny", scaling_factor=SCALE).save(root / "vae")
     tiny_text_encoder(root / "text")
     tiny_wan_vae(root / "wan")
+    tiny_clip(root / "clip")
     return root, clips
 
 
@@ -49,28 +52,32 @@ def first_frames(path, count, size):
     return resize_crop(np.stack(frames), size)
 
 
-def first_batches(parts):
-    """The one sample of each part folder (one clip per part), by caption."""
+def first_batches(parts, per_part=1):
+    """The first ``per_part`` samples of each part folder (in order: no shuffle buffer), by caption."""
     batches = {}
     for part in parts:
         cfg = DataConfig(shards=str(part), kind="latent", shuffle_buffer=1)
-        batch = next(iter(build_loader(cfg, dp_rank=0, dp_size=1, seed=0)))
-        batches[batch["caption"][0]] = batch
+        for batch in itertools.islice(build_loader(cfg, dp_rank=0, dp_size=1, seed=0), per_part):
+            batches[batch["caption"][0]] = batch
     return batches
 
 
-def wan_teacher_latents(folder, video):
-    """Diffusers' Wan VAE on the teacher's clip (first frame repeated: 4k+1 frames), posterior mode,
-    normalised as WanImageToVideoPipeline does: (z - mean) * (1 / std)."""
+def wan_encode(folder, clip):
+    """Diffusers' Wan VAE on ``clip`` [3, 4k+1, H, W], posterior mode, normalised as
+    WanImageToVideoPipeline does: (z - mean) * (1 / std)."""
     from diffusers import AutoencoderKLWan
 
     wan = AutoencoderKLWan.from_pretrained(folder, subfolder="vae").eval()
-    clip = torch.cat([video[:, :1], video], dim=1).unsqueeze(0)  # 1, 3, 9, H, W
     with torch.no_grad():
-        z = wan.encode(clip).latent_dist.mode()
+        z = wan.encode(clip.unsqueeze(0)).latent_dist.mode()
     mean = torch.tensor(wan.config.latents_mean).view(1, -1, 1, 1, 1)
     inv_std = 1.0 / torch.tensor(wan.config.latents_std).view(1, -1, 1, 1, 1)
     return ((z - mean) * inv_std)[0]
+
+
+def wan_teacher_latents(folder, video):
+    """The teacher's clip: the student's frames with the first one repeated in front (4k+1 frames)."""
+    return wan_encode(folder, torch.cat([video[:, :1], video], dim=1))
 
 
 def test_latent_shards_match_independent_encode(inputs):
@@ -104,6 +111,52 @@ def test_latent_shards_match_independent_encode(inputs):
         teacher = wan_teacher_latents(root / "wan", video)
         assert teacher.shape == (16, 3, 4, 4)  # 9 frames -> 3 latent frames, f8
         torch.testing.assert_close(batch["teacher_latents"][0], teacher, rtol=1e-4, atol=1e-4)
+
+
+def wan_mask(frames, h, w):
+    """The base I2V mask as diffusers' WanImageToVideoPipeline builds it: 1 on pixel frame 0, that frame
+    repeated 4x, frames folded 4 per latent frame into channels -> [4, k+1, h, w]."""
+    mask = torch.ones(1, 1, frames, h, w)
+    mask[:, :, 1:] = 0
+    mask = torch.cat([mask[:, :, :1].repeat_interleave(4, dim=2), mask[:, :, 1:]], dim=2)
+    return mask.view(1, -1, 4, h, w).transpose(1, 2)[0]
+
+
+def clip_tokens(folder, image):
+    """Penultimate CLIP hidden states of ``image`` [3, H, W] in [-1, 1] (bicubic to the input size,
+    CLIP mean/std from transformers' processor)."""
+    model = transformers.CLIPVisionModel.from_pretrained(folder).eval()
+    processor = transformers.CLIPImageProcessor()
+    size = model.config.image_size
+    x = torch.nn.functional.interpolate(image[None], size=(size, size), mode="bicubic", align_corners=False)
+    mean = torch.tensor(processor.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(processor.image_std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return model(pixel_values=((x + 1) / 2 - mean) / std, output_hidden_states=True).hidden_states[-2][0]
+
+
+def test_i2v_condition_clip_tokens_and_teacher_condition(inputs, tmp_path):
+    root, clips = inputs
+    args = [*common_args(root, tmp_path / "latents", (32, 32)), "--teacher-vae", str(root / "wan"),
+            "--i2v", "--image-encoder", str(root / "clip")]  # fmt: skip
+    batches = first_batches(precompute(args), per_part=2)
+    vae = megavg.models.load(root / "vae").eval()
+    for clip in clips:
+        batch = batches[CAPTIONS[clip.name]]
+        video = first_frames(clip, 8, (32, 32))
+        image = video[:, 0]  # 3, H, W: the clip's first frame is the I2V image
+        given = torch.cat([image[:, None].expand(-1, 4, -1, -1), torch.zeros(3, 4, 32, 32)], dim=1)
+        with torch.no_grad():
+            cond = vae.encode(given[None])[0] * SCALE  # 8, 2, 8, 8
+        mask = torch.zeros(4, *cond.shape[1:])
+        mask[:, 0] = 1
+        torch.testing.assert_close(batch["condition"][0], torch.cat([mask, cond]), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(batch["image"][0], clip_tokens(root / "clip", image), rtol=1e-5, atol=1e-5)
+        assert batch["image"].shape[1:] == (5, 24)  # (28 / 14)^2 + 1 tokens
+        # the base I2V model's condition: the image then 8 zero frames through the Wan VAE (no repeat)
+        teacher_given = torch.cat([image[:, None], torch.zeros(3, 8, 32, 32)], dim=1)
+        expected = torch.cat([wan_mask(9, 4, 4), wan_encode(root / "wan", teacher_given)])
+        torch.testing.assert_close(batch["teacher_condition"][0], expected, rtol=1e-4, atol=1e-4)
 
 
 def test_one_shard_set_per_bucket_and_rerun_skips(inputs, tmp_path):
