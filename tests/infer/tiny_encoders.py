@@ -7,18 +7,22 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 WORDS = ["<pad>", "</s>", "<unk>", "a", "car", "phone", "bikes", "video"]
 
 
-def tiny_text_encoder(folder, d_model=16):
-    """A random 1-layer T5 encoder + word-level tokenizer saved like a hub folder."""
+def tiny_text_encoder(folder, d_model=16, umt5=False):
+    """A random 1-layer T5 (or umT5, Wan's text encoder) encoder + word-level tokenizer saved like a hub
+    folder."""
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
     )
     fast.save_pretrained(folder)
-    config = transformers.T5Config(
-        vocab_size=len(WORDS), d_model=d_model, d_kv=4, num_heads=2, d_ff=32, num_layers=1
+    config_cls, model_cls = (
+        (transformers.UMT5Config, transformers.UMT5EncoderModel)
+        if umt5
+        else (transformers.T5Config, transformers.T5EncoderModel)
     )
-    transformers.T5EncoderModel(config).save_pretrained(folder)
+    config = config_cls(vocab_size=len(WORDS), d_model=d_model, d_kv=4, num_heads=2, d_ff=32, num_layers=1)
+    model_cls(config).save_pretrained(folder)
 
 
 def tiny_wan_vae(folder, z_dim=16):
