@@ -171,6 +171,8 @@ def test_one_shard_set_per_bucket_and_rerun_skips(inputs, tmp_path):
     # 176x144 (aspect 1.22) is nearest to 1:1, 640x272 (2.35) to 2:1; DC-AE-V tiny is f4t4
     assert batches["a car phone video"]["latents"].shape[-3:] == (2, 8, 8)
     assert batches["bikes"]["latents"].shape[-3:] == (2, 8, 16)
+    glob = DataConfig(shards=f"{tmp_path / 'latents'}/32x64/part-*/*.tar", kind="latent")
+    assert next(iter(build_loader(glob, dp_rank=0, dp_size=1, seed=0)))["caption"] == ["bikes"]
     stamp = [p.stat().st_mtime_ns for p in parts]
     assert precompute(args) == []  # complete parts are kept: a crashed run is simply rerun
     assert [p.stat().st_mtime_ns for p in parts] == stamp
