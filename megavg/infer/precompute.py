@@ -27,7 +27,6 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -37,6 +36,7 @@ from megavg.data.latents import write_latent_shards
 from megavg.data.shards import INDEX, list_shards, sample_counts, split_shards
 from megavg.data.stream import StreamStats, read_shard, shard_error_handler
 from megavg.data.video import VIDEO_EXTS, decode_frames, nearest_bucket, resize_crop
+from megavg.infer.conditioning import ImageEncoder, i2v_condition
 from megavg.infer.teacher_vae import TeacherVAE
 from megavg.infer.text import TextEncoder
 from megavg.utils.errors import UserError, run_cli
@@ -84,7 +84,7 @@ class Encoders:
     text: TextEncoder
     device: str
     teacher: TeacherVAE | None = None
-    image: Any = None  # megavg.infer.conditioning.ImageEncoder; set for I2V
+    image: ImageEncoder | None = None  # set for I2V
 
 
 @torch.no_grad()
@@ -109,8 +109,6 @@ def latent_samples(enc: Encoders, videos: Iterator[dict]) -> Iterator[dict]:
 
 def i2v_tensors(enc: Encoders, video: torch.Tensor) -> dict[str, torch.Tensor]:
     """I2V inputs from the clip's first frame: condition, CLIP tokens (and the teacher's condition)."""
-    from megavg.infer.conditioning import i2v_condition
-
     param = next(enc.vae.parameters())
     frames, image = video.shape[2], video[:, :, 0]  # 1, 3, H, W
     condition = i2v_condition(enc.vae, image.to(enc.device, param.dtype), frames)[0]  # 4 + C, T', H', W'
@@ -161,8 +159,6 @@ def load_encoders(args: argparse.Namespace) -> Encoders:
     if args.teacher_vae:
         enc.teacher = TeacherVAE(args.teacher_vae, device=args.device)
     if args.i2v:
-        from megavg.infer.conditioning import ImageEncoder
-
         enc.image = ImageEncoder(args.image_encoder, device=args.device)
     return enc
 
