@@ -55,7 +55,7 @@ def decode_latent_sample(raw: dict) -> dict:
     tensors = load_tensors(raw["safetensors"])
     for name in REQUIRED:
         if name not in tensors:
-            raise ValueError(f"no {name!r} tensor")
+            raise UserError(f"no {name!r} tensor")
     meta = json.loads(raw["json"]) if "json" in raw else {}
     return {**tensors, "caption": str(meta.get("caption", ""))}
 

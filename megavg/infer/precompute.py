@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,9 +32,10 @@ from torch import nn
 
 import megavg.models
 from megavg.data.latents import write_latent_shards
+from megavg.data.loader import video_sample_parts
 from megavg.data.shards import INDEX, list_shards, sample_counts, split_shards
-from megavg.data.stream import StreamStats, read_shard, shard_error_handler
-from megavg.data.video import VIDEO_EXTS, decode_frames, nearest_bucket, resize_crop
+from megavg.data.stream import SAMPLE_ERRORS, StreamStats, read_shard, shard_error_handler
+from megavg.data.video import decode_frames, nearest_bucket, resize_crop
 from megavg.infer.conditioning import ImageEncoder, i2v_condition
 from megavg.infer.teacher_vae import TeacherVAE
 from megavg.infer.text import TextEncoder
@@ -56,13 +56,14 @@ def video_samples(
     for url, size in zip(urls, sample_counts(urls)):
         for _, raw in read_shard(url, size, handler):
             try:
-                meta = json.loads(raw["json"])
-                native = (int(meta["height"]), int(meta["width"]))  # resized below, with antialiasing
+                if "__error__" in raw:
+                    raise UserError(raw["__error__"])
+                meta, data = video_sample_parts(raw)
+                native = (meta["height"], meta["width"])  # displayed size; resized below, with antialiasing
                 if nearest_bucket(*native, buckets) != bucket:
                     continue
-                data = next(raw[ext] for ext in VIDEO_EXTS if ext in raw)
-                clip = decode_frames(data, 0, frames, stride, native)  # T, H, W, 3 uint8
-            except Exception as err:  # noqa: BLE001 - any broken sample is skipped, never fatal
+                clip = decode_frames(data, 0, frames, stride, native, raw["__key__"], meta["rotation"])
+            except SAMPLE_ERRORS as err:  # a broken sample is skipped; a bug in megavg is not
                 stats.skipped += 1
                 stats.warn_once(
                     raw.get("__key__", "?"), f"skipping sample {raw.get('__key__')} of {url}: {err}"
@@ -70,7 +71,7 @@ def video_samples(
                 continue
             yield {
                 "video": resize_crop(clip, bucket),
-                "caption": str(meta.get("caption", "")),
+                "caption": meta["caption"],
                 "key": raw["__key__"],
             }
 
