@@ -119,8 +119,9 @@ class Checkpointer:
         self.keep = keep
         self.exclude_frozen = exclude_frozen
 
-    def save(self, engine, step: int, config_yaml: str) -> str:
-        """Write checkpoint ``step`` on every rank (collective); returns its tag."""
+    def save(self, engine, step: int, config_yaml: str, aux: dict | None = None) -> str:
+        """Write checkpoint ``step`` on every rank (collective); returns its tag. ``aux``: auxiliary
+        engines by name (:meth:`megavg.tasks.base.Task.setup`), each saved under ``<tag>/<name>/``."""
         tag = tag_of(step)
         rank = dist.get_rank()
         if rank == 0 and (self.dir / tag).exists():  # an unreadable tag skipped on resume: no stale files
@@ -133,6 +134,8 @@ class Checkpointer:
             save_latest=False,
             exclude_frozen_parameters=self.exclude_frozen,
         )
+        for name, aux_engine in (aux or {}).items():
+            aux_engine.save_checkpoint(str(self.dir / tag), tag=name, client_state={}, save_latest=False)
         with atomic_file(self.dir / tag / "rng" / f"rank_{rank:05d}.pt") as tmp:
             torch.save(_rng_state(), tmp)
         if rank == 0:
@@ -155,9 +158,9 @@ class Checkpointer:
         for s in [s for s in steps if s > newest] + done[: -self.keep]:
             shutil.rmtree(self.dir / tag_of(s), ignore_errors=True)
 
-    def load(self, engine) -> int:
-        """Restore the newest intact checkpoint (:func:`choose_tag`) into ``engine``; returns its step (0 when
-        there is none)."""
+    def load(self, engine, aux: dict | None = None) -> int:
+        """Restore the newest intact checkpoint (:func:`choose_tag`) into ``engine`` (and the ``aux``
+        engines); returns its step (0 when there is none)."""
         tag = choose_tag(self.dir)
         if tag is None:
             return 0
@@ -173,11 +176,23 @@ class Checkpointer:
         )
         if path is None:
             raise UserError(f"{self.dir / tag}: incomplete DeepSpeed checkpoint")
+        for name, aux_engine in (aux or {}).items():
+            self._load_aux(aux_engine, tag, name)
         rng = self.dir / tag / "rng" / f"rank_{dist.get_rank():05d}.pt"
         if rng.is_file():  # listed in the manifest (checked); optional in a legacy tag
             _set_rng_state(load_weights_only(rng))
         log.info(f"resumed from {self.dir / tag} (step {client['step']})")
         return int(client["step"])
+
+    def _load_aux(self, aux_engine, tag: str, name: str) -> None:
+        folder = self.dir / tag / name
+        if not folder.is_dir():
+            raise UserError(f"{folder}: missing; checkpoint {tag} has no {name} state")
+        path, _ = aux_engine.load_checkpoint(
+            str(self.dir / tag), tag=name, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if path is None:
+            raise UserError(f"{folder}: incomplete DeepSpeed checkpoint")
 
     def _check_world_size(self, tag: str) -> None:
         shards = list((self.dir / tag).glob("*_optim_states.pt"))

@@ -76,8 +76,9 @@ class Trainer:
             model = task.parallelize(model, self.sp_group)
         params = set_trainable(model, cfg.model.trainable)
         self.engine = ds_engine.initialize(cfg, model, params)
+        self.aux_engines = task.setup(self.ds_config, self.device)  # e.g. a GAN discriminator
         self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint.keep, cfg.checkpoint.exclude_frozen)
-        self.step = self.checkpointer.load(self.engine)
+        self.step = self.checkpointer.load(self.engine, self.aux_engines)
         self.ema = ema_mod.build(cfg.model.ema, self.engine, self.step)
         self.loader = make_loader(cfg, self.dp_rank, self.dp_size, self.step * cfg.schedule.grad_accum)
         self.batches = iter(self.loader)
@@ -142,7 +143,7 @@ class Trainer:
         self.metrics.log(self.step, scalars)
 
     def save(self) -> None:
-        self.checkpointer.save(self.engine, self.step, dump_config(self.cfg))
+        self.checkpointer.save(self.engine, self.step, dump_config(self.cfg), self.aux_engines)
 
     def run(self, stop: StopFlag) -> int:
         """Train to ``schedule.steps``; returns the exit code (0 done, 75 preempted)."""
@@ -156,6 +157,7 @@ class Trainer:
                 self.ema.update(self.step)
             if self.step % cfg.logging.every == 0 or self.step == cfg.schedule.steps:
                 self.log_step(terms, time.perf_counter() - start)
+            self.task.on_step_end(self.engine, self.step, self.metrics)
             preempted = stop.agreed()
             if preempted or (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0):
                 self.save()

@@ -33,7 +33,17 @@ def test_shipped_configs_load(path):
     assert deepspeed_config(cfg)["zero_optimization"]["stage"] == 3
 
 
-@pytest.mark.parametrize("name", ["dcaev_demo.yaml", "dcaev_tiny_test.yaml", "wan_flow_tiny.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "dcaev_demo.yaml",
+        "dcaev_tiny_test.yaml",
+        "wan_flow_tiny.yaml",
+        "dcaev_1_recon.yaml",
+        "dcaev_2_perceptual.yaml",
+        "dcaev_3_gan.yaml",
+    ],
+)
 def test_engine_configs_list_only_changes(name):
     path = REPO / "configs/train" / name
     defaults = to_dict(TrainConfig())
