@@ -37,3 +37,13 @@ def rss_mib() -> float:
     """Resident set size of this process now, MiB (the peak where the current value is unavailable)."""
     now = _status_mib("VmRSS")
     return now if now is not None else peak_rss_mib()
+
+
+def reset_peak_rss() -> bool:
+    """Restart the peak (``VmHWM``) from the current RSS, so the next :func:`peak_rss_mib` measures a
+    stage on its own. Linux only (``/proc/self/clear_refs``); returns whether it worked."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
