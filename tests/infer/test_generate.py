@@ -120,7 +120,8 @@ def test_bad_input(pipes, tmp_path, capsys):
     msg = bad([str(root / "i2v"), "--prompt", "a", "--image", str(tmp_path / "bad.png"), *args], capsys, out)
     assert "bad.png" in msg and "decodable" in msg
     (tmp_path / "empty.txt").write_text("  \n")
-    assert "empty" in bad([str(root / "t2v"), "--prompt-file", str(tmp_path / "empty.txt"), *args], capsys, out)
+    empty = ["--prompt-file", str(tmp_path / "empty.txt")]
+    assert "empty" in bad([str(root / "t2v"), *empty, *args], capsys, out)
     msg = bad([str(root / "t2v"), "--prompt", "a", *args, "--size", "30", "48"], capsys, out)
     assert "multiples of 4" in msg
     assert "T2V transformer" in bad([str(root / "i2v"), "--prompt", "a", *args], capsys, out)
