@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from megavg.infer.sampling import shift_sigmas as shifted_sigmas  # uniform u -> sigma, towards noise
 from megavg.tasks.base import StepContext, model_args
 from megavg.tasks.base import Task as BaseTask
 
@@ -26,11 +27,6 @@ class Args:
     shift: float = 8.0
     text_dropout: float = 0.1
     num_train_timesteps: int = 1000
-
-
-def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
-    """Map uniform ``u`` in [0, 1) to sigmas concentrated towards noise for ``shift > 1``."""
-    return shift * u / (1 + (shift - 1) * u)
 
 
 class Task(BaseTask):
