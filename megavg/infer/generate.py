@@ -228,20 +228,6 @@ class Placement:
                     torch.cuda.empty_cache()
 
 
-class CastTo(nn.Module):
-    """Runs a DiT in its own dtype on float32 inputs and gives float32 predictions (the sampler's maths
-    stays in float32 whatever the weights' dtype)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, latents, timestep, text, image=None):
-        dtype = next(self.model.parameters()).dtype
-        image = image.to(dtype) if image is not None else None
-        return self.model(latents.to(dtype), timestep, text.to(dtype), image).float()
-
-
 @dataclass
 class Models:
     text: object
@@ -342,7 +328,7 @@ def run(args: argparse.Namespace) -> dict:
     noise = initial_noise(models, req, args.seed).to(device)
     with stages.stage("denoise"), place.use(models.dit), torch.no_grad():
         latents = sample(
-            CastTo(models.dit), noise, inputs["text"], inputs["negative_text"], steps=req.steps,
+            models.dit, noise, inputs["text"], inputs["negative_text"], steps=req.steps,
             guidance=req.guidance, shift=req.shift, solver=req.solver, condition=inputs["condition"],
             image=inputs["image"], progress=not args.no_progress,
         )  # fmt: skip
