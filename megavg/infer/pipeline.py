@@ -34,7 +34,6 @@ from megavg.utils.schema import from_dict, to_dict
 
 MANIFEST = "pipeline.json"
 FORMAT = "megavg-pipeline"
-RELEASED_VAE_PRESET = "dc-ae-v-f32t4c32"
 
 
 @dataclass
@@ -64,6 +63,7 @@ class Manifest:
     text_max_length: int = 512
     sampler: SamplerDefaults = field(default_factory=SamplerDefaults)
     diffusers_transformer: str = ""
+    vae_preset: str = ""  # released layout: the architecture of the authors' .pt
 
 
 def write_manifest(manifest: Manifest, folder: Path) -> None:
@@ -96,7 +96,7 @@ class Pipeline:
 
     def vae_args(self):
         if self.released:
-            return registry.preset_args(RELEASED_VAE_PRESET)
+            return registry.preset_args(self.manifest.vae_preset)
         return _megavg_args(self.locate(self.manifest.vae), "dcaev")
 
     def locate(self, entry: str) -> Path:
@@ -176,14 +176,28 @@ def _released(root: Path) -> Pipeline:
     vaes = sorted(root.glob("dc-ae-v*.pt"))  # the released file is dc-ae-v-f32t4c32-1.0-bf16.pt
     if len(vaes) != 1:
         raise UserError(f"{root}: expected one DC-AE-V checkpoint dc-ae-v*.pt, found {len(vaes)}")
+    preset = _vae_preset(vaes[0])
     clips = sorted(root.glob("*clip*.pth"))
-    args = registry.preset_args(RELEASED_VAE_PRESET)
+    sampler = SamplerDefaults()
+    scheduler = root / "scheduler" / "scheduler_config.json"
+    if scheduler.is_file():
+        sampler.shift = float(_read_json(scheduler).get("flow_shift", sampler.shift))
     manifest = Manifest(
         vae=vaes[0].name,
+        vae_preset=preset,
         text_encoder="text_encoder",
         tokenizer="tokenizer" if (root / "tokenizer").is_dir() else "",
         image_encoder=clips[0].name if clips else "",
-        scaling_factor=args.scaling_factor,
+        scaling_factor=registry.preset_args(preset).scaling_factor,
+        sampler=sampler,
     )
     found = {k: root / f"transformer_{k}" for k in ("t2v", "i2v") if (root / f"transformer_{k}").is_dir()}
     return Pipeline(root, manifest, released=True, transformers=found)
+
+
+def _vae_preset(path: Path) -> str:
+    """The DC-AE-V preset a released checkpoint's file name starts with (longest match)."""
+    names = [n for n in registry.list_presets() if n.startswith("dc-ae-v") and path.name.startswith(n)]
+    if not names:
+        raise UserError(f"{path}: file name names no DC-AE-V preset (expected e.g. dc-ae-v-f32t4c32-*.pt)")
+    return max(names, key=len)
