@@ -16,7 +16,7 @@ from megavg.infer import generate
 from megavg.infer.export import main as export
 from megavg.utils.errors import run_cli
 from tests.distributed.launch import REPO
-from tests.infer.tiny_pipeline import build_components, read_video, write_png
+from tests.infer.tiny_pipeline import SCALING, build_components, read_video, write_png
 from tests.models.wan_inputs import inputs
 from tests.models.wan_reference import diffusers_forward
 
@@ -44,9 +44,16 @@ def spy(monkeypatch):
 
     def recording(*args, **kwargs):
         calls.append((args, kwargs))
-        return real(*args, **kwargs)
+        calls.append(real(*args, **kwargs))
+        return calls[-1]
 
+    def decoding(vae, latents, *rest):
+        calls.append(latents)
+        return real_decode(vae, latents, *rest)
+
+    real_decode = generate.decode_to_video
     monkeypatch.setattr(megavg.infer.sampling, "sample", recording)
+    monkeypatch.setattr(generate, "decode_to_video", decoding)
     return calls
 
 
@@ -63,6 +70,8 @@ def test_t2v_video_frames_and_size(pipes, tmp_path, spy):
     assert noise.shape == (1, 4, 2, 8, 12) and text.shape == negative.shape == (1, 512, 32)
     assert text[0, 5:].abs().max() == 0 and text[0, :5].abs().min() > 0  # 4 words + </s>, then zero padding
     assert kwargs["shift"] == 3.0 and kwargs["steps"] == 2 and kwargs["condition"] is None
+    sampled, decoded = spy[1], spy[2]
+    torch.testing.assert_close(decoded, sampled / SCALING)  # DC-AE-V decodes latents / scaling factor
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t2v.mp4"]
 
 
