@@ -16,7 +16,7 @@ from megavg.infer import generate
 from megavg.infer.export import main as export
 from megavg.utils.errors import run_cli
 from tests.distributed.launch import REPO
-from tests.infer.tiny_pipeline import SCALING, build_components, read_video, write_png
+from tests.infer.tiny_pipeline import SCALING, read_video, write_png
 from tests.models.wan_inputs import inputs
 from tests.models.wan_reference import diffusers_forward
 
@@ -24,9 +24,8 @@ FAST = ["--dtype", "fp32", "--steps", "2", "--no-progress", "--size", "32", "48"
 
 
 @pytest.fixture(scope="module")
-def pipes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gen")
-    paths = build_components(root / "parts")
+def pipes(tmp_path_factory, tiny_parts):
+    root, paths = tmp_path_factory.mktemp("gen"), tiny_parts
     write_png(root / "first.png", 30, 40)
     common = ["--vae", str(paths["vae"]), "--text-encoder", str(paths["text"]), "--dtype", "fp32"]
     export(["--transformer", str(paths["t2v"]), *common, "--out", str(root / "t2v"), "--diffusers",

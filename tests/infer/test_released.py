@@ -20,7 +20,7 @@ from megavg.infer.conditioning import clip_preprocess
 from megavg.infer.export import main as export
 from megavg.models.dcaev.state_dict_adapter import authors_key_map
 from megavg.models.wan.state_dict_adapter import save_diffusers
-from tests.infer.tiny_pipeline import CLIP_DIM, build_components, read_video, write_png
+from tests.infer.tiny_pipeline import CLIP_DIM, read_video, write_png
 
 HEADS, LAYERS, PATCH, SIZE = 2, 3, 14, 28
 
@@ -86,10 +86,10 @@ def test_wan_clip_pth_gives_the_vision_towers_penultimate_tokens(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory):
+def release(tmp_path_factory, tiny_parts):
     """A released-layout folder and a megavg pipeline exported from the same tiny weights."""
     root = tmp_path_factory.mktemp("release")
-    parts = build_components(root / "parts")
+    parts = tiny_parts
     rel = root / "DC-VideoGen-tiny"
     for kind in ("t2v", "i2v"):
         dit = megavg.models.load(parts[kind])
