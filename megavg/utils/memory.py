@@ -40,8 +40,7 @@ def rss_mib() -> float:
 
 
 def reset_peak_rss() -> bool:
-    """Restart the peak (``VmHWM``) from the current RSS, so the next :func:`peak_rss_mib` measures a
-    stage on its own. Linux only (``/proc/self/clear_refs``); returns whether it worked."""
+    """Restart the peak (``VmHWM``) from the current RSS (Linux ``clear_refs`` 5); False where unsupported."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
