@@ -144,7 +144,17 @@ class Request:
     fps: int
 
 
+def check_device(name: str) -> None:
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"--device {name}: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+
+
 def build_request(args: argparse.Namespace, pipe: Pipeline) -> Request:
+    check_device(args.device)
     prompt = read_prompt(args)
     image = load_image(args.image) if args.image else None
     dit, vae = pipe.transformer_args(i2v=image is not None), pipe.vae_args()

@@ -133,6 +133,8 @@ def test_bad_input(pipes, tmp_path, capsys):
     msg = bad([str(root / "t2v"), "--prompt", "a", *args, "--size", "30", "48"], capsys, out)
     assert "multiples of 4" in msg
     assert "T2V transformer" in bad([str(root / "i2v"), "--prompt", "a", *args], capsys, out)
+    if not torch.cuda.is_available():
+        assert "CUDA" in bad([str(root / "t2v"), "--prompt", "a", *args, "--device", "cuda"], capsys, out)
 
 
 def test_runner_and_export_import_no_training_stack(pipes, tmp_path):
