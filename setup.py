@@ -33,6 +33,7 @@ setup(
             "ruff>=0.6",
             "diffusers>=0.33",
             "scikit-video",
+            "scipy",
         ],
         "gpu": ["flash-attn>=2.6", "transformer-engine[pytorch]>=2.0"],
     },
