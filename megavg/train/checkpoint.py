@@ -11,7 +11,8 @@ Layout under ``run.dir/checkpoints``::
 Order of a save: every rank writes its shards -> barrier -> rank 0 moves ``latest`` -> older tags beyond
 ``keep`` (and partial tags newer than ``latest``, left by a crash) are removed -> barrier. A crash at any
 point leaves ``latest`` naming a complete checkpoint. The data position is the step number: loaders are
-deterministic given (seed, data-parallel rank, start step).
+deterministic given (seed, data-parallel rank, start step). A checkpoint of another world size is
+re-partitioned on load (:mod:`megavg.train.elastic`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from megavg.train.elastic import check_same_model, load_resharded
+from megavg.train.zero_checkpoint import ZeroCheckpoint
 from megavg.utils.errors import UserError
 from megavg.utils.io import atomic_file
 from megavg.utils.logging import get_logger
@@ -102,11 +105,29 @@ class Checkpointer:
             shutil.rmtree(self.dir / tag_of(s), ignore_errors=True)
 
     def load(self, engine) -> int:
-        """Restore the ``latest`` checkpoint into ``engine``; returns its step (0 when there is none)."""
+        """Restore the ``latest`` checkpoint into ``engine``; returns its step (0 when there is none).
+
+        A checkpoint written at another world size is re-partitioned (:mod:`megavg.train.elastic`)."""
         tag = read_latest(self.dir)
         if tag is None:
             return 0
-        self._check_world_size(tag)
+        ckpt = ZeroCheckpoint(self.dir / tag)
+        if ckpt.world_size == dist.get_world_size():
+            if hasattr(engine.optimizer, "fp16_partitioned_groups_flat"):  # ZeRO-3
+                check_same_model(ckpt, engine)  # DeepSpeed's own error would be a bare shape mismatch
+            client = self._load_same_world(engine, tag)
+        else:
+            client = load_resharded(engine, ckpt)
+            log.info(
+                f"re-partitioned {self.dir / tag} from {ckpt.world_size} to {dist.get_world_size()} ranks"
+            )
+        rng = self.dir / tag / "rng" / f"rank_{dist.get_rank():05d}.pt"
+        if rng.is_file():  # on a bigger world the new ranks keep their seeded RNG
+            _set_rng_state(torch.load(rng, weights_only=True))
+        log.info(f"resumed from {self.dir / tag} (step {client['step']})")
+        return int(client["step"])
+
+    def _load_same_world(self, engine, tag: str) -> dict:
         path, client = engine.load_checkpoint(
             str(self.dir),
             tag=tag,
@@ -116,16 +137,4 @@ class Checkpointer:
         )
         if path is None:
             raise UserError(f"{self.dir / tag}: incomplete DeepSpeed checkpoint")
-        rng = self.dir / tag / "rng" / f"rank_{dist.get_rank():05d}.pt"
-        if rng.is_file():
-            _set_rng_state(torch.load(rng, weights_only=True))
-        log.info(f"resumed from {self.dir / tag} (step {client['step']})")
-        return int(client["step"])
-
-    def _check_world_size(self, tag: str) -> None:
-        shards = list((self.dir / tag).glob("*_optim_states.pt"))
-        if len(shards) != dist.get_world_size():
-            raise UserError(
-                f"{self.dir / tag}: written by {len(shards)} ranks, this run has {dist.get_world_size()}; "
-                "resume with the same world size (or convert to a DeepSpeed universal checkpoint)"
-            )
+        return client
