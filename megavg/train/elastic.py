@@ -128,6 +128,7 @@ def _load_frozen(ckpt: ZeroCheckpoint, engine) -> None:
             param.ds_tensor.data.copy_(piece.view_as(param.ds_tensor))
 
 
+@torch.no_grad()
 def load_resharded(engine, ckpt: ZeroCheckpoint) -> dict:
     """Restore ``ckpt`` (any world size) into ZeRO-3 ``engine``; returns the checkpoint's model-state
     dict (``step`` and the rest of the client state)."""
