@@ -138,9 +138,11 @@ def load_resharded(engine, ckpt: ZeroCheckpoint) -> dict:
     check_same_model(ckpt, engine)
     _warn_on_batch_change(ckpt, engine)
     keys, scalars = ckpt.flat_keys(), ckpt.scalar_state()
+    opt.checkpoint_event_prologue()  # as DeepSpeed's load: every parameter partitioned, even persistent ones
     for index in range(len(opt.fp16_groups)):
         _load_group(ckpt, engine, index, keys, scalars)
     _load_frozen(ckpt, engine)
+    opt.checkpoint_event_epilogue()  # persistent (small, never released) parameters gathered afresh
     for mine, saved in zip(opt.optimizer.param_groups, ckpt.param_groups()):
         mine.update({k: v for k, v in saved.items() if k != "params"})
     meta = ckpt.meta

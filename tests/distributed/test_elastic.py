@@ -4,6 +4,7 @@ Tiny DC-AE-V, fp32 ZeRO-3, synthetic data whose global batch (4 samples) is the 
 data-parallel split (``engine_worker.synthetic_batch``), no noise in the loss: a resumed run can then be
 compared with a straight one. LR warmup over 5 steps, so a reset schedule or Adam step count shows.
 Part of the decoder is frozen and left out of the checkpoints, except in run C's, which holds it.
+Parameters under 1000 elements are persistent (ZeRO-3 keeps them gathered, as the bf16 config does).
 
 - A: 2 ranks x batch 2, 4 steps straight (checkpoints 1..4).
 - C: A's step-2 checkpoint resumed on 4 ranks x batch 1, steps 3 (2 -> 4).
@@ -31,7 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 WORKER = REPO / "tests/distributed/engine_worker.py"
 TINY = "configs/train/dcaev_tiny_test.yaml"
 COMMON = ["schedule.warmup_steps=5", "checkpoint.every=1", "checkpoint.keep=4", "logging.tensorboard=false",
-          "model.trainable=[encoder.*, decoder.stages.*]"]  # fmt: skip
+          "model.trainable=[encoder.*, decoder.stages.*]",
+          "parallel.deepspeed_overrides={zero_optimization: {stage3_param_persistence_threshold: 1000}}"]  # fmt: skip
 
 
 def lrs(run: Path) -> dict[int, float]:
