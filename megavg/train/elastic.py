@@ -135,6 +135,8 @@ def load_resharded(engine, ckpt: ZeroCheckpoint) -> dict:
     opt = engine.optimizer
     if not hasattr(opt, "fp32_partitioned_groups_flat"):
         raise UserError(f"{ckpt.dir}: resuming on another world size needs ZeRO stage 3 (this run is not)")
+    if getattr(opt, "swap_optimizer", False) or getattr(opt, "params_in_nvme_and_cpu", False):
+        raise UserError(f"{ckpt.dir}: resuming on another world size is not supported with NVMe offload")
     check_same_model(ckpt, engine)
     _warn_on_batch_change(ckpt, engine)
     keys, scalars = ckpt.flat_keys(), ckpt.scalar_state()
