@@ -5,6 +5,8 @@ data-parallel split (``engine_worker.synthetic_batch``), no noise in the loss: a
 compared with a straight one. LR warmup over 5 steps, so a reset schedule or Adam step count shows.
 Part of the decoder is frozen and left out of the checkpoints, except in run C's, which holds it.
 Parameters under 1000 elements are persistent (ZeRO-3 keeps them gathered, as the bf16 config does).
+3 latent channels: a 3-element bias, zero-padded in its ZeRO-3 partitions on 2 and 4 ranks (every other
+tensor of the tiny preset divides by 4).
 
 - A: 2 ranks x batch 2, 4 steps straight (checkpoints 1..4).
 - C: A's step-2 checkpoint resumed on 4 ranks x batch 1, steps 3 (2 -> 4).
@@ -32,7 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 WORKER = REPO / "tests/distributed/engine_worker.py"
 TINY = "configs/train/dcaev_tiny_test.yaml"
 COMMON = ["schedule.warmup_steps=5", "checkpoint.every=1", "checkpoint.keep=4", "logging.tensorboard=false",
-          "model.trainable=[encoder.*, decoder.stages.*]",
+          "model.trainable=[encoder.*, decoder.stages.*]", "model.args.latent_channels=3",
           "parallel.deepspeed_overrides={zero_optimization: {stage3_param_persistence_threshold: 1000}}"]  # fmt: skip
 
 
