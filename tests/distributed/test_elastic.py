@@ -33,9 +33,10 @@ from tests.distributed.launch import torchrun
 REPO = Path(__file__).resolve().parents[2]
 WORKER = REPO / "tests/distributed/engine_worker.py"
 TINY = "configs/train/dcaev_tiny_test.yaml"
+PERSIST = "parallel.deepspeed_overrides={zero_optimization: {stage3_param_persistence_threshold: 1000}}"
 COMMON = ["schedule.warmup_steps=5", "checkpoint.every=1", "checkpoint.keep=4", "logging.tensorboard=false",
           "model.trainable=[encoder.*, decoder.stages.*]", "model.args.latent_channels=3",
-          "parallel.deepspeed_overrides={zero_optimization: {stage3_param_persistence_threshold: 1000}}"]  # fmt: skip
+          PERSIST]  # fmt: skip
 
 
 def lrs(run: Path) -> dict[int, float]:
