@@ -111,16 +111,21 @@ class Checkpointer:
         tag = read_latest(self.dir)
         if tag is None:
             return 0
-        ckpt = ZeroCheckpoint(self.dir / tag)
-        if ckpt.world_size == dist.get_world_size():
-            if hasattr(engine.optimizer, "fp16_partitioned_groups_flat"):  # ZeRO-3
+        zero3 = hasattr(engine.optimizer, "fp16_partitioned_groups_flat")
+        ckpt = ZeroCheckpoint(self.dir / tag) if zero3 else None
+        saved = ckpt.world_size if ckpt else len(list((self.dir / tag).glob("*_optim_states.pt")))
+        if saved == dist.get_world_size():
+            if ckpt is not None:
                 check_same_model(ckpt, engine)  # DeepSpeed's own error would be a bare shape mismatch
             client = self._load_same_world(engine, tag)
+        elif ckpt is None:
+            raise UserError(
+                f"{self.dir / tag}: written by {saved} ranks, this run has {dist.get_world_size()}; "
+                "resuming on another world size needs ZeRO stage 3"
+            )
         else:
             client = load_resharded(engine, ckpt)
-            log.info(
-                f"re-partitioned {self.dir / tag} from {ckpt.world_size} to {dist.get_world_size()} ranks"
-            )
+            log.info(f"re-partitioned {self.dir / tag} from {saved} to {dist.get_world_size()} ranks")
         rng = self.dir / tag / "rng" / f"rank_{dist.get_rank():05d}.pt"
         if rng.is_file():  # on a bigger world the new ranks keep their seeded RNG
             _set_rng_state(torch.load(rng, weights_only=True))
