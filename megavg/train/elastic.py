@@ -69,7 +69,9 @@ def global_batch(ds_config: dict, world: int, sp_size: int) -> int:
 def _warn_on_batch_change(ckpt: ZeroCheckpoint, engine) -> None:
     """The data position is ``step x grad_accum`` micro-batches per rank: the same global sample count only
     when the global batch is unchanged (README, "Elastic resume")."""
-    saved_sp = yaml.safe_load((ckpt.dir / "config.yaml").read_text())["parallel"].get("sp_size", 1)
+    path = ckpt.dir / "config.yaml"
+    saved = yaml.safe_load(path.read_text()) if path.is_file() else None
+    saved_sp = ((saved or {}).get("parallel") or {}).get("sp_size", 1)
     before = global_batch(ckpt.meta["ds_config"], ckpt.world_size, saved_sp)
     now = global_batch(
         engine.config, dist.get_world_size(), parallel_state.get_sequence_parallel_world_size()
