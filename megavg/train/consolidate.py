@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +25,39 @@ import torch
 from megavg.models import registry
 from megavg.tasks import build_task
 from megavg.tasks.base import model_args
+from megavg.train import ckpt_integrity
 from megavg.train.checkpoint import read_latest
 from megavg.train.config import load_config
 from megavg.train.zero_checkpoint import ZeroCheckpoint
 from megavg.utils.errors import UserError, run_cli
 from megavg.utils.schema import to_dict
+from megavg.utils.torchload import first_line
+
+# What reading a damaged DeepSpeed file raises (torch zip/pickle errors, DeepSpeed's own asserts and lookups).
+UNREADABLE = (RuntimeError, OSError, EOFError, ValueError, KeyError, IndexError, TypeError, AssertionError)
+UNREADABLE += (pickle.UnpicklingError,)
 
 
 def trained_state(ckpt_dir: Path, tag: str) -> dict[str, Any]:
     """fp32 weights of checkpoint ``tag`` (without ``_extra_state``) as lazy tensors
-    (:func:`megavg.models.registry.materialize`) that read only the rank partitions holding them."""
-    state = ZeroCheckpoint(ckpt_dir / tag).state_dict()
+    (:func:`megavg.models.registry.materialize`) that read only the rank partitions holding them. Every
+    rank file is opened (memory-mapped, nothing read) here, so a damaged one is reported before writing."""
+    try:
+        ckpt = ZeroCheckpoint(ckpt_dir / tag)
+        for rank in range(ckpt.world_size):
+            ckpt.optim_state(rank)
+        state = ckpt.state_dict()
+    except UNREADABLE as err:  # a legacy tag (no manifest) damaged inside a file
+        raise UserError(f"{ckpt_dir / tag}: not a readable ZeRO checkpoint ({first_line(err)})") from None
     return {k: v for k, v in state.items() if not k.endswith("_extra_state")}
+
+
+def checkpoint_config(path: Path):
+    """The training config stored in a checkpoint; any problem is a UserError naming ``path``."""
+    try:
+        return load_config(path)
+    except UserError as err:
+        raise UserError(str(err) if str(err).startswith(str(path)) else f"{path}: {err}") from None
 
 
 def initial_state(cfg, args) -> dict[str, Any]:
@@ -53,7 +75,8 @@ def consolidate(run_dir: str | Path, out: str | Path) -> Path:
     tag = read_latest(ckpt_dir) if ckpt_dir.is_dir() else None
     if tag is None:
         raise UserError(f"{run_dir}: no complete checkpoint (no {ckpt_dir / 'latest'})")
-    cfg = load_config(ckpt_dir / tag / "config.yaml")
+    ckpt_integrity.verify(ckpt_dir / tag)  # sizes + hashes against the manifest: names a damaged file
+    cfg = checkpoint_config(ckpt_dir / tag / "config.yaml")
     args = model_args(cfg.model)
     if hasattr(args, "grad_checkpointing"):
         args = dataclasses.replace(args, grad_checkpointing=False)  # a training-only choice

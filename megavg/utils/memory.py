@@ -37,3 +37,12 @@ def rss_mib() -> float:
     """Resident set size of this process now, MiB (the peak where the current value is unavailable)."""
     now = _status_mib("VmRSS")
     return now if now is not None else peak_rss_mib()
+
+
+def reset_peak_rss() -> bool:
+    """Restart the peak (``VmHWM``) from the current RSS (Linux ``clear_refs`` 5); False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
