@@ -185,7 +185,7 @@ class Checkpointer:
     def _restore(self, engine, folder: Path, tag: str, **load_kwargs) -> dict:
         """DeepSpeed tag ``folder/tag`` into ``engine``: DeepSpeed's own load at the same world size, else
         re-partitioned (ZeRO-3 only); returns the client state."""
-        zero3 = hasattr(engine.optimizer, "fp16_partitioned_groups_flat")
+        zero3 = hasattr(getattr(engine, "optimizer", None), "fp16_partitioned_groups_flat")
         ckpt = ZeroCheckpoint(folder / tag) if zero3 else None
         saved = ckpt.world_size if ckpt else len(list((folder / tag).glob("*_optim_states.pt")))
         if saved == dist.get_world_size():
