@@ -56,14 +56,9 @@ def check_same_model(ckpt: ZeroCheckpoint, engine) -> None:
         )
 
 
-def global_batch(ds_config: dict, world: int, sp_size: int) -> int:
+def global_batch(ds_config: dict, dp_size: int) -> int:
     """Samples per optimizer step: micro-batch x accumulation x data-parallel ranks (SP ranks share one)."""
-    return (
-        ds_config["train_micro_batch_size_per_gpu"]
-        * ds_config["gradient_accumulation_steps"]
-        * world
-        // sp_size
-    )
+    return ds_config["train_micro_batch_size_per_gpu"] * ds_config["gradient_accumulation_steps"] * dp_size
 
 
 def _warn_on_batch_change(ckpt: ZeroCheckpoint, engine) -> None:
@@ -72,10 +67,8 @@ def _warn_on_batch_change(ckpt: ZeroCheckpoint, engine) -> None:
     path = ckpt.dir / "config.yaml"
     saved = yaml.safe_load(path.read_text()) if path.is_file() else None
     saved_sp = ((saved or {}).get("parallel") or {}).get("sp_size", 1)
-    before = global_batch(ckpt.meta["ds_config"], ckpt.world_size, saved_sp)
-    now = global_batch(
-        engine.config, dist.get_world_size(), parallel_state.get_sequence_parallel_world_size()
-    )
+    before = global_batch(ckpt.meta["ds_config"], ckpt.world_size // saved_sp)
+    now = global_batch(engine.config, parallel_state.get_data_parallel_world_size())
     if before != now:
         log.warning(
             f"global batch changed from {before} to {now} samples: the data continues at micro-batch step x "
