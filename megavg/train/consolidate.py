@@ -1,6 +1,9 @@
 """Turn the latest complete ZeRO-3 checkpoint of a run into a megavg model folder (single-GPU runner).
 
-    python tools/consolidate.py RUN_DIR --out FOLDER
+    python tools/consolidate.py RUN_DIR --out FOLDER [--raw]
+
+A run with ``model.ema`` exports the EMA of the trainable weights (frozen ones as they are), ``--raw``
+the trained weights themselves; the LoRA task then merges the EMA (or raw) adapters.
 
 The trained tensors are lazy (:mod:`megavg.train.zero_checkpoint`): the writer materialises them one
 safetensors shard at a time, and each tensor reads only its pieces of the memory-mapped rank partitions
@@ -28,27 +31,34 @@ from megavg.tasks.base import model_args
 from megavg.train import ckpt_integrity
 from megavg.train.checkpoint import read_latest
 from megavg.train.config import load_config
-from megavg.train.zero_checkpoint import ZeroCheckpoint
+from megavg.train.ema import EMA_KEY
+from megavg.train.zero_checkpoint import PARAM, ZeroCheckpoint
 from megavg.utils.errors import UserError, run_cli
+from megavg.utils.logging import get_logger
 from megavg.utils.schema import to_dict
 from megavg.utils.torchload import first_line
 
 # What reading a damaged DeepSpeed file raises (torch zip/pickle errors, DeepSpeed's own asserts and lookups).
 UNREADABLE = (RuntimeError, OSError, EOFError, ValueError, KeyError, IndexError, TypeError, AssertionError)
 UNREADABLE += (pickle.UnpicklingError,)
+log = get_logger(__name__)
 
 
-def trained_state(ckpt_dir: Path, tag: str) -> dict[str, Any]:
+def trained_state(ckpt_dir: Path, tag: str, raw: bool = False) -> dict[str, Any]:
     """fp32 weights of checkpoint ``tag`` (without ``_extra_state``) as lazy tensors
-    (:func:`megavg.models.registry.materialize`) that read only the rank partitions holding them. Every
-    rank file is opened (memory-mapped, nothing read) here, so a damaged one is reported before writing."""
+    (:func:`megavg.models.registry.materialize`) that read only the rank partitions holding them: the
+    EMA of the trainable weights when the checkpoint holds one (``model.ema``) unless ``raw``, else the
+    weights themselves. Every rank file is opened (memory-mapped, nothing read) here, so a damaged one is
+    reported before writing."""
     try:
         ckpt = ZeroCheckpoint(ckpt_dir / tag)
         for rank in range(ckpt.world_size):
             ckpt.optim_state(rank)
-        state = ckpt.state_dict()
+        key = EMA_KEY if not raw and EMA_KEY in ckpt.flat_keys() else PARAM
+        state = ckpt.state_dict(key)
     except UNREADABLE as err:  # a legacy tag (no manifest) damaged inside a file
         raise UserError(f"{ckpt_dir / tag}: not a readable ZeRO checkpoint ({first_line(err)})") from None
+    log.info(f"exporting the {'EMA' if key == EMA_KEY else 'raw'} weights of {ckpt_dir / tag}")
     return {k: v for k, v in state.items() if not k.endswith("_extra_state")}
 
 
@@ -69,8 +79,9 @@ def initial_state(cfg, args) -> dict[str, Any]:
     return registry.build(args).state_dict()
 
 
-def consolidate(run_dir: str | Path, out: str | Path) -> Path:
-    """Write the model of ``run_dir``'s latest checkpoint to ``out``; returns ``out``."""
+def consolidate(run_dir: str | Path, out: str | Path, raw: bool = False) -> Path:
+    """Write the model of ``run_dir``'s latest checkpoint to ``out``: its EMA weights when it has them
+    (``model.ema``), unless ``raw``; returns ``out``."""
     ckpt_dir = Path(run_dir) / "checkpoints"
     tag = read_latest(ckpt_dir) if ckpt_dir.is_dir() else None
     if tag is None:
@@ -80,7 +91,7 @@ def consolidate(run_dir: str | Path, out: str | Path) -> Path:
     args = model_args(cfg.model)
     if hasattr(args, "grad_checkpointing"):
         args = dataclasses.replace(args, grad_checkpointing=False)  # a training-only choice
-    state = trained_state(ckpt_dir, tag)
+    state = trained_state(ckpt_dir, tag, raw)
     with torch.device("meta"):
         model = registry.build(args)
     state = build_task(cfg).export_state(state, lambda: initial_state(cfg, args), set(model.state_dict()))
@@ -92,8 +103,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tools/consolidate.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a training run.dir (holds checkpoints/latest)")
     parser.add_argument("--out", required=True, help="model folder to write")
+    parser.add_argument(
+        "--raw", action="store_true", help="export the trained weights, not their EMA (model.ema runs)"
+    )
     args = parser.parse_args(argv)
-    out = consolidate(args.run_dir, args.out)
+    out = consolidate(args.run_dir, args.out, raw=args.raw)
     print(f"wrote {out}")
 
 

@@ -236,11 +236,15 @@ class ZeroCheckpoint:
         """A lazy tensor (:func:`megavg.models.registry.materialize`) reading ``name``/``key`` when asked."""
         return LazyZeroTensor(self, name, key, self.placements[name].shape)
 
-    def state_dict(self) -> OrderedDict[str, Any]:
-        """Buffers, then every saved parameter as a :class:`LazyZeroTensor` (frozen ones only when saved)."""
+    def state_dict(self, key: str = PARAM) -> OrderedDict[str, Any]:
+        """Buffers, then every saved parameter as a :class:`LazyZeroTensor` (frozen ones only when saved).
+
+        ``key`` picks the flat state the trainable parameters are read from: ``"param"`` (the fp32
+        master weights) or another per-parameter key (``"ema"``: the EMA weights); frozen parameters and
+        buffers have no optimizer state and are always read as saved."""
         state: OrderedDict[str, Any] = OrderedDict(self.buffers())
-        for name in self.placements:
-            state[name] = self.lazy(name)
+        for name, place in self.placements.items():
+            state[name] = self.lazy(name, key if place.group is not None else PARAM)
         for alias, target in (self.meta.get("shared_params") or {}).items():
             if target in state:
                 state[alias] = state[target]

@@ -17,7 +17,9 @@ from megavg.infer.precompute import main as precompute
 from megavg.models import registry
 from megavg.tasks import build_task
 from megavg.tasks.adapt_lora import lora_targets
+from megavg.train.checkpoint import read_latest
 from megavg.train.config import load_config
+from megavg.train.zero_checkpoint import ZeroCheckpoint
 from tests.distributed.launch import REPO
 from tests.infer.tiny_encoders import tiny_clip, tiny_text_encoder, tiny_wan_vae
 
@@ -62,7 +64,9 @@ def run_chain(tmp_path, preset, shards, c_in, c_out):
 
     merged = train_and_export(tmp_path, "lora", "adapt_3_lora", shards, *common,
                               f"model.init={tmp_path / 'head-model'}", "parallel.sp_size=1",
-                              "task.args.rank=4", "task.args.alpha=8", "optimizer.lr=0.05")  # fmt: skip
+                              "task.args.rank=4", "task.args.alpha=8", "optimizer.lr=0.05",
+                              "model.ema.decay=0.5")  # fmt: skip
+    run("tools/consolidate.py", str(tmp_path / "lora"), "--out", str(tmp_path / "lora-raw"), "--raw")
     targets = {
         f"{name}.weight"
         for name in lora_targets(megavg.models.build(preset), ["cross_attn", "text_embed", "head"])
@@ -73,20 +77,23 @@ def run_chain(tmp_path, preset, shards, c_in, c_out):
 
 
 def assert_merged_equals_lora(tmp_path, *inputs, **kwargs):
-    """The merged folder equals the LoRA model (peft forward) with the checkpoint's adapters loaded."""
+    """The merged folder equals the LoRA model (peft forward) with the checkpoint's EMA adapters loaded
+    (``model.ema``, as adapt_3_lora.yaml ships it); the ``--raw`` folder, with the trained adapters."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    ckpt_dir = tmp_path / "lora" / "checkpoints"
+    raw = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), exclude_frozen_parameters=True)
+    ema = ZeroCheckpoint(ckpt_dir / read_latest(ckpt_dir)).state_dict("ema")
     cfg = load_config(tmp_path / "lora" / "config.yaml")
-    lora_model = build_task(cfg).build_model()
-    trained = get_fp32_state_dict_from_zero_checkpoint(
-        str(tmp_path / "lora" / "checkpoints"), exclude_frozen_parameters=True
-    )
-    lora_model.load_state_dict(trained, strict=False)
-    plain = megavg.models.load(tmp_path / "lora-model")
-    with torch.no_grad():
-        torch.testing.assert_close(
-            plain(*inputs, **kwargs), lora_model(*inputs, **kwargs), rtol=1e-5, atol=1e-5
-        )
+    outputs = []
+    for adapters, folder in ((ema, "lora-model"), (raw, "lora-raw")):
+        lora_model = build_task(cfg).build_model()
+        lora_model.load_state_dict({k: registry.materialize(v) for k, v in adapters.items()}, strict=False)
+        plain = megavg.models.load(tmp_path / folder)
+        with torch.no_grad():
+            outputs.append(plain(*inputs, **kwargs))
+            torch.testing.assert_close(outputs[-1], lora_model(*inputs, **kwargs), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)  # the EMA is not the raw
 
 
 def test_three_phases_and_merge(tmp_path):
