@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from megavg.models import registry
+from megavg.parallel import zero_load
 from megavg.utils.errors import UserError
 from megavg.utils.schema import from_dict, to_dict
 
@@ -56,22 +57,16 @@ def model_args(model_cfg) -> Any:
     return from_dict(type(base), merged, "model.args")
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Copy ``state`` into ``model``; parameters partitioned by ``deepspeed.zero.Init`` are gathered one
-    at a time and written by rank 0 (DeepSpeed re-partitions them on exit)."""
-    params = dict(model.named_parameters())
-    if not any(hasattr(p, "ds_id") for p in params.values()):
-        model.load_state_dict(state, strict=False)
-        return
-    import deepspeed
-    import torch.distributed as dist
+def load_init(model: nn.Module, folder: str) -> None:
+    """Load the model folder ``folder`` into ``model`` (built from the same args), one tensor at a time.
 
-    for name, param in params.items():
-        with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
-            if dist.get_rank() == 0:
-                param.data.copy_(state[name])
-    buffers = {k: v for k, v in state.items() if k not in params}
-    model.load_state_dict(buffers, strict=False)
+    Under ``zero.Init`` each rank reads only its own partition of every tensor (safetensors slices,
+    :mod:`megavg.parallel.zero_load`); otherwise each tensor is read whole.
+    """
+    state = registry.load_state_dict(folder, lazy=True)  # StoredTensor entries: nothing read yet
+    with torch.device("meta"):
+        registry.check_state_dict(registry.build(model.args), state, folder)
+    zero_load.load_state(model, state, folder)
 
 
 def set_trainable(model: nn.Module, patterns: list[str]) -> list[nn.Parameter]:
@@ -107,16 +102,12 @@ class Task:
         model_args(self.cfg.model)
 
     def build_model(self) -> nn.Module:
-        """The model to train, in fp32, weights from ``model.init`` when set (also under zero.Init)."""
-        args = model_args(self.cfg.model)
-        state = registry.load_state_dict(self.cfg.model.init) if self.cfg.model.init else None
-        if state is not None:
-            with torch.device("meta"):
-                registry.check_state_dict(registry.build(args), state, self.cfg.model.init)
+        """The model to train, in fp32, weights from ``model.init`` when set (under zero.Init: each rank
+        reads only its partitions, :func:`load_init`)."""
         with self.init_context():
-            model = registry.build(args)
-        if state is not None:
-            load_weights(model, state)
+            model = registry.build(model_args(self.cfg.model))
+        if self.cfg.model.init:
+            load_init(model, self.cfg.model.init)
         return model
 
     def parallelize(self, model: nn.Module, sp_group) -> nn.Module:
