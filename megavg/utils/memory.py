@@ -1,6 +1,7 @@
 """Host memory of this process: current and peak resident set size.
 
-Peak comes from ``VmHWM`` in ``/proc/self/status``, which starts afresh in every new program. Not from
+Peak comes from ``VmHWM`` in ``/proc/self/status`` (restartable for one phase: :func:`reset_peak`),
+which starts afresh in every new program. Not from
 ``ru_maxrss``: Linux keeps that across fork + exec, so a process started by a big parent (a launcher, a
 benchmark driver) would report the parent's peak. Where ``/proc`` is missing (macOS) ``ru_maxrss`` is
 the fallback.
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 _STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
 def _status_mib(field: str) -> float | None:
@@ -37,3 +39,13 @@ def rss_mib() -> float:
     """Resident set size of this process now, MiB (the peak where the current value is unavailable)."""
     now = _status_mib("VmRSS")
     return now if now is not None else peak_rss_mib()
+
+
+def reset_peak() -> bool:
+    """Restart the peak (``VmHWM``) from the current RSS, to measure one phase of a run (Linux:
+    ``/proc/self/clear_refs``). Returns False where that is unavailable (the peak then keeps counting)."""
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return True

@@ -27,8 +27,8 @@ def folders(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("zero_load")
     torch.manual_seed(1)
     megavg.models.build("wan-tiny-t2v").save(tmp / "base")
-    cmd = [sys.executable, "tools/make_student.py", "--base", str(tmp / "base"), "--out", str(tmp / "student"),
-           "--in-channels", "8", "--out-channels", "8", "--seed", "3"]  # fmt: skip
+    cmd = [sys.executable, "tools/make_student.py", "--base", str(tmp / "base"), "--out",
+           str(tmp / "student"), "--in-channels", "8", "--out-channels", "8", "--seed", "3"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return tmp
@@ -64,34 +64,54 @@ def lora_reference(folder) -> dict[str, torch.Tensor]:
     return inject_adapter_in_model(config, model).state_dict()
 
 
-@pytest.mark.distributed
-def test_sliced_load_equals_full_load_and_reads_one_share(folders, tmp_path):
+@pytest.fixture(scope="module")
+def runs(folders, tmp_path_factory):
+    """One 2-rank launch building every case (and the resume run): its output folder."""
+    out = tmp_path_factory.mktemp("zero_load_out")
     base, student = folders / "base", folders / "student"
     cases = {
         "plain": [f"model.init={base}"],
         "student": ["task.name=adapt_align", f"model.init={student}", f"task.args.teacher={base}"],
         "lora": ["task.name=adapt_lora", f"model.init={student}", "task.args.rank=4", "task.args.alpha=8"],
-    }
-    args = [arg for name, case in cases.items() for arg in ("--", name, *case)]
-    torchrun(WORKER, RANKS, tmp_path, *args, timeout=300)
+        "resume": [f"model.init={base}", "model.trainable=[patch_embed.*,head.linear.*]", "schedule.steps=2",
+                   f"run.dir={out / 'run'}", "logging.tensorboard=false", "checkpoint.exclude_frozen=true"],
+    }  # fmt: skip
+    torchrun(WORKER, RANKS, out, *[arg for name, case in cases.items() for arg in ("--", name, *case)])
+    return out
 
-    expected = {
-        "plain": registry.load_state_dict(base),
-        "student": student_reference(folders),
-        "lora": lora_reference(folders),
-    }
-    stored = registry.load_state_dict(student)
-    teacher = sum(t.numel() for t in registry.load_state_dict(base, list(TEACHER_KEYS)).values())
-    bounds = {"plain": read_bound(expected["plain"]), "student": read_bound(stored) + teacher}
-    bounds["lora"] = read_bound(stored)
-    numels = {"plain": sum(t.numel() for t in expected["plain"].values())}
-    numels["student"] = numels["lora"] = sum(t.numel() for t in stored.values())
-    for name in cases:
-        results = [torch.load(tmp_path / f"{name}_rank{r}.pt", weights_only=True) for r in range(RANKS)]
-        got, want = results[0]["state"], expected[name]
-        assert got.keys() == want.keys(), name
-        for key in want:
-            torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=f"{name}: {key}")
-        reads = [r["read"] for r in results]
-        assert sum(reads) >= numels[name], (name, reads)  # every element read by some rank
-        assert max(reads) <= bounds[name], (name, reads, bounds[name])
+
+def results(runs, name):
+    return [torch.load(runs / f"{name}_rank{r}.pt", weights_only=True) for r in range(RANKS)]
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("name", ["plain", "student", "lora"])
+def test_sliced_load_equals_full_load_and_reads_one_share(folders, runs, name):
+    base, student = folders / "base", folders / "student"
+    expected = {"plain": registry.load_state_dict, "student": student_reference, "lora": lora_reference}
+    want = expected[name](base if name == "plain" else folders)
+    stored = registry.load_state_dict(base if name == "plain" else student)
+    bound = read_bound(stored)
+    if name == "student":  # the alignment task also reads the teacher's embedder, whole, on every rank
+        bound += sum(t.numel() for t in registry.load_state_dict(base, list(TEACHER_KEYS)).values())
+    got = results(runs, name)
+    assert got[0]["state"].keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[0]["state"][key], want[key], rtol=0, atol=0, msg=key)
+    reads = [r["read"] for r in got]
+    assert sum(reads) >= sum(t.numel() for t in stored.values()), reads  # every element read somewhere
+    assert max(reads) <= bound, (reads, bound)
+
+
+@pytest.mark.distributed
+def test_frozen_weights_left_out_of_checkpoints_come_back_on_resume(folders, runs):
+    init = registry.load_state_dict(folders / "base")
+    run = results(runs, "resume")[0]
+    trained, resumed = run["trained"], run["resumed"]
+    trainable = {k for k in init if k.startswith(("patch_embed.", "head.linear."))}
+    assert all(not torch.equal(trained[k], init[k]) for k in trainable)  # the first run did train them
+    for key in init:
+        want = trained[key] if key in trainable else init[key]
+        torch.testing.assert_close(resumed[key], want, rtol=0, atol=0, msg=key)
+    saved = torch.load(next((runs / "run/checkpoints").glob("step_*/*model_states.pt")), weights_only=False)
+    assert not any("blocks.0.ffn" in k for k in saved.get("param_shapes", [{}])[0]), "frozen weights saved"

@@ -3,7 +3,8 @@ counting every tensor element read from safetensors files on this rank, then gat
 
     torchrun --nproc_per_node N zero_load_worker.py OVERRIDE...   (training-config overrides)
 
-Writes ``$MEGAVG_TEST_OUT/rank<R>.pt``: ``{"read": elements read, "state": gathered weights (rank 0)}``.
+Cases: ``-- NAME OVERRIDE...`` each; writes ``$MEGAVG_TEST_OUT/<NAME>_rank<R>.pt``: ``{"read": elements
+read, "state": gathered weights (rank 0)}``. The case named ``resume`` trains instead (:func:`resume_case`).
 """
 
 from __future__ import annotations
@@ -95,18 +96,47 @@ def build_case(overrides: list[str]) -> tuple[int, dict[str, torch.Tensor]]:
     return CountingOpen.read, gathered_state(model)
 
 
+def resume_case(overrides: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """Train 2 steps (checkpoint without frozen weights), then resume in a new trainer: the weights at
+    the end of the first run and right after the resume."""
+    from megavg.tasks import build_task
+    from megavg.train import loop
+    from megavg.train.config import load_config
+    from megavg.train.signals import StopFlag
+    from tests.distributed.engine_worker import install_hooks
+
+    os.environ["MEGAVG_TEST_SYNTHETIC"] = "1"
+    install_hooks()
+    cfg = load_config("configs/train/wan_flow_tiny.yaml", ["parallel.zero_init=true", *overrides])
+    first = loop.Trainer(cfg, build_task(cfg))
+    assert first.run(StopFlag()) == 0
+    trained = gathered_state(first.engine.module)
+    first.close()
+    cfg.schedule.steps += 1
+    second = loop.Trainer(cfg, build_task(cfg))
+    assert second.step == cfg.schedule.steps - 1, second.step
+    resumed = gathered_state(second.engine.module)
+    second.close()
+    return {"trained": trained, "resumed": resumed}
+
+
 def main() -> None:
     """Cases on the command line as ``-- NAME OVERRIDE... -- NAME OVERRIDE...``."""
     from megavg.parallel import state as state_groups
     from megavg.train import engine
 
     engine.init_distributed("gloo")
+    state_groups.initialize(1)
     out = Path(os.environ["MEGAVG_TEST_OUT"])
     rank = dist.get_rank()
     text = " ".join(sys.argv[1:])
     for case in [c.split() for c in text.split("--") if c.strip()]:
-        read, state = build_case(case[1:])
-        torch.save({"read": read, "state": state if rank == 0 else None}, out / f"{case[0]}_rank{rank}.pt")
+        if case[0] == "resume":
+            result = resume_case(case[1:])
+        else:
+            read, state = build_case(case[1:])
+            result = {"read": read, "state": state}
+        torch.save(result if rank == 0 else {"read": result.get("read")}, out / f"{case[0]}_rank{rank}.pt")
     dist.barrier()
     state_groups.shutdown()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from megavg.utils.memory import peak_rss_mib, rss_mib
+from megavg.utils.memory import peak_rss_mib, reset_peak, rss_mib
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
 
@@ -24,3 +24,11 @@ def test_peak_follows_an_allocation_and_a_child_reports_its_own():
     child_peak = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout)
     assert child_peak < parent_peak - 300, (child_peak, parent_peak)
     del block
+
+
+def test_reset_peak_restarts_from_the_current_size():
+    block = torch.ones(400 * 2**20 // 4)  # 400 MiB, touched
+    del block
+    high = peak_rss_mib()
+    assert reset_peak()
+    assert peak_rss_mib() < high - 300, (peak_rss_mib(), high)
