@@ -2,8 +2,8 @@
 
     python benchmarks/bench_scale.py [--preset wan2.1-t2v-1.3b --dtype fp32 --ranks 1 2 4 --shard-mib 1024]
 
-Writes the preset once with random weights as a sharded ``model.init`` folder (on disk, under the working
-directory; one shard in memory while writing). Then, for each process count N, launches N local gloo
+Writes the preset once with random weights as a sharded ``model.init`` folder (on disk, under ``runs/``;
+one shard in memory while writing). Then, for each process count N, launches N local gloo
 ranks (ZeRO-3, ``parallel.zero_init``) that measure their peak RSS (``VmHWM``, restarted per phase with
 :func:`megavg.utils.memory.reset_peak`) above their RSS before the phase:
 
@@ -171,7 +171,8 @@ def main() -> None:
     if opts.export:
         print(json.dumps(export_phase(*opts.export, opts.shard_mib)))
         return
-    with tempfile.TemporaryDirectory(dir=".") as name:  # on disk: a tmpfs /tmp would hold the files in RAM
+    Path("runs").mkdir(exist_ok=True)  # on disk (a tmpfs /tmp would hold the files in RAM), git-ignored
+    with tempfile.TemporaryDirectory(prefix="bench_scale-", dir="runs") as name:
         tmp = Path(name)
         registry.MAX_SHARD_BYTES = opts.shard_mib * 2**20
         size, largest = write_model(opts.preset, DTYPES[opts.dtype], tmp / "model")
