@@ -38,6 +38,10 @@ from megavg.utils.memory import peak_rss_mib, reset_peak, rss_mib
 from megavg.utils.schema import to_dict
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+# DeepSpeed keeps up to 1e9 gathered parameters alive for reuse by default: device memory on a GPU, but
+# host memory here, where it would hide the partitioned state. Release each layer after use instead.
+LIVE_LIMITS = {"stage3_max_live_parameters": int(5e7), "stage3_max_reuse_distance": 0,
+               "stage3_prefetch_bucket_size": int(1e7)}  # fmt: skip
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -132,6 +136,7 @@ def run_ranks(n: int, tmp: Path, opts) -> list[dict]:
         f"model.trainable={json.dumps(opts.trainable)}", "parallel.zero_init=true", "data.batch_size=1",
         "logging.tensorboard=false", "checkpoint.every=0", "checkpoint.exclude_frozen=true",
         f"parallel.deepspeed=configs/deepspeed/zero3_{opts.dtype}.json",
+        *(f"parallel.deepspeed_overrides.zero_optimization.{k}={v}" for k, v in LIVE_LIMITS.items()),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_SCALE_OUT": str(results)}
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--master_addr=127.0.0.1",
@@ -176,8 +181,11 @@ def main() -> None:
         tmp = Path(name)
         registry.MAX_SHARD_BYTES = opts.shard_mib * 2**20
         size, largest = write_model(opts.preset, DTYPES[opts.dtype], tmp / "model")
-        measured = {n: run_ranks(n, tmp, opts) for n in opts.ranks}
-    print_table(opts, size / 2**20, largest / 2**20, measured)
+        measured = {}
+        for n in opts.ranks:
+            measured[n] = run_ranks(n, tmp, opts)
+            print_table(opts, size / 2**20, largest / 2**20, measured)  # so far (a long run may be cut)
+            sys.stdout.flush()
 
 
 def print_table(opts, model_mib: float, tensor_mib: float, measured: dict) -> None:
