@@ -57,16 +57,13 @@ def model_args(model_cfg) -> Any:
     return from_dict(type(base), merged, "model.args")
 
 
-def load_init(model: nn.Module, folder: str) -> None:
-    """Load the model folder ``folder`` into ``model`` (built from the same args), one tensor at a time.
-
-    Under ``zero.Init`` each rank reads only its own partition of every tensor (safetensors slices,
-    :mod:`megavg.parallel.zero_load`); otherwise each tensor is read whole.
-    """
-    state = registry.load_state_dict(folder, lazy=True)  # StoredTensor entries: nothing read yet
+def init_state(folder: str, args: Any) -> dict[str, registry.StoredTensor]:
+    """The tensors of model folder ``folder`` as lazy entries (nothing read yet), checked against the
+    keys and shapes of a model built from ``args`` (on meta: before any real model is built)."""
+    state = registry.load_state_dict(folder, lazy=True)
     with torch.device("meta"):
-        registry.check_state_dict(registry.build(model.args), state, folder)
-    zero_load.load_state(model, state, folder)
+        registry.check_state_dict(registry.build(args), state, folder)
+    return state
 
 
 def set_trainable(model: nn.Module, patterns: list[str]) -> list[nn.Parameter]:
@@ -103,11 +100,13 @@ class Task:
 
     def build_model(self) -> nn.Module:
         """The model to train, in fp32, weights from ``model.init`` when set (under zero.Init: each rank
-        reads only its partitions, :func:`load_init`)."""
+        reads only its partitions, :mod:`megavg.parallel.zero_load`)."""
+        args, init = model_args(self.cfg.model), self.cfg.model.init
+        state = init_state(init, args) if init else None
         with self.init_context():
-            model = registry.build(model_args(self.cfg.model))
-        if self.cfg.model.init:
-            load_init(model, self.cfg.model.init)
+            model = registry.build(args)
+        if state is not None:
+            zero_load.load_state(model, state, init)  # one tensor (or partition) at a time
         return model
 
     def parallelize(self, model: nn.Module, sp_group) -> nn.Module:
