@@ -56,12 +56,14 @@ class RandomTensor:
 
 
 def write_model(preset: str, dtype: torch.dtype, folder: Path) -> tuple[int, int]:
-    """The preset's folder with random weights, one shard in memory; returns (bytes, largest tensor bytes)."""
-    with torch.device("meta"):
-        model = registry.build(preset)
-    state = {k: RandomTensor(v.shape, dtype) for k, v in model.state_dict().items()}
-    registry.save_state(registry.family_of(model.args), to_dict(model.args), state, folder)
-    sizes = [v.shape.numel() * dtype.itemsize for v in state.values()]
+    """The preset's folder with random weights, one shard in memory (kept when it exists already);
+    returns (bytes, largest tensor bytes)."""
+    if not folder.is_dir():
+        with torch.device("meta"):
+            model = registry.build(preset)
+        state = {k: RandomTensor(v.shape, dtype) for k, v in model.state_dict().items()}
+        registry.save_state(registry.family_of(model.args), to_dict(model.args), state, folder)
+    sizes = [v.shape.numel() * v.dtype.itemsize for v in registry.load_state_dict(folder, lazy=True).values()]
     return sum(sizes), max(sizes)
 
 
@@ -127,12 +129,12 @@ def export_phase(run_dir: str, out: str, shard_mib: int) -> dict:
     return {"export_mib": peak_rss_mib() - before, "baseline_mib": before}
 
 
-def run_ranks(n: int, tmp: Path, opts) -> list[dict]:
+def run_ranks(n: int, model: Path, tmp: Path, opts) -> list[dict]:
     """Launch ``n`` ranks on the model folder; their results, then the export of their checkpoint."""
     run_dir, results = tmp / f"run{n}", tmp / f"results{n}"
     results.mkdir()
     overrides = [
-        f"model.init={tmp / 'model'}", f"run.dir={run_dir}", f"schedule.steps={opts.steps}",
+        f"model.init={model}", f"run.dir={run_dir}", f"schedule.steps={opts.steps}",
         f"model.trainable={json.dumps(opts.trainable)}", "parallel.zero_init=true", "data.batch_size=1",
         "logging.tensorboard=false", "checkpoint.every=0", "checkpoint.exclude_frozen=true",
         f"parallel.deepspeed=configs/deepspeed/zero3_{opts.dtype}.json",
@@ -165,6 +167,7 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--shard-mib", type=int, default=1024)
+    parser.add_argument("--model", help="model folder to use (written first when missing; default temporary)")
     parser.add_argument("--trainable", nargs="+", default=["patch_embed.*", "head.linear.*"])
     parser.add_argument("--rank-phases", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     parser.add_argument("--export", nargs=2, help=argparse.SUPPRESS)
@@ -180,10 +183,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_scale-", dir="runs") as name:
         tmp = Path(name)
         registry.MAX_SHARD_BYTES = opts.shard_mib * 2**20
-        size, largest = write_model(opts.preset, DTYPES[opts.dtype], tmp / "model")
+        model = Path(opts.model) if opts.model else tmp / "model"
+        size, largest = write_model(opts.preset, DTYPES[opts.dtype], model)
         measured = {}
         for n in opts.ranks:
-            measured[n] = run_ranks(n, tmp, opts)
+            measured[n] = run_ranks(n, model, tmp, opts)
             print_table(opts, size / 2**20, largest / 2**20, measured)  # so far (a long run may be cut)
             sys.stdout.flush()
 
