@@ -17,8 +17,9 @@ ranks (ZeRO-3, ``parallel.zero_init``) that measure their peak RSS (``VmHWM``, r
 - ``export``: one process consolidating the run's checkpoint to a model folder (``tools/consolidate.py``),
   frozen weights from ``model.init``. Goal: one output shard + one tensor.
 
-Each row reports the largest rank's extra peak, in MiB and as a fraction of the model, and its baseline
-(RSS after imports and process-group set-up: the fixed overhead not counted in the fraction).
+Each row reports the largest rank's peak above its baseline (RSS after imports and process-group set-up:
+the fixed overhead not counted), in MiB and as a fraction of the model; the train peak includes the
+partitions loaded before it.
 """
 
 from __future__ import annotations
@@ -100,19 +101,18 @@ def rank_phases(overrides: list[str]) -> dict:
 
     def measured_build():
         dist.barrier()
-        before = rss_mib()
         reset_peak()
         model = build()
-        result["load_mib"] = peak_rss_mib() - before
+        result["load_mib"] = peak_rss_mib() - result["baseline_mib"]
+        result["loaded_mib"] = rss_mib() - result["baseline_mib"]  # what stays: the partitions
         dist.barrier()
-        result["train_before"] = rss_mib()
         reset_peak()
         return model
 
     task.build_model = measured_build
     trainer = loop.Trainer(cfg, task)
     assert trainer.run(StopFlag()) == 0
-    result["train_mib"] = peak_rss_mib() - result.pop("train_before")
+    result["train_mib"] = peak_rss_mib() - result["baseline_mib"]
     trainer.close()
     dist.barrier()
     state.shutdown()
@@ -196,18 +196,25 @@ def print_table(opts, model_mib: float, tensor_mib: float, measured: dict) -> No
     trainable = " ".join(opts.trainable)
     print(f"{opts.preset} {opts.dtype}: model {model_mib:,.0f} MiB, {opts.shard_mib} MiB shards, largest")
     print(f"tensor {tensor_mib:,.0f} MiB; trainable {trainable}; {opts.steps} steps")
-    print(f"{'N':>2} {'phase':>6} {'peak MiB':>9} {'x model':>8} {'goal':>6} {'baseline MiB':>13}")
+    head = ("N", "phase", "peak MiB", "x model", "goal", "baseline MiB", "kept MiB")
+    print(" ".join(f"{h:>{w}}" for h, w in zip(head, (2, 6, 9, 8, 6, 13, 9))))
 
-    def row(n: int, phase: str, mib: float, goal: float, baseline: float) -> None:
-        print(f"{n:>2} {phase:>6} {mib:>9,.0f} {mib / model_mib:>8.3f} {goal:>6.3f} {baseline:>13,.0f}")
+    def row(n: int, phase: str, mib: float, goal: float, baseline: float, kept: str = "") -> None:
+        line = f"{n:>2} {phase:>6} {mib:>9,.0f} {mib / model_mib:>8.3f} {goal:>6.3f} {baseline:>13,.0f}"
+        print(f"{line} {kept:>9}")
 
     for n, (ranks, export) in measured.items():
-        for phase in ("load", "train"):
-            worst = max(ranks, key=lambda r: r[f"{phase}_mib"])
-            row(n, phase, worst[f"{phase}_mib"], 1 / n + 0.1, worst["baseline_mib"])
+        worst = max(ranks, key=lambda r: r["load_mib"])
+        row(n, "load", worst["load_mib"], 1 / n + 0.1, worst["baseline_mib"], f"{worst['loaded_mib']:,.0f}")
+        worst = max(ranks, key=lambda r: r["train_mib"])
+        row(n, "train", worst["train_mib"], 1 / n + 0.1, worst["baseline_mib"])
         goal = (opts.shard_mib + tensor_mib) / model_mib
         row(n, "export", export["export_mib"], goal, export["baseline_mib"])
-    print("goal: load/train <= 1/N + 0.1 of the model above the baseline; export <= one shard + one tensor")
+    print("peak: the largest rank's peak RSS in the phase above its baseline (RSS after imports and process")
+    print(
+        "groups); kept: RSS above the baseline after loading (the partitions). Goal: load/train <= 1/N + 0.1"
+    )
+    print("of the model; export (one process) <= one shard + one tensor.")
 
 
 if __name__ == "__main__":
