@@ -18,6 +18,7 @@ setup(
         "peft>=0.13",
         "transformers>=4.45",
         "psutil",
+        "tqdm",
     ],
     extras_require={
         "dev": [

@@ -6,8 +6,8 @@ Launches itself under ``torchrun`` for each layout (world size = DP x SP) with a
 fp32 ZeRO-3 through the real engine pieces: ``megavg.train.engine``, ``megavg.parallel.state``, the
 ``flow_matching`` task) and prints one table. Columns:
 
-- ``param+optim MiB/rank``: bytes this rank holds of fp32 parameter partitions, fp32 master partitions and
-  Adam moments after one step; ``ideal`` is the unpartitioned total / N.
+- ``param+optim MiB/rank``: bytes this rank holds of fp32 parameter and gradient partitions, fp32 master
+  partitions and Adam moments after one step; ``ideal`` is the unpartitioned total / N.
 - ``activations MiB/rank``: bytes of the tensors autograd saves for backward in one forward (deduplicated
   by storage) at a fixed sequence length; Ulysses SP should divide the token-proportional part by SP.
 - ``tokens/s``: global latent tokens per second over ``--steps`` optimizer steps (after a warm-up step).
@@ -61,16 +61,6 @@ def config(args: argparse.Namespace):
     )
 
 
-def partition_bytes(engine) -> int:
-    """Bytes of parameter partitions, fp32 master partitions and optimizer state held by this rank."""
-    total = sum(p.ds_tensor.numel() * p.ds_tensor.element_size() for p in engine.module.parameters())
-    opt = engine.optimizer
-    total += sum(t.numel() * t.element_size() for t in getattr(opt, "fp32_partitioned_groups_flat", []))
-    for state in opt.optimizer.state.values():
-        total += sum(v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v) and v.dim())
-    return total
-
-
 def saved_activation_bytes(fn) -> int:
     """Run ``fn`` and sum the storage bytes autograd saves for backward (each storage once)."""
     seen: dict[int, int] = {}
@@ -100,7 +90,7 @@ def worker(args: argparse.Namespace) -> None:
     state.initialize(args.sp)
     torch.manual_seed(0)
     model = task.build_model()
-    full_bytes = 16 * sum(p.numel() for p in model.parameters())  # fp32 param + master + 2 Adam moments
+    full_bytes = 20 * sum(p.numel() for p in model.parameters())  # fp32 param, grad, master, 2 Adam moments
     sp_group = state.get_sequence_parallel_group() if args.sp > 1 else None
     if sp_group is not None:
         model = task.parallelize(model, sp_group)
@@ -129,7 +119,7 @@ def worker(args: argparse.Namespace) -> None:
         "world": int(os.environ["WORLD_SIZE"]),
         "dp": dp,
         "sp": args.sp,
-        "mem": partition_bytes(engine),
+        "mem": ds_engine.partition_bytes(engine),
         "ideal": full_bytes / int(os.environ["WORLD_SIZE"]),
         "act": activations,
         "tokens_per_s": dp * task.tokens(batch) * args.steps / seconds,

@@ -5,7 +5,7 @@
 Writes the preset once with random weights as a sharded ``model.init`` folder (on disk, under ``runs/``;
 one shard in memory while writing). Then, for each process count N, launches N local gloo
 ranks (ZeRO-3, ``parallel.zero_init``) that measure their peak RSS (``VmHWM``, restarted per phase with
-:func:`megavg.utils.memory.reset_peak`) above their RSS before the phase:
+:func:`megavg.utils.memory.reset_peak_rss`) above their RSS before the phase:
 
 - ``load``: the task builds the model under ``zero.Init`` and reads ``model.init`` (sliced: each rank its
   partitions). Goal: at most 1/N of the model + 10% of it.
@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from megavg.models import registry
-from megavg.utils.memory import peak_rss_mib, reset_peak, rss_mib
+from megavg.utils.memory import peak_rss_mib, reset_peak_rss, rss_mib
 from megavg.utils.schema import to_dict
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -101,12 +101,12 @@ def rank_phases(overrides: list[str]) -> dict:
 
     def measured_build():
         dist.barrier()
-        reset_peak()
+        reset_peak_rss()
         model = build()
         result["load_mib"] = peak_rss_mib() - result["baseline_mib"]
         result["loaded_mib"] = rss_mib() - result["baseline_mib"]  # what stays: the partitions
         dist.barrier()
-        reset_peak()
+        reset_peak_rss()
         return model
 
     task.build_model = measured_build
@@ -124,7 +124,7 @@ def export_phase(run_dir: str, out: str, shard_mib: int) -> dict:
 
     registry.MAX_SHARD_BYTES = shard_mib * 2**20
     before = rss_mib()
-    reset_peak()
+    reset_peak_rss()
     consolidate(run_dir, out)
     return {"export_mib": peak_rss_mib() - before, "baseline_mib": before}
 

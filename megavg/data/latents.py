@@ -1,9 +1,12 @@
 """Latent shards for precomputed training: per sample one safetensors blob + json metadata.
 
 Sample ``<key>.safetensors`` holds ``latents`` [C, T, H, W], ``text`` [L, D] (text-encoder output) and
-optionally ``text_mask`` [L], ``image`` (e.g. CLIP image tokens for I2V) and ``teacher_latents`` (the
-base VAE's latents of the same clip, for AE-Adapt-V embedding alignment); ``<key>.json`` holds the caption and
-the shapes. Batches stack latents (equal shapes required) and pad text to the longest L with a mask.
+optionally ``text_mask`` [L], ``teacher_latents`` [C', T', H', W'] (the base VAE's latents of the same clip,
+for AE-Adapt-V embedding alignment), and for I2V ``condition`` [4 + C, T, H, W] (mask channels, then the
+encoded first frame), ``image`` [N, D'] (CLIP image tokens) and ``teacher_condition`` [4 + C', T', H', W']
+(the base I2V model's condition, for alignment). Every tensor is stored as the DiT consumes it (latents
+scaled or normalised). ``<key>.json`` holds the caption and the shapes. Batches stack every tensor (equal
+shapes required: one shard set per resolution bucket) and pad text to the longest L with a mask.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from megavg.data.shards import write_shards
 from megavg.utils.errors import UserError
 
 REQUIRED = ("latents", "text")
-OPTIONAL = ("text_mask", "image", "teacher_latents")
-STACKED = ("image", "teacher_latents")  # optional tensors batched by stacking
+STACKED = ("image", "teacher_latents", "condition", "teacher_condition")  # optional, batched by stacking
+OPTIONAL = ("text_mask", *STACKED)
 
 
 def encode_latent_sample(sample: dict, index: int) -> dict:
@@ -52,7 +55,7 @@ def decode_latent_sample(raw: dict) -> dict:
     tensors = load_tensors(raw["safetensors"])
     for name in REQUIRED:
         if name not in tensors:
-            raise ValueError(f"no {name!r} tensor")
+            raise UserError(f"no {name!r} tensor")
     meta = json.loads(raw["json"]) if "json" in raw else {}
     return {**tensors, "caption": str(meta.get("caption", ""))}
 

@@ -10,8 +10,9 @@ Everything is a function of (seed, dp_rank, num_workers): SP ranks of one group 
 get identical batches, and ``start_step=k`` starts at raw position k*B, replaying the shuffle on positions
 (reading only the samples left in the shuffle buffer), so a resumed run gets the batches k, k+1, ... of
 an uninterrupted one. A corrupt sample's slot is filled by the next good sample, so positions never
-shift. The stream never ends, so every rank yields the same number of batches (no DDP hang); the trainer
-decides how many steps to take.
+shift. Corrupt means what ``stream.SAMPLE_ERRORS`` lists (undecodable or cut-short video, bad json, a
+missing member); any other exception is a bug and stops the loader. The stream never ends, so every
+rank yields the same number of batches (no DDP hang); the trainer decides how many steps to take.
 
 With ``num_workers = W > 0`` the rank's shards are split over W streams and batch s comes from stream
 s mod W (torch's DataLoader returns worker batches round-robin); the batches then differ from W = 0 but
@@ -34,9 +35,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from megavg.data.config import DataConfig
 from megavg.data.latents import collate_latents, decode_latent_sample
 from megavg.data.shards import list_shards, sample_counts, split_shards
-from megavg.data.stream import StreamStats, shuffled_samples
+from megavg.data.stream import SAMPLE_ERRORS, StreamStats, shuffled_samples
 from megavg.data.video import (
     VIDEO_EXTS,
+    VideoError,
     clip_start,
     decode_frames,
     decode_size,
@@ -136,15 +138,14 @@ class RankStream(IterableDataset):
         cfg, buckets = self.cfg, self.cfg.bucket_sizes
 
         def decode(raw: dict, index: int) -> dict:
-            meta = json.loads(raw["json"])
-            data = next((raw[ext] for ext in VIDEO_EXTS if ext in raw), None)
-            if data is None:
-                raise ValueError(f"no video file ({'/'.join(VIDEO_EXTS)}) in sample")
+            meta, data = video_sample_parts(raw)
             rng = np.random.default_rng(_seed_int(f"{key}/clip{index}"))
-            start = clip_start(rng, int(meta["frames"]), cfg.frames, cfg.frame_stride)
-            size = decode_size(int(meta["height"]), int(meta["width"]), buckets)
-            frames = decode_frames(data, start, cfg.frames, cfg.frame_stride, size)
-            return {"frames": frames, "caption": str(meta.get("caption", "")), "key": raw["__key__"]}
+            start = clip_start(rng, meta["frames"], cfg.frames, cfg.frame_stride)
+            size = decode_size(meta["height"], meta["width"], buckets)  # displayed size
+            frames = decode_frames(
+                data, start, cfg.frames, cfg.frame_stride, size, raw["__key__"], meta["rotation"]
+            )
+            return {"frames": frames, "caption": meta["caption"], "key": raw["__key__"]}
 
         def collate(items: list[dict]) -> dict:
             votes = collections.Counter(nearest_bucket(*it["frames"].shape[1:3], buckets) for it in items)
@@ -154,6 +155,21 @@ class RankStream(IterableDataset):
             return {"video": video, "caption": captions, "key": keys}
 
         return decode, collate
+
+
+def video_sample_parts(raw: dict) -> tuple[dict, bytes]:
+    """(metadata with int frames/height/width/rotation and str caption, video bytes) of a raw video sample;
+    VideoError when the json or the video member is missing or malformed."""
+    meta = json.loads(raw["json"])
+    data = next((raw[ext] for ext in VIDEO_EXTS if ext in raw), None)
+    if data is None:
+        raise VideoError(f"no video file ({'/'.join(VIDEO_EXTS)}) in sample")
+    try:
+        ints = {name: int(meta[name]) for name in ("frames", "height", "width")}
+        ints["rotation"] = int(meta.get("rotation", 0))  # none in shards written before rotation support
+    except (TypeError, ValueError) as err:
+        raise VideoError(f"malformed sample metadata ({err})") from None
+    return {**ints, "caption": str(meta.get("caption", ""))}, data
 
 
 def _decode_latent(raw: dict, index: int) -> dict:
@@ -175,9 +191,9 @@ def fill_forward(indexed: Iterator, decode: Callable, stats: StreamStats, bufsiz
     for index, raw in indexed:
         try:
             if "__error__" in raw:
-                raise ValueError(raw["__error__"])
+                raise UserError(raw["__error__"])
             item = decode(raw, index)
-        except Exception as err:  # any failure of one sample's data must not stop training
+        except SAMPLE_ERRORS as err:  # a broken sample must not stop training; a bug in megavg must
             pending, failures, stats.skipped = pending + 1, failures + 1, stats.skipped + 1
             name, shard = raw.get("__key__", "?"), raw.get("__url__", "?")
             stats.warn_once(f"{shard}:{name}", f"skipping corrupt sample {name} in shard {shard}: {err!r}")

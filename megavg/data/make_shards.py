@@ -4,10 +4,13 @@
 
 INPUTS are video files, folders (searched recursively), ``.txt`` lists (one path a line) or ``.csv``
 files (``path,caption`` rows, optional header); relative paths in lists are relative to the list. Every
-video is fully decoded with PyAV first. A missing, empty, undecodable or too short input stops the run
-with one ``error:`` line and exit 2 and writes nothing; ``--skip-bad`` warns about it and goes on.
-Each sample stores the original bytes (``<key>.<ext>``) and ``<key>.json`` (caption, frames, fps, width,
-height, source), keyed by a hash of the bytes (stable across machines; duplicates are dropped).
+video is fully decoded with PyAV first, by the rules of ``megavg.data.video``. A missing, empty,
+undecodable, cut short (fewer frames or an earlier end than its container declares) or too short input
+stops the run with one ``error:`` line and exit 2 and writes nothing; ``--skip-bad`` warns about it and
+goes on. A folder holding no video file is an error too. Each sample stores the original bytes
+(``<key>.<ext>``) and ``<key>.json`` (caption, frames, fps, width, height, rotation, source), keyed by a
+hash of the bytes (stable across machines; duplicates are dropped). Width and height are the displayed
+size (rotation metadata applied), which is what the loader's buckets use.
 """
 
 from __future__ import annotations
@@ -45,7 +48,11 @@ def discover_inputs(inputs: list[str]) -> list[tuple[Path, str]]:
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            found += [(p, "") for p in sorted(path.rglob("*")) if p.suffix.lower().lstrip(".") in VIDEO_EXTS]
+            videos = [p for p in sorted(path.rglob("*")) if p.suffix.lower().lstrip(".") in VIDEO_EXTS]
+            videos = [p for p in videos if p.is_file()]  # not a folder named like a video
+            if not videos:
+                raise UserError(f"{path}: folder holds no video file ({', '.join(VIDEO_EXTS)})")
+            found += [(p, "") for p in videos]
         elif path.suffix.lower() == ".csv":
             found += read_caption_csv(path)
         elif path.suffix.lower() == ".txt" and path.is_file():

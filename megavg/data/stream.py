@@ -16,16 +16,31 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import json
 import random
 import re
 from collections.abc import Callable, Iterator
 
+import av
 import webdataset as wds
+from safetensors import SafetensorError
 
 from megavg.utils.errors import UserError
 from megavg.utils.logging import get_logger
 
 log = get_logger(__name__)
+
+# What decoding one broken sample can raise (bad video or tensor bytes, bad json, a missing member, our
+# own UserError/VideoError): such a sample is skipped and counted. Anything else (TypeError,
+# AttributeError, ...) is a bug in megavg and propagates.
+SAMPLE_ERRORS = (
+    UserError,
+    av.error.FFmpegError,
+    SafetensorError,
+    json.JSONDecodeError,
+    UnicodeDecodeError,
+    KeyError,
+)
 
 
 @dataclasses.dataclass

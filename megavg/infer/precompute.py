@@ -1,30 +1,43 @@
 """Latent pre-computation: video shards -> DC-AE-V latents + text embeddings as latent shards.
 
     python -m megavg.infer.precompute --vae FOLDER --shards VIDEO_SHARDS --text-encoder ID|FOLDER \
-        --frames 80 --size 704 1280 --out LATENT_DIR
+        --frames 80 --size 704 1280 [--size 480 832 ...] --out LATENT_DIR \
+        [--teacher-vae WAN_VAE] [--i2v --image-encoder CLIP]
 
 Runs on one device per process. Under a launcher (``RANK``/``WORLD_SIZE`` set, or ``--part/--parts``)
-each process takes every N-th shard and writes ``OUT/part-RRRRR/`` (an atomic folder of latent shards
-with its index), so a crashed part is simply rerun. Each sample takes its first ``--frames`` frames
-(every ``--frame-stride``), resized and centre-cropped to the bucket nearest its aspect ratio.
-Latents are stored unscaled (the training task applies the model's scaling factor).
+each process takes every N-th shard. Each sample takes its first ``--frames`` frames (every
+``--frame-stride``), resized and centre-cropped to the ``--size`` bucket nearest its aspect ratio.
+Multi-resolution: **one shard set per bucket**, ``OUT/<H>x<W>/part-RRRRR/`` (an atomic folder of latent
+shards with its index), so every batch of a training run on one bucket's shards has one shape. A part
+folder that exists already is skipped (a crashed run is simply rerun) unless ``--overwrite``.
+
+Every tensor is stored as the DiT sees it: ``latents`` = DC-AE-V latents times its scaling factor;
+``teacher_latents`` (``--teacher-vae``) = the Wan-2.1 VAE's normalised latents of the same clip at the
+teacher's frame count (see :mod:`megavg.infer.teacher_vae`); with ``--i2v``: ``condition`` = mask + encoded
+first frame (:func:`megavg.infer.conditioning.i2v_condition`), ``image`` = CLIP image tokens of the first
+frame, and with a teacher also ``teacher_condition`` (the base I2V model's condition, for phase 1).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch import nn
 
 import megavg.models
 from megavg.data.latents import write_latent_shards
-from megavg.data.shards import list_shards, sample_counts, split_shards
-from megavg.data.stream import StreamStats, read_shard, shard_error_handler
-from megavg.data.video import VIDEO_EXTS, decode_frames, nearest_bucket, resize_crop
+from megavg.data.loader import video_sample_parts
+from megavg.data.shards import INDEX, list_shards, sample_counts, split_shards
+from megavg.data.stream import SAMPLE_ERRORS, StreamStats, read_shard, shard_error_handler
+from megavg.data.video import decode_frames, nearest_bucket, resize_crop
+from megavg.infer.conditioning import ImageEncoder, i2v_condition
+from megavg.infer.teacher_vae import TeacherVAE
 from megavg.infer.text import TextEncoder
 from megavg.utils.errors import UserError, run_cli
 from megavg.utils.logging import get_logger
@@ -33,41 +46,77 @@ log = get_logger("megavg.infer.precompute")
 
 
 def video_samples(
-    urls: list[str], frames: int, stride: int, buckets: list[tuple[int, int]]
+    urls: list[str], frames: int, stride: int, buckets: list[tuple[int, int]], bucket: tuple[int, int]
 ) -> Iterator[dict]:
-    """One pass over video shards: {"video": 3,T,H,W in [-1,1], "caption", "key"}; corrupt ones skipped."""
+    """One pass over video shards yielding the samples of ``bucket`` (the nearest of ``buckets`` to their
+    aspect ratio): {"video": 3,T,H,W in [-1,1], "caption", "key"}. Other buckets' samples are passed over
+    before decoding; corrupt ones are skipped with a warning."""
     stats = StreamStats()
     handler = shard_error_handler(stats)
     for url, size in zip(urls, sample_counts(urls)):
         for _, raw in read_shard(url, size, handler):
             try:
-                meta = json.loads(raw["json"])
-                data = next(raw[ext] for ext in VIDEO_EXTS if ext in raw)
-                native = (int(meta["height"]), int(meta["width"]))  # resized below, with antialiasing
-                clip = decode_frames(data, 0, frames, stride, native)  # T, H, W, 3 uint8
-            except Exception as err:  # noqa: BLE001 - any broken sample is skipped, never fatal
+                if "__error__" in raw:
+                    raise UserError(raw["__error__"])
+                meta, data = video_sample_parts(raw)
+                native = (meta["height"], meta["width"])  # displayed size; resized below, with antialiasing
+                if nearest_bucket(*native, buckets) != bucket:
+                    continue
+                clip = decode_frames(data, 0, frames, stride, native, raw["__key__"], meta["rotation"])
+            except SAMPLE_ERRORS as err:  # a broken sample is skipped; a bug in megavg is not
                 stats.skipped += 1
                 stats.warn_once(
                     raw.get("__key__", "?"), f"skipping sample {raw.get('__key__')} of {url}: {err}"
                 )
                 continue
-            bucket = nearest_bucket(clip.shape[1], clip.shape[2], buckets)
             yield {
                 "video": resize_crop(clip, bucket),
-                "caption": str(meta.get("caption", "")),
+                "caption": meta["caption"],
                 "key": raw["__key__"],
             }
 
 
+@dataclasses.dataclass
+class Encoders:
+    """What a clip is encoded with: DC-AE-V and the text encoder, optionally the teacher VAE and (I2V)
+    the CLIP image encoder."""
+
+    vae: nn.Module
+    text: TextEncoder
+    device: str
+    teacher: TeacherVAE | None = None
+    image: ImageEncoder | None = None  # set for I2V
+
+
 @torch.no_grad()
-def latent_samples(vae, text: TextEncoder, videos: Iterator[dict], device: str) -> Iterator[dict]:
+def latent_samples(enc: Encoders, videos: Iterator[dict]) -> Iterator[dict]:
     """Encode each clip (and its caption) into a latent training sample."""
-    param = next(vae.parameters())
+    param = next(enc.vae.parameters())
     for sample in videos:
-        video = sample["video"].unsqueeze(0).to(device, param.dtype)  # 1, 3, T, H, W
-        latents = vae.encode(video)[0].float().cpu()  # C, T', H', W'
-        embedding = text([sample["caption"]])[0]  # L, D
-        yield {"latents": latents, "text": embedding, "caption": sample["caption"], "key": sample["key"]}
+        video = sample["video"].unsqueeze(0)  # 1, 3, T, H, W
+        latents = enc.vae.encode(video.to(enc.device, param.dtype))[0].float().cpu()  # C, T', H', W'
+        out = {
+            "latents": latents * enc.vae.args.scaling_factor,
+            "text": enc.text([sample["caption"]])[0],  # L, D
+            "caption": sample["caption"],
+            "key": sample["key"],
+        }
+        if enc.teacher is not None:
+            out["teacher_latents"] = enc.teacher.latents(video)[0]  # 16, T'+1, 4H', 4W' (f32 vs f8)
+        if enc.image is not None:
+            out.update(i2v_tensors(enc, video))
+        yield out
+
+
+def i2v_tensors(enc: Encoders, video: torch.Tensor) -> dict[str, torch.Tensor]:
+    """I2V inputs from the clip's first frame: condition, CLIP tokens (and the teacher's condition)."""
+    param = next(enc.vae.parameters())
+    frames, image = video.shape[2], video[:, :, 0]  # 1, 3, H, W
+    condition = i2v_condition(enc.vae, image.to(enc.device, param.dtype), frames)[0]  # 4 + C, T', H', W'
+    out = {"condition": condition.float().cpu(), "image": enc.image(image.to(enc.device))[0].float().cpu()}
+    if enc.teacher is not None:
+        out["teacher_condition"] = enc.teacher.i2v_condition(image, frames + 1)[0]
+    return out
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -77,10 +126,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vae", required=True, help="megavg DC-AE-V model folder")
     parser.add_argument("--shards", required=True, help="video shards: folder, brace pattern or glob")
     parser.add_argument("--text-encoder", required=True, help="hub id (e.g. google/umt5-xxl) or folder")
-    parser.add_argument("--out", required=True, help="output folder (one part-RRRRR/ per process)")
+    parser.add_argument("--out", required=True, help="output folder: <H>x<W>/part-RRRRR/")
     parser.add_argument("--frames", type=int, required=True)
     parser.add_argument("--frame-stride", type=int, default=1)
-    parser.add_argument("--size", type=int, nargs=2, action="append", metavar=("H", "W"), required=True)
+    parser.add_argument("--size", type=int, nargs=2, action="append", metavar=("H", "W"), required=True,
+                        help="a bucket (repeat for several: one shard set per bucket)")  # fmt: skip
+    parser.add_argument("--teacher-vae", help="Wan-2.1 VAE (diffusers folder): also write teacher_latents")
+    parser.add_argument("--i2v", action="store_true", help="also write the I2V condition and CLIP tokens")
+    parser.add_argument("--image-encoder", help="CLIP ViT-H/14 (transformers folder or hub id), for --i2v")
     parser.add_argument("--samples-per-shard", type=int, default=100)
     parser.add_argument("--part", type=int, default=int(os.environ.get("RANK", 0)))
     parser.add_argument("--parts", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
@@ -89,24 +142,52 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> Path:
-    args = parse_args(argv)
+def check_args(args: argparse.Namespace) -> None:
+    """Flag combinations, before anything loads."""
     if not 0 <= args.part < args.parts:
         raise UserError(f"--part {args.part} is not in [0, --parts {args.parts})")
-    urls = split_shards(list_shards(args.shards, "video"), args.part, args.parts, "processes")
+    if args.i2v != bool(args.image_encoder):
+        raise UserError("--i2v and --image-encoder go together (the CLIP image tokens need the encoder)")
+    if (args.teacher_vae or args.i2v) and args.frames % 4:
+        raise UserError(f"--frames {args.frames}: must be a multiple of 4 with --teacher-vae or --i2v")
+
+
+def load_encoders(args: argparse.Namespace) -> Encoders:
     vae = megavg.models.load(args.vae, device=args.device).eval()
     if not hasattr(vae, "encode"):
         raise UserError(f"{args.vae}: not a DC-AE-V model folder")
-    text = TextEncoder(args.text_encoder, device=args.device)
+    enc = Encoders(vae, TextEncoder(args.text_encoder, device=args.device), args.device)
+    if args.teacher_vae:
+        enc.teacher = TeacherVAE(args.teacher_vae, device=args.device)
+    if args.i2v:
+        enc.image = ImageEncoder(args.image_encoder, device=args.device)
+    return enc
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    """Write this part's shard set of every bucket; returns the part folders written."""
+    args = parse_args(argv)
+    check_args(args)
+    urls = split_shards(list_shards(args.shards, "video"), args.part, args.parts, "processes")
+    enc = load_encoders(args)
     buckets = [tuple(size) for size in args.size]
-    videos = video_samples(urls, args.frames, args.frame_stride, buckets)
-    out = Path(args.out) / f"part-{args.part:05d}"
-    samples = latent_samples(vae, text, videos, args.device)
-    shards = write_latent_shards(samples, out, args.samples_per_shard, overwrite=args.overwrite)
-    log.info(
-        "wrote %d latent samples in %d shard(s) to %s", sum(s["samples"] for s in shards), len(shards), out
-    )
-    return out
+    written = []
+    for bucket in dict.fromkeys(buckets):
+        out = Path(args.out) / f"{bucket[0]}x{bucket[1]}" / f"part-{args.part:05d}"
+        if (out / INDEX).is_file() and not args.overwrite:
+            log.info("%s exists: skipped (--overwrite to redo it)", out)
+            continue
+        videos = video_samples(urls, args.frames, args.frame_stride, buckets, bucket)
+        first = next(videos, None)
+        if first is None:
+            log.info("no sample of part %d falls into bucket %dx%d", args.part, *bucket)
+            continue
+        samples = latent_samples(enc, itertools.chain([first], videos))
+        shards = write_latent_shards(samples, out, args.samples_per_shard, overwrite=args.overwrite)
+        log.info("wrote %d latent samples in %d shard(s) to %s", sum(s["samples"] for s in shards),
+                 len(shards), out)  # fmt: skip
+        written.append(out)
+    return written
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@
 
 ``FOLDER`` is a megavg model folder (``tools/convert_official.py dcaev`` or ``tools/consolidate.py``).
 Frames are read, encoded, decoded and written chunk by chunk, so memory does not grow with the video's
-length; the output MP4 appears only when complete. Prints the PSNR against the input.
+length; the output MP4 appears only when complete. Prints the PSNR against the input. The input is read
+as ``megavg.data.video`` reads every video (a damaged or cut-short file is one ``error:`` line, exit 2,
+nothing written; rotation applied); the output keeps the displayed orientation, the size (odd sizes
+too) and each frame's timestamp (see ``megavg.infer.video_io``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Iterator
 import torch
 
 import megavg.models
-from megavg.infer.video_io import VideoWriter, frame_rate, read_pieces
+from megavg.infer.video_io import VideoWriter, read_pieces, video_timing
 from megavg.models.dcaev.streaming import StreamingDecoder, StreamingEncoder
 from megavg.utils.errors import UserError, run_cli
 from megavg.utils.logging import get_logger
@@ -71,14 +74,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    fps, time_base = video_timing(args.input)  # bad input fails before the model loads
     model = megavg.models.load(args.model, device=args.device, dtype=DTYPES[args.dtype]).eval()
     if not hasattr(model, "frame_chunk"):
         raise UserError(f"{args.model}: not a DC-AE-V model folder")
     start, frames, sq_err, values = time.perf_counter(), 0, 0.0, 0
-    with VideoWriter(args.out, frame_rate(args.input)) as writer:
-        pieces = read_pieces(args.input, model.frame_chunk, args.frames)
+    times: list = []  # input frame times, filled as frames are read
+    with VideoWriter(args.out, fps, time_base=time_base) as writer:
+        pieces = read_pieces(args.input, model.frame_chunk, args.frames, times)
         for inputs, outputs in reconstruct_stream(model, pieces):
-            writer.write(outputs)
+            writer.write(outputs, times[frames : frames + outputs.shape[2]])
             sq_err += float(((outputs - inputs) ** 2).sum())
             frames, values = frames + inputs.shape[2], values + inputs.numel()
     seconds = time.perf_counter() - start

@@ -1,4 +1,14 @@
-"""Frame-by-frame video reading and writing with PyAV, so runners never hold a whole clip in memory."""
+"""Frame-by-frame video reading and writing with PyAV, so runners never hold a whole clip in memory.
+
+Reading follows the rules of :mod:`megavg.data.video` (single-threaded decoding, complete to the
+declared end, frames turned upright). Writing keeps the input's size and timing:
+
+- Each frame is written at its input timestamp (in the input's time base), so variable-frame-rate
+  input keeps its timing; input without timestamps is written at a constant rate.
+- H.264 in 4:2:0 (``yuv420p``) needs even sizes. An odd width or height is written in 4:4:4
+  (``yuv444p``, which takes any size) rather than cropped or padded, announced in one log line:
+  the frames keep every pixel, but some hardware players cannot play 4:4:4.
+"""
 
 from __future__ import annotations
 
@@ -10,51 +20,54 @@ import av
 import numpy as np
 import torch
 
+from megavg.data.video import checked_frames, frame_rate, open_video, upright
 from megavg.utils.errors import UserError
 from megavg.utils.io import atomic_file
+from megavg.utils.logging import get_logger
+
+log = get_logger(__name__)
+DEFAULT_FPS = Fraction(25)  # for a video whose container gives no rate
 
 
-def read_pieces(path: str | os.PathLike, piece: int, max_frames: int | None = None) -> Iterator[torch.Tensor]:
-    """Yield the video at ``path`` as float32 pieces 1,3,n,H,W in [-1, 1], ``n <= piece`` frames each."""
+def _check_file(path: str | os.PathLike) -> None:
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file")
+
+
+def read_pieces(
+    path: str | os.PathLike, piece: int, max_frames: int | None = None, times: list | None = None
+) -> Iterator[torch.Tensor]:
+    """Yield the video at ``path`` as float32 pieces 1,3,n,H,W in [-1, 1], ``n <= piece`` frames each,
+    upright. Each frame's time in seconds (Fraction, or None without timestamps) is appended to
+    ``times`` when given. A video cut short raises VideoError after its last frame (unless
+    ``max_frames`` stops the read first)."""
+    _check_file(path)
     frames: list[np.ndarray] = []
     count = 0
-    try:
-        with av.open(os.fspath(path)) as container:
-            if not container.streams.video:
-                raise UserError(f"{path}: has no video stream")
-            for frame in container.decode(video=0):
-                frames.append(frame.to_ndarray(format="rgb24"))  # H, W, 3 uint8
-                count += 1
-                if len(frames) == piece:
-                    yield _to_tensor(frames)
-                    frames = []
-                if max_frames is not None and count >= max_frames:
-                    break
-    except av.error.FFmpegError as err:
-        raise UserError(f"{path}: not a decodable video ({err})") from None
+    with open_video(path, str(path)) as container:
+        for frame, time in checked_frames(container, str(path), full=max_frames is None):
+            frames.append(upright(frame.to_ndarray(format="rgb24"), frame.rotation))  # H, W, 3 uint8
+            if times is not None:
+                times.append(time)
+            count += 1
+            if len(frames) == piece:
+                yield _to_tensor(frames)
+                frames = []
+            if max_frames is not None and count >= max_frames:
+                break
     if frames:
         yield _to_tensor(frames)
     if count == 0:
         raise UserError(f"{path}: no decodable video frame")
 
 
-def frame_rate(path: str | os.PathLike) -> Fraction:
-    """Average frame rate of the video at ``path`` (25 when the container does not say).
-
-    Also the up-front check of an input: a missing, empty or undecodable file is a UserError.
-    """
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
-    try:
-        with av.open(os.fspath(path)) as container:
-            if not container.streams.video:
-                raise UserError(f"{path}: has no video stream")
-            rate = container.streams.video[0].average_rate
-    except av.error.FFmpegError as err:
-        raise UserError(f"{path}: not a decodable video ({err})") from None
-    return Fraction(rate) if rate else Fraction(25)
+def video_timing(path: str | os.PathLike) -> tuple[Fraction, Fraction | None]:
+    """(average frame rate, time base) of the video at ``path``; the rate is 25 when the container does
+    not say. Also the up-front check of an input: a missing, empty or undecodable file is a UserError."""
+    _check_file(path)
+    with open_video(path, str(path)) as container:
+        stream = container.streams.video[0]
+        return frame_rate(stream) or DEFAULT_FPS, Fraction(stream.time_base) if stream.time_base else None
 
 
 def _to_tensor(frames: list[np.ndarray]) -> torch.Tensor:
@@ -63,32 +76,58 @@ def _to_tensor(frames: list[np.ndarray]) -> torch.Tensor:
 
 
 class VideoWriter:
-    """Write 1,3,n,H,W pieces in [-1, 1] to an H.264 MP4; the file appears only when the writer closes."""
+    """Write 1,3,n,H,W pieces in [-1, 1] to an H.264 MP4; the file appears only when the writer closes.
 
-    def __init__(self, path: str | os.PathLike, fps: Fraction, crf: int = 18):
+    ``time_base`` (seconds per tick) is the unit of the timestamps given to :meth:`write`; without it
+    (or for frames without a time) frames follow each other at ``fps``.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, fps: Fraction, crf: int = 18, time_base: Fraction | None = None
+    ):
+        self.path, self.fps, self.crf = path, fps, crf
+        self.time_base = time_base or 1 / Fraction(fps)
         self._atomic = atomic_file(path)
         self._tmp = self._atomic.__enter__()
         self._container = av.open(str(self._tmp), mode="w", format="mp4")
-        self._stream = self._container.add_stream("libx264", rate=fps)
-        self._stream.pix_fmt = "yuv420p"
-        self._stream.options = {"crf": str(crf)}
-        self._sized = False
+        self._stream = None
+        self._step = max(1, round(1 / (Fraction(fps) * self.time_base)))  # one frame period, in ticks
+        self._last_pts: int | None = None
 
-    def write(self, piece: torch.Tensor) -> None:
+    def _open_stream(self, height: int, width: int) -> None:
+        self._stream = self._container.add_stream("libx264", rate=self.fps)
+        self._stream.height, self._stream.width = height, width
+        self._stream.pix_fmt = "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p"
+        if self._stream.pix_fmt == "yuv444p":
+            log.info(
+                "%s: odd frame size %dx%d written as H.264 4:4:4 (4:2:0 needs even sizes; "
+                "some hardware players cannot play 4:4:4)", self.path, width, height
+            )  # fmt: skip
+        self._stream.codec_context.time_base = self.time_base
+        self._stream.options = {"crf": str(self.crf)}
+
+    def write(self, piece: torch.Tensor, times: list | None = None) -> None:
+        """Encode a 1,3,n,H,W piece; ``times`` gives each frame's time in seconds (None: the next slot)."""
         frames = ((piece[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # 3, n, H, W
         frames = frames.permute(1, 2, 3, 0).cpu().numpy()  # n, H, W, 3
-        if not self._sized:  # H.264 with yuv420p needs even sizes
-            self._stream.height, self._stream.width = frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2
-            self._sized = True
-        for frame in frames:
-            image = av.VideoFrame.from_ndarray(
-                frame[: self._stream.height, : self._stream.width], format="rgb24"
+        if self._stream is None:
+            self._open_stream(frames.shape[1], frames.shape[2])
+        for i, frame in enumerate(frames):
+            image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            time = times[i] if times is not None else None
+            last = self._last_pts
+            pts = (
+                round(time / self.time_base)
+                if time is not None
+                else (0 if last is None else last + self._step)
             )
+            image.pts = pts if last is None else max(pts, last + 1)  # strictly increasing
+            image.time_base, self._last_pts = self.time_base, image.pts
             self._container.mux(self._stream.encode(image))
 
     def close(self, ok: bool = True) -> None:
         """Flush and publish the file (``ok``) or discard it."""
-        if ok:
+        if ok and self._stream is not None:
             self._container.mux(self._stream.encode())
         self._container.close()
         exc = None if ok else RuntimeError("discarded")

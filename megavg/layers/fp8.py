@@ -87,3 +87,22 @@ def state_for_load(state: dict[str, Any], cfg: Fp8Config) -> dict[str, Any]:
     if cfg.enabled and cfg.recipe == "delayed" and not cfg.reset_amax_on_load:
         return {**weights, **extra}
     return weights
+
+
+def fp8_config_of(model: torch.nn.Module) -> Fp8Config | None:
+    """The FP8 settings a model was built with (``model.args.layers.fp8``), or None for a model without."""
+    layers = getattr(getattr(model, "args", None), "layers", None)
+    return getattr(layers, "fp8", None)
+
+
+def load_module_state(src: dict[str, Any], dst: torch.nn.Module, strict: bool) -> None:
+    """Load a training checkpoint's module state ``src`` into ``dst``, through :func:`state_for_load` for
+    ``dst``'s FP8 settings (``reset_amax_on_load``). The checkpointer hands it to DeepSpeed's
+    ``load_checkpoint`` as ``custom_load_fn`` (called as ``fn(src=..., dst=...)``). ``strict``: no key may be
+    missing or unexpected, FP8 scaling state aside (left at TE's fresh values when dropped)."""
+    cfg = fp8_config_of(dst)
+    result = dst.load_state_dict(state_for_load(src, cfg) if cfg is not None else src, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith(EXTRA_STATE_SUFFIX)]
+    if strict and (missing or result.unexpected_keys):
+        unexpected = result.unexpected_keys[:5]
+        raise RuntimeError(f"checkpoint module state: missing {missing[:5]}, unexpected {unexpected}")

@@ -1,4 +1,4 @@
-"""Process-group state: one place that builds and hands out the data- and sequence-parallel groups.
+"""Process-group state: one place that builds the sequence-parallel groups and the data-parallel layout.
 
 In the spirit of Megatron-Core's ``parallel_state``. The world of ``W`` ranks is split into ``W / sp``
 sequence-parallel (SP) groups of ``sp`` *contiguous* ranks (inside a node, where all-to-all is fast) and
@@ -30,41 +30,31 @@ from megavg.utils.errors import UserError
 class _Groups:
     sp_size: int
     sp_group: dist.ProcessGroup
-    sp_ranks: tuple[int, ...]
-    dp_group: dist.ProcessGroup
     dp_ranks: tuple[int, ...]
-    world_group: dist.ProcessGroup
 
 
 _STATE: _Groups | None = None
 
 
 def initialize(sp_size: int = 1) -> None:
-    """Build the SP and DP groups (collective: every rank must call it with the same ``sp_size``)."""
+    """Build the SP groups and this rank's DP position (collective: every rank calls it with the same
+    ``sp_size``)."""
     global _STATE
     if not dist.is_initialized():
         raise RuntimeError("torch.distributed is not initialized; call deepspeed.init_distributed first")
     world, rank = dist.get_world_size(), dist.get_rank()
     if sp_size < 1 or world % sp_size:
         raise UserError(f"parallel.sp_size={sp_size} does not divide the world size {world}")
-    sp_group = dp_group = None
-    sp_ranks = dp_ranks = ()
-    # new_group is collective: every rank creates every group, keeps the ones it belongs to.
+    sp_group = None
+    # new_group is collective: every rank creates every group, keeps the one it belongs to.
     for start in range(0, world, sp_size):
-        ranks = tuple(range(start, start + sp_size))
-        group = dist.new_group(list(ranks))
+        ranks = list(range(start, start + sp_size))
+        group = dist.new_group(ranks)
         if rank in ranks:
-            sp_group, sp_ranks = group, ranks
-    for offset in range(sp_size):
-        ranks = tuple(range(offset, world, sp_size))
-        group = dist.new_group(list(ranks))
-        if rank in ranks:
-            dp_group, dp_ranks = group, ranks
-    _STATE = _Groups(sp_size, sp_group, sp_ranks, dp_group, dp_ranks, dist.group.WORLD)
-
-
-def is_initialized() -> bool:
-    return _STATE is not None
+            sp_group = group
+    # DP "groups" (ranks with the same SP rank) need no process group: DeepSpeed reduces over the world.
+    dp_ranks = tuple(range(rank % sp_size, world, sp_size))
+    _STATE = _Groups(sp_size, sp_group, dp_ranks)
 
 
 def destroy() -> None:
@@ -92,49 +82,16 @@ def _state() -> _Groups:
     return _STATE
 
 
-# -- sequence parallel ---------------------------------------------------------------------------------
+# -- the getters the trainer uses ----------------------------------------------------------------------
 def get_sequence_parallel_group() -> dist.ProcessGroup:
     return _state().sp_group
 
 
-def get_sequence_parallel_world_size() -> int:
-    return _state().sp_size
-
-
-def get_sequence_parallel_rank() -> int:
-    return _state().sp_ranks.index(dist.get_rank())
-
-
-def get_sequence_parallel_src_rank() -> int:
-    """Global rank of the first rank of my SP group (the one that broadcasts shared inputs)."""
-    return _state().sp_ranks[0]
-
-
-# -- data parallel (ranks that see different samples) --------------------------------------------------
-def get_data_parallel_group() -> dist.ProcessGroup:
-    return _state().dp_group
-
-
-def get_data_parallel_group_ranks() -> list[int]:
-    return list(_state().dp_ranks)
-
-
 def get_data_parallel_world_size() -> int:
+    """Ranks that see different samples (W / sp)."""
     return len(_state().dp_ranks)
 
 
 def get_data_parallel_rank() -> int:
+    """This rank's index among the ranks that see different samples (its loader shard)."""
     return _state().dp_ranks.index(dist.get_rank())
-
-
-# -- sequence x data parallel (ZeRO partitioning and gradient reduction) -------------------------------
-def get_sequence_data_parallel_group() -> dist.ProcessGroup:
-    return _state().world_group
-
-
-def get_sequence_data_parallel_world_size() -> int:
-    return dist.get_world_size()
-
-
-def get_sequence_data_parallel_rank() -> int:
-    return dist.get_rank()

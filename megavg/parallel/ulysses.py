@@ -13,8 +13,6 @@ gradients over all DP x SP ranks, so the trainer back-propagates ``sp_size * los
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -102,10 +100,3 @@ def gather_sequence(x: torch.Tensor, length: int, group, dim: int = 1) -> torch.
     Backward gives this rank only its own shard's gradient (SP-sum convention, see module docstring).
     """
     return _GatherSequence.apply(x, dim, group).narrow(dim, 0, length)
-
-
-def broadcast_in_group(tensors: Iterable[torch.Tensor], group) -> None:
-    """Overwrite ``tensors`` in place with the SP group's first rank's values (same sample/noise/timestep)."""
-    src = dist.get_global_rank(group, 0)
-    for tensor in tensors:
-        dist.broadcast(tensor, src=src, group=group)

@@ -4,6 +4,9 @@ Only the student's new patch embedder trains. Teacher: the frozen patch embedder
 applied to the base VAE's latents of the same clip (``teacher_latents`` in the latent shards). Loss: MSE
 between the teacher's token grid average-pooled down to the student's grid (AvgPool(1,2,2) for f8/patch-2
 vs f32/patch-1; temporal average pooling when frame counts differ) and the student's embedding.
+I2V students embed concat(latents, ``condition``) and the teacher concat(``teacher_latents``,
+``teacher_condition``) (mask, then the encoded first frame, each in its own VAE's space), the way each
+model takes its input without the noise.
 
 ``model.init`` is a student folder (``tools/make_student.py``); training it whole (frozen backbone, as
 ZeRO-3 partitions it) means the consolidated result is directly the phase-2 starting point.
@@ -36,6 +39,19 @@ def pool_to(teacher: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
     return F.adaptive_avg_pool3d(teacher, grid)
 
 
+def embedder_inputs(batch: dict, i2v: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(student, teacher) embedder inputs [B, C, T, H, W]: the latents, plus the conditions for I2V."""
+    names = ["latents", "teacher_latents"] + (["condition", "teacher_condition"] if i2v else [])
+    missing = [name for name in names if name not in batch]
+    if missing:
+        raise UserError(f"task adapt_align: the latent shards hold no {missing[0]!r}")
+    if not i2v:
+        return batch["latents"], batch["teacher_latents"]
+    student = torch.cat([batch["latents"], batch["condition"]], dim=1)  # B, C + 4 + C, T, h, w
+    teacher = torch.cat([batch["teacher_latents"], batch["teacher_condition"]], dim=1)  # B, C' + 4 + C', ...
+    return student, teacher
+
+
 class Task(BaseTask):
     Args = Args
 
@@ -59,12 +75,11 @@ class Task(BaseTask):
         return model
 
     def loss(self, model: nn.Module, batch: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
-        if "teacher_latents" not in batch:
-            raise UserError("task adapt_align: the latent shards hold no 'teacher_latents'")
-        student = unwrap(model).patch_embed(batch["latents"].to(ctx.device, ctx.dtype))  # B,D,T,h,w
+        student_in, teacher_in = embedder_inputs(batch, unwrap(model).args.is_i2v)
+        student = unwrap(model).patch_embed(student_in.to(ctx.device, ctx.dtype))  # B,D,T,h,w
         with torch.no_grad():
             self.teacher.to(ctx.device, ctx.dtype)
-            teacher = self.teacher(batch["teacher_latents"].to(ctx.device, ctx.dtype))  # B,D,T',2h,2w
+            teacher = self.teacher(teacher_in.to(ctx.device, ctx.dtype))  # B,D,T',2h,2w
             target = pool_to(teacher.float(), tuple(student.shape[2:]))
         return {"loss": F.mse_loss(student.float(), target)}
 

@@ -109,6 +109,17 @@ class Task:
             zero_load.load_state(model, state, init)  # one tensor (or partition) at a time
         return model
 
+    def setup(self, ds_config: dict, device: torch.device) -> dict[str, Any]:
+        """Called by the trainer once the main engine exists: build what the task needs beside the model
+        (frozen networks, evaluators) and return its auxiliary DeepSpeed engines by name (e.g. a GAN
+        discriminator). The trainer checkpoints each under ``<tag>/<name>/`` and restores it on resume;
+        the task steps them itself inside :meth:`loss`. Default: none."""
+        return {}
+
+    def on_step_end(self, model: nn.Module, step: int, metrics) -> None:
+        """Called on every rank after optimizer step ``step`` (1-based) and its logging, before any
+        checkpoint: periodic evaluation (collective) writing through ``metrics`` (rank 0). Default: none."""
+
     def parallelize(self, model: nn.Module, sp_group) -> nn.Module:
         """Apply sequence parallelism over ``sp_group`` (called only when ``parallel.sp_size > 1``)."""
         raise UserError(f"config parallel.sp_size: task {type(self).__name__} has no sequence parallelism")

@@ -3,8 +3,12 @@
 x_t = (1 - sigma) x0 + sigma eps, target eps - x0; sigma = shift u / (1 + (shift - 1) u) with u uniform
 (the shifted schedule: shift 8 for T2V, 5 for I2V); timestep = 1000 sigma. A fraction ``text_dropout``
 of samples get a zero text embedding (classifier-free guidance training). Batches are
-``{"latents": B,C,T,H,W, "text": B,L,D}``. With ``parallel.sp_size > 1`` the DiT runs Ulysses over the
-SP group; every rank of the group draws the same sample, noise and timestep (same generator seed).
+``{"latents": B,C,T,H,W, "text": B,L,D}``. An I2V model (``image_dim`` set) also needs ``condition``
+[B, 4 + C, T, H, W] (mask, then the encoded first frame), concatenated to x_t on the channel axis (DiT input
+= concat(noisy C, mask 4, condition C)), and the CLIP ``image`` tokens [B, N, D'], which are never dropped;
+the loss covers the C predicted channels of every frame. With ``parallel.sp_size > 1`` the DiT runs
+Ulysses over the SP group; every rank of the group draws the same sample, noise and timestep (same
+generator seed).
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from megavg.infer.sampling import shift_sigmas as shifted_sigmas  # uniform u -> sigma, towards noise
 from megavg.tasks.base import StepContext, model_args
 from megavg.tasks.base import Task as BaseTask
+from megavg.utils.errors import UserError
 
 
 @dataclasses.dataclass
@@ -26,11 +32,6 @@ class Args:
     shift: float = 8.0
     text_dropout: float = 0.1
     num_train_timesteps: int = 1000
-
-
-def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
-    """Map uniform ``u`` in [0, 1) to sigmas concentrated towards noise for ``shift > 1``."""
-    return shift * u / (1 + (shift - 1) * u)
 
 
 class Task(BaseTask):
@@ -52,9 +53,28 @@ class Task(BaseTask):
         s = sigma.view(b, 1, 1, 1, 1)
         x_t = (1 - s) * x0 + s * noise
         timestep = sigma * self.args.num_train_timesteps
-        pred = model(x_t.to(ctx.device, ctx.dtype), timestep.to(ctx.device), text.to(ctx.device, ctx.dtype))
+        inputs, image = self.model_inputs(x_t, batch)
+        image = image.to(ctx.device, ctx.dtype) if image is not None else None
+        text, timestep = text.to(ctx.device, ctx.dtype), timestep.to(ctx.device)
+        pred = model(inputs.to(ctx.device, ctx.dtype), timestep, text, image=image)
         mse = F.mse_loss(pred.float(), (noise - x0).to(ctx.device))
         return {"loss": mse, "sigma_mean": sigma.mean().to(ctx.device)}
+
+    def model_inputs(self, x_t: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The DiT's latent input and image tokens: x_t itself (T2V), or x_t + condition and CLIP (I2V)."""
+        if not self.is_i2v:
+            return x_t, None
+        missing = [name for name in ("condition", "image") if name not in batch]
+        if missing:
+            raise UserError(
+                f"task {self.cfg.task.name}: the I2V model needs {missing[0]!r} in the latent shards "
+                "(python -m megavg.infer.precompute --i2v)"
+            )
+        return torch.cat([x_t, batch["condition"].float()], dim=1), batch["image"].float()  # B, 2C + 4, ...
+
+    @functools.cached_property
+    def is_i2v(self) -> bool:
+        return model_args(self.cfg.model).is_i2v
 
     def tokens(self, batch: dict) -> int:
         b, _, t, h, w = batch["latents"].shape

@@ -6,12 +6,18 @@ Layout under ``run.dir/checkpoints``::
     step_00000100/              DeepSpeed's per-rank model/optimizer shards
         rng/rank_00000.pt       each rank's torch / python RNG states
         config.yaml             the resolved training config
+        manifest.json           size + SHA-256 of every file above (megavg.train.ckpt_integrity)
     step_00000200/ ...
 
-Order of a save: every rank writes its shards -> barrier -> rank 0 moves ``latest`` -> older tags beyond
-``keep`` (and partial tags newer than ``latest``, left by a crash) are removed -> barrier. A crash at any
-point leaves ``latest`` naming a complete checkpoint. The data position is the step number: loaders are
+Order of a save: every rank writes its shards -> barrier -> the tag is sealed (each rank hashes a share
+of its files, rank 0 writes ``manifest.json``) -> rank 0 moves ``latest`` -> older tags beyond ``keep``
+(and partial tags newer than ``latest``, left by a crash) are removed -> barrier. A crash at any point
+leaves ``latest`` naming a complete checkpoint. The data position is the step number: loaders are
 deterministic given (seed, data-parallel rank, start step).
+
+Resume verifies before it loads (:func:`choose_tag`): the tag named by ``latest`` if its files match its
+manifest, else (one warning) the newest older intact tag, the same choice on every rank. A tag newer than
+``latest`` counts only when sealed (its manifest is written after all of its files).
 """
 
 from __future__ import annotations
@@ -19,14 +25,18 @@ from __future__ import annotations
 import random
 import re
 import shutil
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from megavg.layers.fp8 import load_module_state
+from megavg.train import ckpt_integrity
 from megavg.utils.errors import UserError
 from megavg.utils.io import atomic_file
 from megavg.utils.logging import get_logger
+from megavg.utils.torchload import load_weights_only
 
 log = get_logger(__name__)
 TAG_RE = re.compile(r"^step_(\d{8})$")
@@ -36,15 +46,55 @@ def tag_of(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def step_of(tag: str) -> int:
+    return int(TAG_RE.match(tag).group(1))
+
+
 def read_latest(ckpt_dir: Path) -> str | None:
-    """The tag named by ``latest``, or None when there is no complete checkpoint."""
+    """The tag named by ``latest``, or None when there is no complete checkpoint (UserError naming
+    ``latest`` when it holds something else than the name of an existing tag folder)."""
     path = ckpt_dir / "latest"
     if not path.is_file():
         return None
-    tag = path.read_text().strip()
-    if not TAG_RE.match(tag) or not (ckpt_dir / tag).is_dir():
+    tag = path.read_bytes()[:200].decode("utf-8", errors="replace").strip()
+    if not TAG_RE.match(tag):
+        raise UserError(f"{path}: {tag[:40]!r} is not a checkpoint tag (expected step_NNNNNNNN)")
+    if not (ckpt_dir / tag).is_dir():
         raise UserError(f"{path}: names {tag!r}, which is not a checkpoint folder in {ckpt_dir}")
     return tag
+
+
+def _candidates(ckpt_dir: Path) -> tuple[list[str], str]:
+    """Tags to try on resume, newest first, and a note when ``latest`` is unusable. Tags up to the one
+    ``latest`` names were complete when ``latest`` passed them; a newer tag is complete only if sealed."""
+    note = ""
+    try:
+        latest = read_latest(ckpt_dir)
+    except UserError as err:
+        latest, note = None, str(err)
+    tags = sorted((p.name for p in ckpt_dir.iterdir() if TAG_RE.match(p.name)), reverse=True)
+    limit = step_of(latest) if latest else -1
+    usable = [t for t in tags if step_of(t) <= limit or (ckpt_dir / t / ckpt_integrity.MANIFEST).is_file()]
+    return usable, note
+
+
+def choose_tag(ckpt_dir: Path) -> str | None:
+    """The tag to resume from (collective; the same on every rank): the newest intact candidate. Skipped
+    tags are reported in one warning; UserError when checkpoints exist but none is intact."""
+    picked: list = [_candidates(ckpt_dir) if dist.get_rank() == 0 and ckpt_dir.is_dir() else ([], "")]
+    dist.broadcast_object_list(picked, src=0)
+    candidates, note = picked[0]
+    skipped = [note] if note else []
+    for tag in candidates:
+        found = ckpt_integrity.agreed_problems(ckpt_dir / tag)
+        if not found:
+            if skipped and dist.get_rank() == 0:
+                log.warning(f"skipping unreadable checkpoint(s): {'; '.join(skipped)}; resuming from {tag}")
+            return tag
+        skipped.append(f"{tag}: {found[0]}")
+    if skipped:
+        raise UserError(f"{ckpt_dir}: no intact checkpoint to resume from ({'; '.join(skipped)})")
+    return None
 
 
 def _rng_state() -> dict:
@@ -69,9 +119,14 @@ class Checkpointer:
         self.keep = keep
         self.exclude_frozen = exclude_frozen
 
-    def save(self, engine, step: int, config_yaml: str) -> str:
-        """Write checkpoint ``step`` on every rank (collective); returns its tag."""
+    def save(self, engine, step: int, config_yaml: str, aux: dict | None = None) -> str:
+        """Write checkpoint ``step`` on every rank (collective); returns its tag. ``aux``: auxiliary
+        engines by name (:meth:`megavg.tasks.base.Task.setup`), each saved under ``<tag>/<name>/``."""
         tag = tag_of(step)
+        rank = dist.get_rank()
+        if rank == 0 and (self.dir / tag).exists():  # an unreadable tag skipped on resume: no stale files
+            shutil.rmtree(self.dir / tag)
+        dist.barrier()
         engine.save_checkpoint(
             str(self.dir),
             tag=tag,
@@ -79,13 +134,15 @@ class Checkpointer:
             save_latest=False,
             exclude_frozen_parameters=self.exclude_frozen,
         )
-        rank = dist.get_rank()
+        for name, aux_engine in (aux or {}).items():
+            aux_engine.save_checkpoint(str(self.dir / tag), tag=name, client_state={}, save_latest=False)
         with atomic_file(self.dir / tag / "rng" / f"rank_{rank:05d}.pt") as tmp:
             torch.save(_rng_state(), tmp)
         if rank == 0:
             with atomic_file(self.dir / tag / "config.yaml") as tmp:
                 tmp.write_text(config_yaml)
         dist.barrier()
+        ckpt_integrity.seal(self.dir / tag)
         if rank == 0:
             with atomic_file(self.dir / "latest") as tmp:
                 tmp.write_text(tag + "\n")
@@ -101,9 +158,10 @@ class Checkpointer:
         for s in [s for s in steps if s > newest] + done[: -self.keep]:
             shutil.rmtree(self.dir / tag_of(s), ignore_errors=True)
 
-    def load(self, engine) -> int:
-        """Restore the ``latest`` checkpoint into ``engine``; returns its step (0 when there is none)."""
-        tag = read_latest(self.dir)
+    def load(self, engine, aux: dict | None = None) -> int:
+        """Restore the newest intact checkpoint (:func:`choose_tag`) into ``engine`` (and the ``aux``
+        engines); returns its step (0 when there is none)."""
+        tag = choose_tag(self.dir)
         if tag is None:
             return 0
         self._check_world_size(tag)
@@ -113,14 +171,28 @@ class Checkpointer:
             load_module_strict=not self.exclude_frozen,
             load_optimizer_states=True,
             load_lr_scheduler_states=True,
+            # module state through megavg.layers.fp8: TE FP8 scaling state kept or reset (reset_amax_on_load)
+            custom_load_fn=partial(load_module_state, strict=not self.exclude_frozen),
         )
         if path is None:
             raise UserError(f"{self.dir / tag}: incomplete DeepSpeed checkpoint")
+        for name, aux_engine in (aux or {}).items():
+            self._load_aux(aux_engine, tag, name)
         rng = self.dir / tag / "rng" / f"rank_{dist.get_rank():05d}.pt"
-        if rng.is_file():
-            _set_rng_state(torch.load(rng, weights_only=True))
+        if rng.is_file():  # listed in the manifest (checked); optional in a legacy tag
+            _set_rng_state(load_weights_only(rng))
         log.info(f"resumed from {self.dir / tag} (step {client['step']})")
         return int(client["step"])
+
+    def _load_aux(self, aux_engine, tag: str, name: str) -> None:
+        folder = self.dir / tag / name
+        if not folder.is_dir():
+            raise UserError(f"{folder}: missing; checkpoint {tag} has no {name} state")
+        path, _ = aux_engine.load_checkpoint(
+            str(self.dir / tag), tag=name, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if path is None:
+            raise UserError(f"{folder}: incomplete DeepSpeed checkpoint")
 
     def _check_world_size(self, tag: str) -> None:
         shards = list((self.dir / tag).glob("*_optim_states.pt"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,16 @@ import torch
 from megavg.models import registry
 from megavg.tasks import build_task
 from megavg.tasks.base import model_args
+from megavg.train import ckpt_integrity
 from megavg.train.checkpoint import read_latest
 from megavg.train.config import load_config
 from megavg.utils.errors import UserError, run_cli
 from megavg.utils.schema import to_dict
+from megavg.utils.torchload import first_line
+
+# What reading a damaged DeepSpeed file raises (torch zip/pickle errors, DeepSpeed's own asserts and lookups).
+UNREADABLE = (RuntimeError, OSError, EOFError, ValueError, KeyError, IndexError, TypeError, AssertionError)
+UNREADABLE += (pickle.UnpicklingError,)
 
 
 def trained_state(ckpt_dir: Path, tag: str) -> dict[str, Any]:
@@ -37,9 +44,17 @@ def trained_state(ckpt_dir: Path, tag: str) -> dict[str, Any]:
 
     try:
         lazy = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag, lazy_mode=True)
-    except (FileNotFoundError, ValueError) as err:
-        raise UserError(f"{ckpt_dir / tag}: not a readable ZeRO checkpoint ({err})") from None
+    except UNREADABLE as err:  # a legacy tag (no manifest) damaged inside a file DeepSpeed reads
+        raise UserError(f"{ckpt_dir / tag}: not a readable ZeRO checkpoint ({first_line(err)})") from None
     return {k: v for k, v in lazy.items() if not k.endswith("_extra_state")}
+
+
+def checkpoint_config(path: Path):
+    """The training config stored in a checkpoint; any problem is a UserError naming ``path``."""
+    try:
+        return load_config(path)
+    except UserError as err:
+        raise UserError(str(err) if str(err).startswith(str(path)) else f"{path}: {err}") from None
 
 
 def initial_state(cfg, args) -> dict[str, Any]:
@@ -57,7 +72,8 @@ def consolidate(run_dir: str | Path, out: str | Path) -> Path:
     tag = read_latest(ckpt_dir) if ckpt_dir.is_dir() else None
     if tag is None:
         raise UserError(f"{run_dir}: no complete checkpoint (no {ckpt_dir / 'latest'})")
-    cfg = load_config(ckpt_dir / tag / "config.yaml")
+    ckpt_integrity.verify(ckpt_dir / tag)  # sizes + hashes against the manifest: names a damaged file
+    cfg = checkpoint_config(ckpt_dir / tag / "config.yaml")
     args = model_args(cfg.model)
     if hasattr(args, "grad_checkpointing"):
         args = dataclasses.replace(args, grad_checkpointing=False)  # a training-only choice

@@ -157,3 +157,16 @@ def initialize(cfg: TrainConfig, model: nn.Module, params: list[nn.Parameter]) -
         lr_scheduler=lambda optimizer: LambdaLR(optimizer, lr_lambda(cfg)),
     )
     return engine
+
+
+def partition_bytes(engine) -> int:
+    """Bytes of ZeRO-3 model states this rank holds: parameter partitions, gradient partitions, fp32
+    master partitions and optimizer state (after the first step)."""
+    total = sum(p.ds_tensor.numel() * p.ds_tensor.element_size() for p in engine.module.parameters())
+    opt = engine.optimizer
+    grads = getattr(opt, "grad_partitions_flat_buffer", None)
+    total += grads.numel() * grads.element_size() if grads is not None else 0
+    total += sum(t.numel() * t.element_size() for t in getattr(opt, "fp32_partitioned_groups_flat", []))
+    for state in opt.optimizer.state.values():
+        total += sum(v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v) and v.dim())
+    return total

@@ -41,15 +41,17 @@ def micro_generator(seed: int, micro_index: int, dp_rank: int) -> torch.Generato
     return torch.Generator().manual_seed(int(value))
 
 
-def _all_finite(loss: torch.Tensor) -> bool:
-    flag = torch.isfinite(loss.detach()).all().float().reshape(1)
+def _all_finite(finite: torch.Tensor) -> bool:
+    """Whether ``finite`` (a bool tensor) holds on every rank: one all-reduce, one host sync."""
+    flag = finite.float().reshape(1)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
 
 
-def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+def _mean_over_ranks(values: dict[str, torch.Tensor], device: torch.device) -> dict[str, float]:
+    """Average of scalar tensors over all ranks: one all-reduce and one host sync for all of them."""
     names = sorted(values)
-    packed = torch.tensor([values[n] for n in names], dtype=torch.float64, device=device)
+    packed = torch.stack([values[n].detach().to(device, torch.float64).reshape(()) for n in names])
     dist.all_reduce(packed)
     return dict(zip(names, (packed / dist.get_world_size()).tolist()))
 
@@ -73,8 +75,9 @@ class Trainer:
             model = task.parallelize(model, self.sp_group)
         params = set_trainable(model, cfg.model.trainable)
         self.engine = ds_engine.initialize(cfg, model, params)
+        self.aux_engines = task.setup(self.ds_config, self.device)  # e.g. a GAN discriminator
         self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint.keep, cfg.checkpoint.exclude_frozen)
-        self.step = self.checkpointer.load(self.engine)
+        self.step = self.checkpointer.load(self.engine, self.aux_engines)
         self.loader = make_loader(cfg, self.dp_rank, self.dp_size, self.step * cfg.schedule.grad_accum)
         self.batches = iter(self.loader)
         rank0 = dist.get_rank() == 0
@@ -83,30 +86,38 @@ class Trainer:
             with atomic_file(self.run_dir / "config.yaml") as tmp:
                 tmp.write_text(dump_config(cfg))
 
-    def train_step(self) -> dict[str, float]:
-        """One optimizer step over ``grad_accum`` micro-batches; returns averaged loss terms (local)."""
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns the loss terms averaged over the
+        micro-batches as device tensors (local to this rank; nothing is copied to the host here).
+
+        Host syncs: one, the finiteness all-reduce before the update (DeepSpeed applies it in the last
+        micro-batch's ``engine.step()``); a NaN/Inf loss in any micro-batch of any rank stops the run
+        before that update."""
         ga = self.cfg.schedule.grad_accum
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
         tokens = 0
         for micro in range(ga):
             batch = next(self.batches)
             gen = micro_generator(self.cfg.schedule.seed, self.step * ga + micro, self.dp_rank)
             ctx = StepContext(self.step, gen, self.device, self.dtype, self.sp_group)
             terms = self.task.loss(self.engine, batch, ctx)
-            if not _all_finite(terms["loss"]):
-                log.error(f"step {self.step + 1}: loss is NaN or Inf; stopping without a checkpoint")
-                raise SystemExit(1)
+            finite = finite & torch.isfinite(terms["loss"].detach()).all()
             # DeepSpeed averages over DP x SP ranks; SP ranks hold partial (SP-sum) gradients.
             self.engine.backward(terms["loss"] * self.cfg.parallel.sp_size)
+            if micro == ga - 1 and not _all_finite(finite):
+                log.error(f"step {self.step + 1}: loss is NaN or Inf; stopping without a checkpoint")
+                raise SystemExit(1)
             self.engine.step()
             tokens += self.task.tokens(batch)
             for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach()) / ga
-        sums["tokens"] = float(tokens)
+                sums[name] = sums.get(name, 0.0) + value.detach().float() / ga
+        sums["tokens"] = torch.tensor(float(tokens), device=self.device)
         return sums
 
-    def log_step(self, terms: dict[str, float], seconds: float) -> None:
-        skipped = float(getattr(self.loader, "skipped", 0))
+    def log_step(self, terms: dict[str, torch.Tensor], seconds: float) -> None:
+        """Reduce this step's terms over ranks (the only host sync of the loss) and write the metrics."""
+        skipped = torch.tensor(float(getattr(self.loader, "skipped", 0)), device=self.device)
         mean = _mean_over_ranks({**terms, "skipped": skipped}, self.device)
         # SP ranks repeat their DP rank's sample: per-sample quantities count once per SP group.
         sp = self.cfg.parallel.sp_size
@@ -128,7 +139,7 @@ class Trainer:
         self.metrics.log(self.step, scalars)
 
     def save(self) -> None:
-        self.checkpointer.save(self.engine, self.step, dump_config(self.cfg))
+        self.checkpointer.save(self.engine, self.step, dump_config(self.cfg), self.aux_engines)
 
     def run(self, stop: StopFlag) -> int:
         """Train to ``schedule.steps``; returns the exit code (0 done, 75 preempted)."""
@@ -140,6 +151,7 @@ class Trainer:
             self.step += 1
             if self.step % cfg.logging.every == 0 or self.step == cfg.schedule.steps:
                 self.log_step(terms, time.perf_counter() - start)
+            self.task.on_step_end(self.engine, self.step, self.metrics)
             preempted = stop.agreed()
             if preempted or (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0):
                 self.save()

@@ -1,6 +1,6 @@
 """Host memory of this process: current and peak resident set size.
 
-Peak comes from ``VmHWM`` in ``/proc/self/status`` (restartable for one phase: :func:`reset_peak`),
+Peak comes from ``VmHWM`` in ``/proc/self/status`` (restartable for one phase: :func:`reset_peak_rss`),
 which starts afresh in every new program. Not from
 ``ru_maxrss``: Linux keeps that across fork + exec, so a process started by a big parent (a launcher, a
 benchmark driver) would report the parent's peak. Where ``/proc`` is missing (macOS) ``ru_maxrss`` is
@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 _STATUS = Path("/proc/self/status")
-_CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
 def _status_mib(field: str) -> float | None:
@@ -43,11 +42,10 @@ def rss_mib() -> float:
     return now if now is not None else peak_rss_mib()
 
 
-def reset_peak() -> bool:
-    """Restart the peak (``VmHWM``) from the current RSS, to measure one phase of a run (Linux:
-    ``/proc/self/clear_refs``). Returns False where that is unavailable (the peak then keeps counting)."""
+def reset_peak_rss() -> bool:
+    """Restart the peak (``VmHWM``) from the current RSS (Linux ``clear_refs`` 5); False where unsupported."""
     try:
-        _CLEAR_REFS.write_text("5")
+        Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         return False
     return True
@@ -63,7 +61,7 @@ def return_large_frees_to_os(threshold_bytes: int = 256 * 1024) -> bool:
     Building a model under ``zero.Init`` in host memory allocates each layer whole, keeps 1/N of it and
     frees the rest; with glibc's default (a threshold that grows up to 32 MiB) those temporaries come
     from the heap and the holes they leave between the kept partitions stay resident: measured +34% of
-    the model at 1 rank and nearly the whole model at 2 (1.3B preset, fp32). Call before building.
+    the kept partitions after building (1 rank, Wan 1.3B layers, fp32), +1% with this. Call before building.
     """
     name = ctypes.util.find_library("c")
     if sys.platform != "linux" or name is None:

@@ -6,10 +6,14 @@ Used for model args (config.json of a model folder) and for the training config 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from megavg.utils.errors import UserError
+
+# A decimal number as people write it: `1e-4`, `3E5`, `.5`, `-2.0e-3` (not `nan`, `inf` or `0x10`).
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 def to_dict(obj: Any) -> Any:
@@ -88,6 +92,8 @@ def coerce(tp: Any, value: Any, path: str) -> Any:
 def _coerce_scalar(tp: Any, value: Any, path: str) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+        return float(value)  # YAML 1.1 reads `1e-4` (no dot) as a string
     if tp is bool and not isinstance(value, bool):
         raise UserError(f"config {path}: expected true/false, got {value!r}")
     if tp is int and isinstance(value, bool):

@@ -14,12 +14,17 @@ from megavg.train.config import TrainConfig
 from tests.distributed.engine_worker import synthetic_batch
 
 
-def reference_recon_run(cfg: TrainConfig, dp_size: int) -> tuple[list[float], dict[str, torch.Tensor]]:
+def reference_recon_run(
+    cfg: TrainConfig, dp_size: int, lr_factor=None
+) -> tuple[list[float], dict[str, torch.Tensor], dict[str, list[float]]]:
     """Train DC-AE-V reconstruction on the global synthetic batches (all DP ranks and gradient-accumulation
-    micro-batches of a step in one batch) with torch AdamW; returns
-    (loss per step, final parameters). Gradient clipping as torch's ``clip_grad_norm_``."""
+    micro-batches of a step in one batch) with torch AdamW; returns (loss per step, final parameters,
+    {"grad_norm": pre-clipping gradient norm per step, "lr": learning rate after each step}). Gradient
+    clipping as torch's ``clip_grad_norm_``; ``lr_factor(n)`` drives a torch ``LambdaLR`` when given."""
     model = initial_model(cfg)
     opt = _adamw(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor) if lr_factor else None
+    seen: dict[str, list[float]] = {"grad_norm": [], "lr": []}
     shape = (3, cfg.data.frames, *cfg.data.size)
     losses = []
     for step in range(cfg.schedule.steps):
@@ -29,17 +34,21 @@ def reference_recon_run(cfg: TrainConfig, dp_size: int) -> tuple[list[float], di
         recon = model(video)
         loss = F.l1_loss(recon, video) + F.mse_loss(recon, video)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optimizer.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optimizer.grad_clip)
+        seen["grad_norm"].append(norm.item())
         opt.step()
         opt.zero_grad()
+        if sched:
+            sched.step()
+        seen["lr"].append(opt.param_groups[0]["lr"])
         losses.append(loss.item())
-    return losses, {k: v.detach().clone() for k, v in model.named_parameters()}
+    return losses, {k: v.detach().clone() for k, v in model.named_parameters()}, seen
 
 
-def logged_losses(run_dir: Path) -> dict[int, float]:
-    """``train/loss`` per step from ``metrics.jsonl``."""
+def logged_losses(run_dir: Path, key: str = "train/loss") -> dict[int, float]:
+    """``train/loss`` (or another scalar ``key``) per step from ``metrics.jsonl``."""
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return {rec["step"]: rec["train/loss"] for rec in map(json.loads, lines)}
+    return {rec["step"]: rec[key] for rec in map(json.loads, lines)}
 
 
 def consolidated(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -68,9 +77,12 @@ def initial_model(cfg: TrainConfig) -> torch.nn.Module:
     return megavg.models.build(cfg.model.preset)
 
 
-def reference_flow_run(cfg: TrainConfig, dp_size: int) -> tuple[list[float], dict[str, torch.Tensor]]:
+def reference_flow_run(
+    cfg: TrainConfig, dp_size: int
+) -> tuple[list[float], dict[str, torch.Tensor], list[float]]:
     """Flow matching (DESIGN §5) on the global synthetic batches, written out independently of
-    ``megavg.tasks.flow_matching``; noise per data-parallel slice from the trainer's seeding rule."""
+    ``megavg.tasks.flow_matching``; noise per data-parallel slice from the trainer's seeding rule.
+    Returns (loss per step, final parameters, gradient norm per step before clipping)."""
     from megavg.train.loop import micro_generator
 
     torch.manual_seed(cfg.schedule.seed)
@@ -79,7 +91,7 @@ def reference_flow_run(cfg: TrainConfig, dp_size: int) -> tuple[list[float], dic
         param.requires_grad_(any(fnmatch.fnmatchcase(name, p) for p in cfg.model.trainable or ["*"]))
     opt = _adamw(model, cfg)
     args, b = cfg.task.args, cfg.data.batch_size
-    losses = []
+    losses, norms = [], []
     for step in range(cfg.schedule.steps):
         full = synthetic_batch(step, b * dp_size, "latent", (4, 2, *cfg.data.size))
         loss = 0.0
@@ -94,11 +106,12 @@ def reference_flow_run(cfg: TrainConfig, dp_size: int) -> tuple[list[float], dic
             pred = model((1 - s) * x0 + s * noise, 1000 * sigma, text * keep.view(b, 1, 1))
             loss = loss + F.mse_loss(pred, noise - x0) / dp_size
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], cfg.optimizer.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], cfg.optimizer.grad_clip)
+        norms.append(norm.item())
         opt.step()
         opt.zero_grad()
         losses.append(loss.item())
-    return losses, {k: v.detach().clone() for k, v in model.named_parameters()}
+    return losses, {k: v.detach().clone() for k, v in model.named_parameters()}, norms
 
 
 def _adamw(model, cfg: TrainConfig) -> torch.optim.AdamW:

@@ -21,8 +21,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(script: str | Path, nproc: int, out_dir: Path, *args: str, timeout: float = 300) -> None:
-    """Launch ``script`` on ``nproc`` local processes; raise with the workers' output if any fails."""
+def torchrun(
+    script: str | Path, nproc: int, out_dir: Path, *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Launch ``script`` on ``nproc`` local processes; raise with the workers' output if any fails, else
+    return the finished process (``stdout`` / ``stderr`` as text)."""
     env = dict(os.environ)
     env.update(
         MEGAVG_TEST_OUT=str(out_dir),
@@ -36,3 +39,4 @@ def torchrun(script: str | Path, nproc: int, out_dir: Path, *args: str, timeout:
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"torchrun {script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc

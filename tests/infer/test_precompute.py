@@ -1,12 +1,14 @@
-"""Latent pre-computation: latent shards hold exactly vae.encode(first frames) and the T5 embedding of
-the caption, computed here independently with PyAV and transformers; partitions cover every shard."""
+"""Latent pre-computation: latent shards hold exactly what an independent computation gives (PyAV frames,
+DC-AE-V encode times its scaling factor, the T5 embedding, diffusers' Wan VAE on the teacher's clip,
+normalised as Wan's pipelines do); partitions cover every shard; each bucket gets its own shard set."""
+
+import itertools
 
 import av
 import numpy as np
 import pytest
 import torch
 import transformers
-from tokenizers import Tokenizer, models, pre_tokenizers
 
 import megavg.models
 from megavg.data import DataConfig, build_loader
@@ -14,75 +16,180 @@ from megavg.data.make_shards import main as make_shards
 from megavg.data.samples import real_clips
 from megavg.data.video import resize_crop
 from megavg.infer.precompute import main as precompute
+from megavg.utils.errors import UserError
+from tests.infer.tiny_encoders import tiny_clip, tiny_text_encoder, tiny_wan_vae
 
-WORDS = ["<pad>", "</s>", "<unk>", "a", "car", "phone", "bikes", "video"]
-
-
-def tiny_text_encoder(folder):
-    """A random 1-layer T5 encoder + word-level tokenizer saved like a hub folder (no download)."""
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    )
-    fast.save_pretrained(folder)
-    config = transformers.T5Config(
-        vocab_size=len(WORDS), d_model=16, d_kv=4, num_heads=2, d_ff=32, num_layers=1
-    )
-    transformers.T5EncoderModel(config).save_pretrained(folder)
+CAPTIONS = {"bikes.mp4": "bikes", "carphone_pristine.mp4": "a car phone video"}
+SCALE = 0.5  # DC-AE-V scaling factor of the test VAE (1.0 would hide a missing factor)
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("precompute")
-    clips = real_clips()[:2]
-    (root / "captions.csv").write_text(f"{clips[0].name},a car phone video\n{clips[1].name},bikes\n")
+    clips = [c for c in real_clips() if c.name in CAPTIONS]  # 640x272 and 176x144
+    (root / "captions.csv").write_text("".join(f"{c.name},{CAPTIONS[c.name]}\n" for c in clips))
     make_shards([*map(str, clips), "--out", str(root / "videos"), "--captions", str(root / "captions.csv"),
                  "--samples-per-shard", "1"])  # fmt: skip
-    megavg.models.build("dc-ae-v-tiny").save(root / "vae")
+    megavg.models.build("dc-ae-v-tiny", scaling_factor=SCALE).save(root / "vae")
     tiny_text_encoder(root / "text")
+    tiny_wan_vae(root / "wan")
+    tiny_clip(root / "clip")
     return root, clips
 
 
+def common_args(root, out, *sizes):
+    args = ["--vae", str(root / "vae"), "--shards", str(root / "videos"), "--frames", "8",
+            "--text-encoder", str(root / "text"), "--out", str(out)]  # fmt: skip
+    for h, w in sizes:
+        args += ["--size", str(h), str(w)]
+    return args
+
+
 def first_frames(path, count, size):
+    """[3, T, H, W] in [-1, 1]: the first ``count`` frames decoded by PyAV, resized and cropped."""
     with av.open(str(path)) as container:
         frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(count), container.decode(video=0))]
     return resize_crop(np.stack(frames), size)
 
 
+def first_batches(parts, per_part=1):
+    """The first ``per_part`` samples of each part folder (in order: no shuffle buffer), by caption."""
+    batches = {}
+    for part in parts:
+        cfg = DataConfig(shards=str(part), kind="latent", shuffle_buffer=1)
+        for batch in itertools.islice(build_loader(cfg, dp_rank=0, dp_size=1, seed=0), per_part):
+            batches[batch["caption"][0]] = batch
+    return batches
+
+
+def wan_encode(folder, clip):
+    """Diffusers' Wan VAE on ``clip`` [3, 4k+1, H, W], posterior mode, normalised as
+    WanImageToVideoPipeline does: (z - mean) * (1 / std)."""
+    from diffusers import AutoencoderKLWan
+
+    wan = AutoencoderKLWan.from_pretrained(folder, subfolder="vae").eval()
+    with torch.no_grad():
+        z = wan.encode(clip.unsqueeze(0)).latent_dist.mode()
+    mean = torch.tensor(wan.config.latents_mean).view(1, -1, 1, 1, 1)
+    inv_std = 1.0 / torch.tensor(wan.config.latents_std).view(1, -1, 1, 1, 1)
+    return ((z - mean) * inv_std)[0]
+
+
+def wan_teacher_latents(folder, video):
+    """The teacher's clip: the student's frames with the first one repeated in front (4k+1 frames)."""
+    return wan_encode(folder, torch.cat([video[:, :1], video], dim=1))
+
+
 def test_latent_shards_match_independent_encode(inputs):
     root, clips = inputs
-    common = ["--vae", str(root / "vae"), "--shards", str(root / "videos"), "--frames", "8",
-              "--text-encoder", str(root / "text"), "--size", "32", "32",
-              "--out", str(root / "latents"), "--parts", "2"]  # fmt: skip
-    parts = [precompute([*common, "--part", str(p)]) for p in range(2)]
+    common = [
+        *common_args(root, root / "latents", (32, 32)),
+        "--parts",
+        "2",
+        "--teacher-vae",
+        str(root / "wan"),
+    ]
+    parts = [p for part in range(2) for p in precompute([*common, "--part", str(part)])]
+    assert sorted(p.relative_to(root / "latents").as_posix() for p in parts) == [
+        "32x32/part-00000",
+        "32x32/part-00001",
+    ]
     vae = megavg.models.load(root / "vae").eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(root / "text")
     t5 = transformers.T5EncoderModel.from_pretrained(root / "text").eval()
-    captions = {clips[0].name: "a car phone video", clips[1].name: "bikes"}
-    seen = set()
-    for part in parts:
-        cfg = DataConfig(shards=str(part), kind="latent", shuffle_buffer=1)
-        batch = next(iter(build_loader(cfg, dp_rank=0, dp_size=1, seed=0)))
-        clip = next(c for c in clips if captions[c.name] == batch["caption"][0])
-        seen.add(clip.name)
+    batches = first_batches(parts)
+    assert set(batches) == set(CAPTIONS.values())
+    for clip in clips:
+        batch = batches[CAPTIONS[clip.name]]
+        video = first_frames(clip, 8, (32, 32))
         with torch.no_grad():
-            expected = vae.encode(first_frames(clip, 8, (32, 32)).unsqueeze(0))[0]
-            ids = tokenizer(batch["caption"][0], return_tensors="pt").input_ids
+            expected = vae.encode(video.unsqueeze(0))[0] * SCALE
+            ids = tokenizer(CAPTIONS[clip.name], return_tensors="pt").input_ids
             embedding = t5(input_ids=ids).last_hidden_state[0]
         torch.testing.assert_close(batch["latents"][0], expected, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(batch["text"][0], embedding, rtol=1e-5, atol=1e-5)
-    assert seen == set(captions)
+        teacher = wan_teacher_latents(root / "wan", video)
+        assert teacher.shape == (16, 3, 4, 4)  # 9 frames -> 3 latent frames, f8
+        torch.testing.assert_close(batch["teacher_latents"][0], teacher, rtol=1e-4, atol=1e-4)
 
 
-def test_bad_part_and_missing_text_encoder(inputs, tmp_path):
-    from megavg.utils.errors import UserError
+def wan_mask(frames, h, w):
+    """The base I2V mask as diffusers' WanImageToVideoPipeline builds it: 1 on pixel frame 0, that frame
+    repeated 4x, frames folded 4 per latent frame into channels -> [4, k+1, h, w]."""
+    mask = torch.ones(1, 1, frames, h, w)
+    mask[:, :, 1:] = 0
+    mask = torch.cat([mask[:, :, :1].repeat_interleave(4, dim=2), mask[:, :, 1:]], dim=2)
+    return mask.view(1, -1, 4, h, w).transpose(1, 2)[0]
 
+
+def clip_tokens(folder, image):
+    """Penultimate CLIP hidden states of ``image`` [3, H, W] in [-1, 1] (bicubic to the input size,
+    CLIP mean/std from transformers' processor)."""
+    model = transformers.CLIPVisionModel.from_pretrained(folder).eval()
+    processor = transformers.CLIPImageProcessor()
+    size = model.config.image_size
+    x = torch.nn.functional.interpolate(image[None], size=(size, size), mode="bicubic", align_corners=False)
+    mean = torch.tensor(processor.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(processor.image_std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return model(pixel_values=((x + 1) / 2 - mean) / std, output_hidden_states=True).hidden_states[-2][0]
+
+
+def test_i2v_condition_clip_tokens_and_teacher_condition(inputs, tmp_path):
+    root, clips = inputs
+    args = [*common_args(root, tmp_path / "latents", (32, 32)), "--teacher-vae", str(root / "wan"),
+            "--i2v", "--image-encoder", str(root / "clip")]  # fmt: skip
+    batches = first_batches(precompute(args), per_part=2)
+    vae = megavg.models.load(root / "vae").eval()
+    for clip in clips:
+        batch = batches[CAPTIONS[clip.name]]
+        video = first_frames(clip, 8, (32, 32))
+        image = video[:, 0]  # 3, H, W: the clip's first frame is the I2V image
+        given = torch.cat([image[:, None].expand(-1, 4, -1, -1), torch.zeros(3, 4, 32, 32)], dim=1)
+        with torch.no_grad():
+            cond = vae.encode(given[None])[0] * SCALE  # 8, 2, 8, 8
+        mask = torch.zeros(4, *cond.shape[1:])
+        mask[:, 0] = 1
+        torch.testing.assert_close(batch["condition"][0], torch.cat([mask, cond]), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(batch["image"][0], clip_tokens(root / "clip", image), rtol=1e-5, atol=1e-5)
+        assert batch["image"].shape[1:] == (5, 24)  # (28 / 14)^2 + 1 tokens
+        # the base I2V model's condition: the image then 8 zero frames through the Wan VAE (no repeat)
+        teacher_given = torch.cat([image[:, None], torch.zeros(3, 8, 32, 32)], dim=1)
+        expected = torch.cat([wan_mask(9, 4, 4), wan_encode(root / "wan", teacher_given)])
+        torch.testing.assert_close(batch["teacher_condition"][0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_one_shard_set_per_bucket_and_rerun_skips(inputs, tmp_path):
     root, _ = inputs
-    common = ["--vae", str(root / "vae"), "--shards", str(root / "videos"), "--frames", "8",
-              "--size", "32", "32", "--out", str(tmp_path / "out")]  # fmt: skip
+    args = common_args(root, tmp_path / "latents", (32, 32), (32, 64))
+    parts = precompute(args)
+    assert [p.relative_to(tmp_path / "latents").as_posix() for p in parts] == [
+        "32x32/part-00000",
+        "32x64/part-00000",
+    ]
+    batches = first_batches(parts)
+    # 176x144 (aspect 1.22) is nearest to 1:1, 640x272 (2.35) to 2:1; DC-AE-V tiny is f4t4
+    assert batches["a car phone video"]["latents"].shape[-3:] == (2, 8, 8)
+    assert batches["bikes"]["latents"].shape[-3:] == (2, 8, 16)
+    glob = DataConfig(shards=f"{tmp_path / 'latents'}/32x64/part-*/*.tar", kind="latent")
+    assert next(iter(build_loader(glob, dp_rank=0, dp_size=1, seed=0)))["caption"] == ["bikes"]
+    stamp = [p.stat().st_mtime_ns for p in parts]
+    assert precompute(args) == []  # complete parts are kept: a crashed run is simply rerun
+    assert [p.stat().st_mtime_ns for p in parts] == stamp
+
+
+def test_bad_flags(inputs, tmp_path):
+    root, _ = inputs
+    common = common_args(root, tmp_path / "out", (32, 32))
+    text = ["--text-encoder", str(root / "text")]
     with pytest.raises(UserError, match="--part 3 is not in"):
-        precompute([*common, "--text-encoder", str(root / "text"), "--part", "3", "--parts", "2"])
+        precompute([*common, *text, "--part", "3", "--parts", "2"])
     with pytest.raises(UserError, match="text encoder .*nope: cannot load"):
         precompute([*common, "--text-encoder", str(tmp_path / "nope")])
+    with pytest.raises(UserError, match="teacher VAE .*nope: cannot load"):
+        precompute([*common, "--teacher-vae", str(tmp_path / "nope")])
+    with pytest.raises(UserError, match="--i2v and --image-encoder go together"):
+        precompute([*common, "--i2v"])
+    with pytest.raises(UserError, match="--frames 6: must be a multiple of 4"):
+        precompute([*common, "--teacher-vae", str(root / "wan"), "--frames", "6"])
     assert not (tmp_path / "out").exists()

@@ -299,4 +299,7 @@ def test_bad_checkpoints_exit_2_with_one_line(authors_files, tmp_path, problem):
         assert "missing" in lines[0] and "stages.2.op_list.0" in lines[0]
     if problem == "wrong_shape":
         assert "encoder.project_out.conv.bias has shape (7,), the architecture expects (6,)" in lines[0]
+    if problem == "code":
+        assert "refused to unpickle the Python object posix.getcwd" in lines[0], lines[0]
+        assert "never unpickles code" in lines[0] and "weights_only=False" not in lines[0]
     assert not (tmp_path / "out").exists()

@@ -97,7 +97,7 @@ def test_pt_file_with_preset(tmp_path):
 
 def test_pt_file_refuses_pickled_objects(tmp_path):
     torch.save({"weights": torch.zeros(1), "bad": object()}, tmp_path / "evil.pt")
-    with pytest.raises(UserError, match="weights_only=True"):
+    with pytest.raises(UserError, match=r"evil.pt: refused to unpickle .*never unpickles code"):
         convert_cli([str(tmp_path / "evil.pt"), "--preset", "wan-tiny-t2v", "--out", str(tmp_path / "o")])
 
 

@@ -1,10 +1,17 @@
-"""A throw-away single-node SLURM cluster for tests: munged + slurmctld + slurmd under one temp folder.
+"""A throw-away SLURM cluster for tests: munged + slurmctld + one slurmd per node under one temp folder.
 
-``LocalSlurm`` writes a munge key and a ``slurm.conf`` (this host as the only node, with what
-``slurmd -C`` reports; proctrack/linuxproc, task/none, select/cons_tres, no accounting; all state,
-spool, sockets and logs under the folder), starts the three daemons in the foreground as children of
-the test process (munged as the ``munge`` user) and always stops them again. Client commands (``sbatch``,
-``squeue``, ``scontrol``, ``scancel``) find the cluster through ``SLURM_CONF`` in :meth:`env`.
+``LocalSlurm`` writes a munge key and a ``slurm.conf`` (proctrack/linuxproc, task/none, select/cons_tres,
+no accounting; all state, spool, sockets and logs under the folder), starts the daemons in the foreground
+as children of the test process (munged as the ``munge`` user) and always stops them again.
+
+``LocalSlurm()`` has one node: this host, with what ``slurmd -C`` reports. ``LocalSlurm(nodes=2)`` runs
+two nodes on this host, ``megavg-n1`` and ``megavg-n2``: one ``slurmd -N NAME`` each, with the same
+hardware, its own port and ``%n`` in its spool, pid and log paths. Ranks find the master by node name
+(the launcher's ``MASTER_ADDR`` is the first node of the job), so the names must resolve: they are added
+to ``/etc/hosts`` as ``127.0.0.1`` when missing (root only; left in place, harmless).
+
+Client commands (``sbatch``, ``squeue``, ``scontrol``, ``scancel``) find the cluster through
+``SLURM_CONF`` in :meth:`env`.
 
 There is no slurmdbd, so ``sacct`` has no data: job state comes from ``scontrol show job``. A requeued job
 waits ``cred_expire`` seconds (SLURM 22.05 refuses less than 5) and then the next scheduler pass
@@ -29,6 +36,10 @@ CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "srun")
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED"}
 
 
+NODE_NAMES = ("megavg-n1", "megavg-n2")
+HOSTS = Path("/etc/hosts")
+
+
 def unavailable_reason() -> str | None:
     """Why a local SLURM cannot be brought up here, or None when it can."""
     missing = [b for b in DAEMONS + CLIENTS if shutil.which(b) is None]
@@ -42,6 +53,19 @@ def unavailable_reason() -> str | None:
     except KeyError:
         return "no 'munge' user (install the Debian munge package)"
     return None
+
+
+def _resolve_locally(names: tuple[str, ...]) -> None:
+    """Make ``names`` resolve to 127.0.0.1 (an ``/etc/hosts`` line, added only when one is missing)."""
+    missing = []
+    for name in names:
+        try:
+            socket.gethostbyname(name)
+        except OSError:
+            missing.append(name)
+    if missing:
+        with HOSTS.open("a") as hosts:
+            hosts.write(f"127.0.0.1 {' '.join(missing)}  # megavg test SLURM nodes\n")
 
 
 def _free_port() -> int:
@@ -73,7 +97,10 @@ class Job:
 class LocalSlurm:
     """Context manager: a running one-node cluster; ``sbatch``/``wait`` submit and follow jobs."""
 
-    def __init__(self, cred_expire: int = 5, kill_wait: int = 5):
+    def __init__(self, cred_expire: int = 5, kill_wait: int = 5, nodes: int = 1):
+        if not 1 <= nodes <= len(NODE_NAMES):
+            raise ValueError(f"nodes must be 1..{len(NODE_NAMES)}, got {nodes}")
+        self.nodes = nodes
         # Its own folder directly under the temp dir: munged (user munge) must be able to reach it, which
         # rules out pytest's 0700 tmp_path.
         self.root = Path(tempfile.mkdtemp(prefix="megavg-slurm-"))
@@ -104,14 +131,23 @@ class LocalSlurm:
         return env
 
     def _start(self) -> None:
-        for sub in ("state", "spool", "log"):
+        spools = [f"spool-{name}" for name in self.node_names] or ["spool"]
+        for sub in ("state", "log", *spools):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._start_munged()
         self.conf.write_text(self._slurm_conf())
         logs = self.root / "log"
         self._spawn(["slurmctld", "-D", "-c", "-f", str(self.conf)], logs / "slurmctld.out")
-        self._spawn(["slurmd", "-D", "-f", str(self.conf)], logs / "slurmd.out")
+        if self.nodes == 1:
+            self._spawn(["slurmd", "-D", "-f", str(self.conf)], logs / "slurmd.out")
+        for name in self.node_names if self.nodes > 1 else ():
+            self._spawn(["slurmd", "-D", "-N", name, "-f", str(self.conf)], logs / f"slurmd-{name}.out")
         self._wait_node_idle(timeout=30)
+
+    @property
+    def node_names(self) -> tuple[str, ...]:
+        """The fake nodes' names (empty for the one-node cluster, whose node is this host)."""
+        return NODE_NAMES[: self.nodes] if self.nodes > 1 else ()
 
     def _start_munged(self) -> None:
         munge = pwd.getpwnam("munge")
@@ -139,7 +175,21 @@ class LocalSlurm:
         node = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, check=True).stdout
         node_line = next(line for line in node.splitlines() if line.startswith("NodeName="))
         hostname = re.match(r"NodeName=(\S+)", node_line).group(1)
+        hardware = node_line.split(" UpTime=")[0].split(" ", 1)[1]  # CPUs=... RealMemory=...
         r = self.root
+        multi = self.nodes > 1
+        if multi:
+            _resolve_locally(self.node_names)
+            nodes = [
+                f"NodeName={name} NodeHostname={hostname} NodeAddr=127.0.0.1 Port={_free_port()} "
+                f"{hardware} State=UNKNOWN"
+                for name in self.node_names
+            ]
+            partition_nodes = ",".join(self.node_names)
+        else:
+            nodes = [f"NodeName={hostname} {hardware} NodeAddr=127.0.0.1 State=UNKNOWN"]
+            partition_nodes = hostname
+        per_node = "-%n" if multi else ""
         return "\n".join([
             "ClusterName=megavgtest",
             f"SlurmctldHost={hostname}(127.0.0.1)",
@@ -151,11 +201,11 @@ class LocalSlurm:
             "CredType=cred/munge",
             f"AuthInfo=socket={self.munge_dir / 'munge.socket'},cred_expire={self.cred_expire}",
             f"StateSaveLocation={r / 'state'}",
-            f"SlurmdSpoolDir={r / 'spool'}",
+            f"SlurmdSpoolDir={r / 'spool'}{per_node}",
             f"SlurmctldPidFile={r / 'slurmctld.pid'}",
-            f"SlurmdPidFile={r / 'slurmd.pid'}",
+            f"SlurmdPidFile={r / f'slurmd{per_node}.pid'}",
             f"SlurmctldLogFile={r / 'log' / 'slurmctld.log'}",
-            f"SlurmdLogFile={r / 'log' / 'slurmd.log'}",
+            f"SlurmdLogFile={r / 'log' / f'slurmd{per_node}.log'}",
             "ProctrackType=proctrack/linuxproc",
             "TaskPlugin=task/none",
             "SelectType=select/cons_tres",
@@ -169,8 +219,8 @@ class LocalSlurm:
             "ReturnToService=2",
             f"KillWait={self.kill_wait}",
             "MinJobAge=600",
-            f"{node_line.split(' UpTime=')[0]} NodeAddr=127.0.0.1 State=UNKNOWN",
-            f"PartitionName=test Nodes={hostname} Default=YES MaxTime=INFINITE State=UP",
+            *nodes,
+            f"PartitionName=test Nodes={partition_nodes} Default=YES MaxTime=INFINITE State=UP",
             "",
         ])  # fmt: skip
 
@@ -190,8 +240,8 @@ class LocalSlurm:
         deadline = time.monotonic() + timeout
         while True:
             self._check_alive()
-            out = self.run("sinfo", "-h", "-o", "%t", check=False).stdout.strip()
-            if out in ("idle", "mix"):
+            out = self.run("sinfo", "-h", "-N", "-o", "%t", check=False).stdout.split()
+            if len(out) == self.nodes and set(out) <= {"idle", "mix"}:
                 return
             if time.monotonic() > deadline:
                 logs = self.root / "log"

@@ -16,3 +16,11 @@ def shards(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards") / "clips"
     make_shards([*map(str, real_clips()), "--out", str(out), "--samples-per-shard", "2"])
     return out
+
+
+@pytest.fixture(scope="session")
+def shards_one_per_file(tmp_path_factory) -> Path:
+    """The same clips, one per shard: enough shards for 4 data-parallel ranks."""
+    out = tmp_path_factory.mktemp("shards") / "clips1"
+    make_shards([*map(str, real_clips()), "--out", str(out), "--samples-per-shard", "1"])
+    return out

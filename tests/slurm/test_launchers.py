@@ -8,7 +8,6 @@ must requeue itself, resume from its checkpoint and end with the same weights as
 from __future__ import annotations
 
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -16,13 +15,22 @@ import pytest
 import torch
 
 import megavg.models
-from tests.slurm.cluster import FINAL_STATES, Job, LocalSlurm, unavailable_reason
+from tests.slurm.cluster import FINAL_STATES, LocalSlurm, unavailable_reason
+from tests.slurm.jobs import (
+    CONFIG,
+    STEPS,
+    assert_finished,
+    consolidated,
+    job_log,
+    rank_log,
+    sbatch,
+    submit,
+    train_args,
+    wait_for_first_step,
+    wait_for_text,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.distributed]
-
-REPO = Path(__file__).resolve().parents[2]
-CONFIG = "configs/train/dcaev_tiny_test.yaml"
-STEPS = 10  # long enough (a few seconds of steps) for a signal to land mid-training
 
 
 @pytest.fixture(scope="module")
@@ -32,42 +40,6 @@ def slurm():
         pytest.skip(reason)
     with LocalSlurm() as cluster:
         yield cluster
-
-
-def submit(slurm: LocalSlurm, work: Path, config: str, *overrides: str) -> str:
-    """``sbatch`` the launcher for a 2-rank training job with its logs and run folder under ``work``."""
-    return sbatch(slurm, work, "train", config, f"run.dir={work / 'run'}", *overrides)
-
-
-def sbatch(slurm: LocalSlurm, work: Path, *job: str) -> str:
-    """``sbatch`` ``launchers/megavg.sbatch JOB ARGS...`` on 2 tasks, job log and rank logs under ``work``."""
-    env = slurm.env(MEGAVG_PYTHON=sys.executable, MEGAVG_LOG_DIR=str(work / "logs"), OMP_NUM_THREADS="1")
-    return slurm.sbatch(
-        "--job-name=megavg-test", "--ntasks-per-node=2", f"--chdir={REPO}", f"--output={work}/%x-%j.out",
-        str(REPO / "launchers" / "megavg.sbatch"), *job, env=env,
-    )  # fmt: skip
-
-
-def train_args(shards: Path) -> list[str]:
-    return [f"data.shards={shards}", f"schedule.steps={STEPS}", "checkpoint.every=0"]
-
-
-def job_log(work: Path, job_id: str) -> str:
-    return (work / f"megavg-test-{job_id}.out").read_text()
-
-
-def rank_log(work: Path, job_id: str, restart: int, rank: int) -> str:
-    return (work / "logs" / f"megavg-test-{job_id}" / f"restart{restart}" / f"rank{rank}.log").read_text()
-
-
-def consolidated(run_dir: Path) -> dict[str, torch.Tensor]:
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    return get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints"))
-
-
-def assert_finished(job: Job) -> None:
-    assert (job.state, job.exit_code) == ("COMPLETED", 0), job.fields
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +71,7 @@ def test_export_job_writes_a_model_folder_from_the_run(slurm, reference):
 
 
 def test_precompute_job_writes_one_latent_part_per_rank(slurm, shards, tmp_path):
-    from tests.infer.test_precompute import tiny_text_encoder
+    from tests.infer.tiny_encoders import tiny_text_encoder
 
     megavg.models.build("dc-ae-v-tiny").save(tmp_path / "vae")
     tiny_text_encoder(tmp_path / "text")
@@ -107,17 +79,9 @@ def test_precompute_job_writes_one_latent_part_per_rank(slurm, shards, tmp_path)
             "--frames", "8", "--size", "32", "32", "--out", str(tmp_path / "latents")]  # fmt: skip
     job_id = sbatch(slurm, tmp_path, "precompute", *args)
     assert_finished(slurm.wait(job_id, timeout=180))
-    parts = sorted(p.name for p in (tmp_path / "latents").iterdir())
+    parts = sorted(p.name for p in (tmp_path / "latents" / "32x32").iterdir())
     assert parts == ["part-00000", "part-00001"]
-    assert all(list((tmp_path / "latents" / p).glob("*.tar")) for p in parts)
-
-
-def wait_for_first_step(slurm: LocalSlurm, job_id: str, metrics: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not (metrics.is_file() and metrics.read_text().strip()):
-        assert slurm.job(job_id).state not in FINAL_STATES, slurm.job(job_id).fields
-        assert time.monotonic() < deadline, "training did not start"
-        time.sleep(0.2)
+    assert all(list((tmp_path / "latents" / "32x32" / p).glob("*.tar")) for p in parts)
 
 
 def test_usr1_checkpoints_requeues_and_resumes_to_the_same_weights(slurm, shards, reference, tmp_path):
@@ -141,13 +105,6 @@ def test_usr1_checkpoints_requeues_and_resumes_to_the_same_weights(slurm, shards
     assert expected.keys() == actual.keys()
     for name, value in expected.items():
         torch.testing.assert_close(actual[name], value, rtol=0, atol=0, msg=name)
-
-
-def wait_for_text(path: Path, text: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not (path.is_file() and text in path.read_text()):
-        assert time.monotonic() < deadline, f"{text!r} never appeared in {path}"
-        time.sleep(0.2)
 
 
 def test_batch_shell_signal_is_forwarded_and_scancel_is_not_requeued(slurm, shards, tmp_path):

@@ -1,6 +1,8 @@
 """The AE-Adapt-V chain through the real trainer and consolidation, on tiny presets (one process each):
 student -> phase 1 (alignment) -> phase 2 (patch/head) -> phase 3 (LoRA) -> merged model folder.
-Checks what each phase may and may not change, and that the merged folder reproduces the LoRA model."""
+Checks what each phase may and may not change, and that the merged folder reproduces the LoRA model.
+T2V runs on hand-made latent shards; I2V (68-in layout: noisy + mask + condition) on shards written by
+``megavg.infer.precompute --teacher-vae --i2v`` from real clips with tiny DC-AE-V, Wan VAE, CLIP and umT5."""
 
 import subprocess
 import sys
@@ -9,14 +11,19 @@ import torch
 
 import megavg.models
 from megavg.data import write_latent_shards
+from megavg.data.make_shards import main as make_shards
+from megavg.data.samples import real_clips
+from megavg.infer.precompute import main as precompute
 from megavg.models import registry
 from megavg.tasks import build_task
 from megavg.tasks.adapt_lora import lora_targets
 from megavg.train.config import load_config
 from tests.distributed.launch import REPO
+from tests.infer.tiny_encoders import tiny_clip, tiny_text_encoder, tiny_wan_vae
 
 FAST = ["data.kind=latent", "schedule.steps=2", "parallel.deepspeed=configs/deepspeed/zero3_fp32.json",
-        "logging.tensorboard=false", "model.preset=wan-tiny-student-t2v"]  # fmt: skip
+        "logging.tensorboard=false"]  # fmt: skip
+NEW = {"patch_embed.weight", "patch_embed.bias", "head.linear.weight", "head.linear.bias"}
 
 
 def run(*args):
@@ -24,15 +31,62 @@ def run(*args):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def train_and_export(tmp_path, name, config, *overrides):
+def train_and_export(tmp_path, name, config, shards, *overrides):
     run("-m", "megavg.train", "--config", f"configs/train/{config}.yaml", *FAST, *overrides,
-        f"run.dir={tmp_path / name}", f"data.shards={tmp_path / 'latents'}")  # fmt: skip
+        f"run.dir={tmp_path / name}", f"data.shards={shards}")  # fmt: skip
     run("tools/consolidate.py", str(tmp_path / name), "--out", str(tmp_path / f"{name}-model"))
     return registry.load_state_dict(tmp_path / f"{name}-model")
 
 
 def changed(before, after):
     return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def run_chain(tmp_path, preset, shards, c_in, c_out):
+    """make_student + the three phases + consolidation; asserts what each phase changes."""
+    run("tools/make_student.py", "--base", str(tmp_path / "base"), "--out", str(tmp_path / "student"),
+        "--in-channels", str(c_in), "--out-channels", str(c_out))  # fmt: skip
+    student = registry.load_state_dict(tmp_path / "student")
+    assert not student["head.linear.weight"].any()
+    common = [f"model.preset={preset}"]
+
+    teacher = f"task.args.teacher={tmp_path / 'base'}"
+    align = train_and_export(tmp_path, "align", "adapt_1_align", shards, *common,
+                             f"model.init={tmp_path / 'student'}", teacher)  # fmt: skip
+    assert changed(student, align) == {"patch_embed.weight", "patch_embed.bias"}
+
+    head = train_and_export(tmp_path, "head", "adapt_2_head", shards, *common,
+                            f"model.init={tmp_path / 'align-model'}", "parallel.sp_size=1",
+                            "parallel.zero_init=false")  # fmt: skip
+    assert changed(align, head) == NEW
+
+    merged = train_and_export(tmp_path, "lora", "adapt_3_lora", shards, *common,
+                              f"model.init={tmp_path / 'head-model'}", "parallel.sp_size=1",
+                              "task.args.rank=4", "task.args.alpha=8", "optimizer.lr=0.05")  # fmt: skip
+    targets = {
+        f"{name}.weight"
+        for name in lora_targets(megavg.models.build(preset), ["cross_attn", "text_embed", "head"])
+    }
+    assert set(merged) == set(head)
+    assert changed(head, merged) - NEW <= targets
+    assert changed(head, merged) & targets  # the LoRA moved the adapted weights
+
+
+def assert_merged_equals_lora(tmp_path, *inputs, **kwargs):
+    """The merged folder equals the LoRA model (peft forward) with the checkpoint's adapters loaded."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    cfg = load_config(tmp_path / "lora" / "config.yaml")
+    lora_model = build_task(cfg).build_model()
+    trained = get_fp32_state_dict_from_zero_checkpoint(
+        str(tmp_path / "lora" / "checkpoints"), exclude_frozen_parameters=True
+    )
+    lora_model.load_state_dict(trained, strict=False)
+    plain = megavg.models.load(tmp_path / "lora-model")
+    with torch.no_grad():
+        torch.testing.assert_close(
+            plain(*inputs, **kwargs), lora_model(*inputs, **kwargs), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_three_phases_and_merge(tmp_path):
@@ -43,53 +97,39 @@ def test_three_phases_and_merge(tmp_path):
     samples = [{"latents": torch.randn(c_student, 2, 4, 4), "text": torch.randn(5, text_dim),
                 "teacher_latents": torch.randn(c_base, 2, 8, 8)} for _ in range(4)]  # fmt: skip
     write_latent_shards(samples, tmp_path / "latents", samples_per_shard=2)
-    run("tools/make_student.py", "--base", str(tmp_path / "base"), "--out", str(tmp_path / "student"),
-        "--in-channels", str(c_student), "--out-channels", str(c_student))  # fmt: skip
-    student = registry.load_state_dict(tmp_path / "student")
-    assert not student["head.linear.weight"].any()
-
-    teacher = f"task.args.teacher={tmp_path / 'base'}"
-    align = train_and_export(
-        tmp_path, "align", "adapt_1_align", f"model.init={tmp_path / 'student'}", teacher
-    )
-    assert changed(student, align) == {"patch_embed.weight", "patch_embed.bias"}
-
-    head = train_and_export(tmp_path, "head", "adapt_2_head", f"model.init={tmp_path / 'align-model'}",
-                            "parallel.sp_size=1", "parallel.zero_init=false")  # fmt: skip
-    assert changed(align, head) == {
-        "patch_embed.weight",
-        "patch_embed.bias",
-        "head.linear.weight",
-        "head.linear.bias",
-    }
-
-    lora_overrides = [f"model.init={tmp_path / 'head-model'}", "parallel.sp_size=1", "task.args.rank=4",
-                      "task.args.alpha=8", "optimizer.lr=0.05"]  # fmt: skip
-    merged = train_and_export(tmp_path, "lora", "adapt_3_lora", *lora_overrides)
-    targets = {
-        f"{name}.weight"
-        for name in lora_targets(
-            megavg.models.build("wan-tiny-student-t2v"), ["cross_attn", "text_embed", "head"]
-        )
-    }
-    assert set(merged) == set(head)
-    assert (
-        changed(head, merged)
-        - {"patch_embed.weight", "patch_embed.bias", "head.linear.weight", "head.linear.bias"}
-        <= targets
-    )
-    assert changed(head, merged) & targets  # the LoRA moved the adapted weights
-
-    # The merged folder equals the LoRA model (peft forward) with the checkpoint's adapters loaded.
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    cfg = load_config(tmp_path / "lora" / "config.yaml")
-    lora_model = build_task(cfg).build_model()
-    trained = get_fp32_state_dict_from_zero_checkpoint(
-        str(tmp_path / "lora" / "checkpoints"), exclude_frozen_parameters=True
-    )
-    lora_model.load_state_dict(trained, strict=False)
-    plain = megavg.models.load(tmp_path / "lora-model")
+    run_chain(tmp_path, "wan-tiny-student-t2v", tmp_path / "latents", c_student, c_student)
     x, t, text = torch.randn(1, c_student, 2, 4, 4), torch.tensor([300.0]), torch.randn(1, 5, text_dim)
-    with torch.no_grad():
-        torch.testing.assert_close(plain(x, t, text), lora_model(x, t, text), rtol=1e-5, atol=1e-5)
+    assert_merged_equals_lora(tmp_path, x, t, text)
+
+
+def precompute_i2v_shards(tmp_path, c_latent, c_base, text_dim, image_dim):
+    """Latent shards of two real clips with every I2V tensor, from tiny locally built encoders."""
+    clips = [c for c in real_clips() if c.name in ("bikes.mp4", "carphone_pristine.mp4")]
+    (tmp_path / "captions.csv").write_text(f"{clips[0].name},bikes video\n{clips[1].name},a car phone\n")
+    make_shards([*map(str, clips), "--out", str(tmp_path / "videos"), "--captions",
+                 str(tmp_path / "captions.csv"), "--samples-per-shard", "1"])  # fmt: skip
+    megavg.models.build("dc-ae-v-tiny", latent_channels=c_latent, scaling_factor=0.5).save(tmp_path / "vae")
+    tiny_text_encoder(tmp_path / "umt5", d_model=text_dim, umt5=True)
+    tiny_wan_vae(tmp_path / "wan", z_dim=c_base)
+    tiny_clip(tmp_path / "clip", hidden_size=image_dim)
+    parts = precompute(["--vae", str(tmp_path / "vae"), "--shards", str(tmp_path / "videos"),
+                        "--text-encoder", str(tmp_path / "umt5"), "--frames", "8", "--size", "32", "32",
+                        "--teacher-vae", str(tmp_path / "wan"), "--i2v", "--samples-per-shard", "1",
+                        "--image-encoder", str(tmp_path / "clip"),
+                        "--out", str(tmp_path / "latents")])  # fmt: skip
+    assert len(parts) == 1
+    return parts[0]
+
+
+def test_i2v_three_phases_and_merge_on_precomputed_shards(tmp_path):
+    torch.manual_seed(0)
+    base = megavg.models.build("wan-tiny-i2v")  # 12 in = 4 noisy + 4 mask + 4 condition
+    base.save(tmp_path / "base")
+    args = megavg.models.build("wan-tiny-student-i2v").args  # 20 in = 8 noisy + 4 mask + 8 condition, 8 out
+    c = args.out_channels
+    assert args.in_channels == 2 * c + 4 and base.args.in_channels == 3 * 4
+    shards = precompute_i2v_shards(tmp_path, c, 4, args.text_dim, args.image_dim)
+    run_chain(tmp_path, "wan-tiny-student-i2v", shards, args.in_channels, c)
+    x, t = torch.randn(1, args.in_channels, 2, 8, 8), torch.tensor([300.0])
+    text, image = torch.randn(1, 5, args.text_dim), torch.randn(1, 5, args.image_dim)
+    assert_merged_equals_lora(tmp_path, x, t, text, image=image)

@@ -33,7 +33,17 @@ def test_shipped_configs_load(path):
     assert deepspeed_config(cfg)["zero_optimization"]["stage"] == 3
 
 
-@pytest.mark.parametrize("name", ["dcaev_demo.yaml", "dcaev_tiny_test.yaml", "wan_flow_tiny.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "dcaev_demo.yaml",
+        "dcaev_tiny_test.yaml",
+        "wan_flow_tiny.yaml",
+        "dcaev_1_recon.yaml",
+        "dcaev_2_perceptual.yaml",
+        "dcaev_3_gan.yaml",
+    ],
+)
 def test_engine_configs_list_only_changes(name):
     path = REPO / "configs/train" / name
     defaults = to_dict(TrainConfig())
@@ -47,6 +57,17 @@ def test_overrides_are_parsed_as_yaml_and_resolved_config_round_trips(tmp_path):
     assert cfg.schedule.steps == 7 and cfg.optimizer.betas == (0.8, 0.9) and cfg.model.args == {"dim": 32}
     again = load_config(write(tmp_path / "c.yaml", dump_config(cfg)))
     assert again == cfg
+
+
+def test_exponent_floats_in_overrides_and_yaml_files(tmp_path):
+    """`1e-4` is a string to YAML 1.1; a float key takes it (override and file alike)."""
+    cfg = load_config(None, ["optimizer.lr=1e-4", "optimizer.weight_decay=5E-2"])
+    assert cfg.optimizer.lr == 1e-4 and cfg.optimizer.weight_decay == 0.05
+    cfg = load_config(write(tmp_path / "c.yaml", "optimizer:\n  lr: 3e-5\n  betas: [0.9, 9.5e-1]\n"))
+    assert cfg.optimizer.lr == 3e-5 and cfg.optimizer.betas == (0.9, 0.95)
+    assert isinstance(cfg.optimizer.lr, float)
+    with pytest.raises(UserError, match="optimizer.lr: expected float, got str 'fast'"):
+        load_config(None, ["optimizer.lr=fast"])
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,19 @@ def test_round_trip_and_coercion():
     assert from_dict(Outer, to_dict(cfg)) == cfg
 
 
+def test_float_fields_take_yaml_1_1_exponent_strings():
+    """YAML 1.1 (PyYAML) reads `1e-4` as the string '1e-4': a float field takes it as a float."""
+    cfg = from_dict(Outer, {"name": "1e-4", "inner": {"lr": "1e-4", "betas": ["5E-1", "+.9"]}})
+    assert cfg.inner.lr == 1e-4 and isinstance(cfg.inner.lr, float)
+    assert cfg.inner.betas == (0.5, 0.9)
+    assert cfg.name == "1e-4"  # a str field keeps the string
+    for bad in ("fast", "nan", "1e", "0x10", "1_000"):
+        with pytest.raises(UserError, match="config inner.lr: expected float"):
+            from_dict(Outer, {"inner": {"lr": bad}})
+    with pytest.raises(UserError, match="config steps: expected int"):
+        from_dict(Outer, {"steps": "1e3"})  # only float fields convert
+
+
 @pytest.mark.parametrize(
     "data, fragment",
     [

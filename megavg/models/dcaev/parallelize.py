@@ -35,13 +35,6 @@ def apply_temporal_sp(model: Model, group) -> Model:
     return model
 
 
-def remove_temporal_sp(model: Model) -> Model:
-    """Undo :func:`apply_temporal_sp` (back to zero left pad for the first chunk)."""
-    for conv in chunk_convs(model):
-        conv.left_context = None
-    return model
-
-
 def apply_activation_checkpointing(model: Model) -> Model:
     """Recompute every residual block in backward instead of keeping its activations (state-dict keys
     unchanged). Works with temporal SP: the recomputation repeats the halo exchange in the same order

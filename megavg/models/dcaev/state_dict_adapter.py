@@ -22,6 +22,7 @@ from megavg.models.dcaev.model import Model
 from megavg.models.registry import check_state_dict, preset_args
 from megavg.utils.errors import UserError
 from megavg.utils.schema import from_dict
+from megavg.utils.torchload import load_weights_only
 
 # keys of the authors' config objects that describe runtime behaviour, not architecture
 _AUTHORS_RUNTIME_KEYS = {
@@ -100,11 +101,7 @@ def read_authors_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, pickle with code, not a torch file: all the same to the user
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path}: not a loadable weights-only checkpoint ({reason[:200]})") from None
+    blob = load_weights_only(path, "not a loadable weights-only checkpoint")
     if not isinstance(blob, dict):
         raise UserError(f"{path}: expected a dict with 'model_state_dict', got {type(blob).__name__}")
     if "ema_model_state_dict" in blob:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import re
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from megavg.models.wan.args import PRESETS, Args
 from megavg.models.wan.model import Model
 from megavg.utils.errors import UserError
 from megavg.utils.logging import get_logger
+from megavg.utils.torchload import load_weights_only
 
 # megavg module path -> (diffusers, original); block entries are relative to "blocks.N."
 TOP_KEYS = {
@@ -213,11 +213,7 @@ def _weights_file_in(folder: Path) -> Path:
 
 
 def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path}: not loadable with torch.load(weights_only=True) ({first})") from None
+    obj = load_weights_only(path)
     for wrapper in ("ema_model_state_dict", "model_state_dict", "state_dict", "module"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

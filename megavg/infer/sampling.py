@@ -1,0 +1,293 @@
+"""Flow-matching samplers for the Wan family: multistep UniPC (bh2, order 2) and Euler, with CFG.
+
+    latents = sample(model, noise, text, negative_text, steps=50, guidance=5.0, shift=5.0)
+
+The model predicts the flow velocity v = eps - x0 at x_sigma = (1 - sigma) x0 + sigma eps and takes
+``timestep = 1000 sigma`` (see :mod:`megavg.tasks.flow_matching`). Schedules and updates reproduce
+diffusers' ``UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+flow_shift=shift)`` (defaults: solver_order 2, predict_x0, bh2, lower_order_final, final sigma 0) and
+``FlowMatchEulerDiscreteScheduler(shift=shift)`` as the Wan pipelines drive them; the tests check that.
+This module is part of the standalone runner: torch (and optionally tqdm) only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from megavg.utils.errors import UserError
+
+NUM_TRAIN_TIMESTEPS = 1000
+TEXT_TOKENS = 512  # Wan-2.1 (and diffusers' WanPipeline) zero-pad umT5 states to 512 tokens
+SOLVERS = ("unipc", "euler")
+
+
+# ----------------------------------------------------------------------------------------------- schedules
+@dataclass(frozen=True)
+class Schedule:
+    """``timesteps`` [N] (the model's timestep input per step) and ``sigmas`` [N + 1] float32, last 0."""
+
+    timesteps: torch.Tensor
+    sigmas: torch.Tensor
+
+
+def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
+    """The flow shift: sigma -> shift sigma / (1 + (shift - 1) sigma); more steps near noise for shift > 1."""
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
+def _linspace(start: float, stop: float, num: int) -> torch.Tensor:
+    """float64 ``numpy.linspace`` (start + i step; torch.linspace rounds differently, which moves integer
+    timesteps such as 667 -> 666)."""
+    return torch.from_numpy(np.linspace(start, stop, num))
+
+
+def unipc_schedule(steps: int, shift: float, num_train: int = NUM_TRAIN_TIMESTEPS) -> Schedule:
+    """UniPC flow sigmas: ``steps`` points of linspace(1, 1/num_train, steps + 1) (the last dropped),
+    shifted; a first sigma of exactly 1 is lowered by 1e-6 (log-SNR stays finite); integer timesteps
+    ``int(1000 sigma)`` (truncated, from the float64 sigmas); then the final sigma 0 is appended."""
+    base = _linspace(1.0, 1.0 / num_train, steps + 1)[:-1]
+    sigmas = shift_sigmas(base, shift)
+    if abs(sigmas[0].item() - 1.0) < 1e-6:
+        sigmas[0] -= 1e-6
+    timesteps = (sigmas * num_train).to(torch.int64)  # truncation towards zero
+    return Schedule(timesteps, torch.cat([sigmas, sigmas.new_zeros(1)]).float())
+
+
+def euler_schedule(steps: int, shift: float, num_train: int = NUM_TRAIN_TIMESTEPS) -> Schedule:
+    """Flow-match Euler sigmas as diffusers builds them: linspace from 1 to the *shifted* 1/num_train
+    (its table minimum), shifted again; float timesteps 1000 sigma; final sigma 0 appended."""
+    lowest = shift_sigmas(torch.tensor(1.0 / num_train, dtype=torch.float32), shift).item()
+    base = _linspace(1.0, lowest, steps)
+    sigmas = shift_sigmas(base, shift).float()
+    return Schedule(sigmas * num_train, torch.cat([sigmas, sigmas.new_zeros(1)]))
+
+
+# ------------------------------------------------------------------------------------------------- solvers
+def _log_snr(sigma: float) -> float:
+    """lambda = log(alpha / sigma) with alpha = 1 - sigma (flow matching); +inf at sigma 0 (clean)."""
+    return math.inf if sigma == 0.0 else math.log(1.0 - sigma) - math.log(sigma)
+
+
+class EulerSolver:
+    """x_{i+1} = x_i + (sigma_{i+1} - sigma_i) v_i."""
+
+    def __init__(self, sigmas: torch.Tensor):
+        self.sigmas = sigmas
+
+    def step(self, i: int, velocity: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x + (self.sigmas[i + 1] - self.sigmas[i]).item() * velocity
+
+
+class UniPCSolver:
+    """Multistep UniPC in x0-prediction, order 2, bh2 (B(h) = expm1(-h) for log-SNR step h).
+
+    Step i turns the velocity at x_i into x0_i = x_i - sigma_i v_i, *corrects* x_i with UniC (which uses
+    x0_i, so costs no extra model call), then *predicts* x_{i+1} with UniP. The order warms up (1 at the
+    first step) and drops to 1 at the last step, whose target sigma 0 makes UniP return x0 itself.
+    """
+
+    def __init__(self, sigmas: torch.Tensor, order: int = 2):
+        self.sigmas = [float(s) for s in sigmas]  # the float32 schedule values, as exact float64
+        self.lambdas = [_log_snr(s) for s in self.sigmas]
+        self.order, self.steps = order, len(self.sigmas) - 1
+        self.x0s: list[torch.Tensor] = []  # x0 predictions of the last ``order`` steps, newest last
+        self.last: tuple[torch.Tensor, int] | None = None  # (x_{i-1} after correction, order used)
+
+    def step(self, i: int, velocity: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        x0 = x - self.sigmas[i] * velocity
+        if self.last is not None:
+            x = self.correct(i, x0, *self.last)
+        self.x0s = (self.x0s + [x0])[-self.order :]
+        order = min(self.order, self.steps - i, len(self.x0s))
+        self.last = (x, order)
+        return self.predict(i, x, order)
+
+    def predict(self, i: int, x: torch.Tensor, order: int) -> torch.Tensor:
+        """UniP: x_{i+1} from x_i, x0_i and (order 2) the difference to x0_{i-1}; rho fixed at 1/2."""
+        x_next, h, scale = self._first_order(i, i + 1, x, self.x0s[-1])
+        if order == 2:
+            r = (self.lambdas[i - 1] - self.lambdas[i]) / h
+            x_next = x_next - scale * 0.5 * (self.x0s[-2] - self.x0s[-1]) / r
+        return x_next
+
+    def correct(self, i: int, x0_new: torch.Tensor, x_prev: torch.Tensor, order: int) -> torch.Tensor:
+        """UniC: redo the step i-1 -> i from the corrected x_{i-1}, now also using x0_i (the model output
+        at the predicted x_i); ``order`` is the order the predictor used for that step."""
+        m0 = self.x0s[-1]  # x0_{i-1}
+        x_i, h, scale = self._first_order(i - 1, i, x_prev, m0)
+        if order == 1:
+            return x_i - scale * 0.5 * (x0_new - m0)
+        r = (self.lambdas[i - 2] - self.lambdas[i - 1]) / h
+        rho_prev, rho_new = _corrector_weights(h, r)
+        return x_i - scale * (rho_prev * (self.x0s[-2] - m0) / r + rho_new * (x0_new - m0))
+
+    def _first_order(self, src: int, dst: int, x: torch.Tensor, x0: torch.Tensor):
+        """First-order (DDIM-like) move of x from sigma_src to sigma_dst with prediction x0.
+
+        Returns (x_dst, h, alpha_dst B(h)) with h = lambda_dst - lambda_src, B(h) = expm1(-h) (bh2).
+        """
+        h = self.lambdas[dst] - self.lambdas[src]
+        b_h = math.expm1(-h)  # = h phi_1 in the x0 parametrisation; -1 when sigma_dst = 0
+        alpha_dst = 1.0 - self.sigmas[dst]
+        return (self.sigmas[dst] / self.sigmas[src]) * x - alpha_dst * b_h * x0, h, alpha_dst * b_h
+
+
+def _corrector_weights(h: float, r: float) -> tuple[float, float]:
+    """Order-2 UniC weights (rho for the older x0 difference, rho for the new one).
+
+    With hh = -h and B(h) = expm1(hh): g_1 = (expm1(hh)/hh - 1) / B(h), g_2 = 2 ((expm1(hh)/hh - 1)/hh - 1/2)
+    / B(h) (UniPC's phi-function coefficients); rho solves [[1, 1], [r, 1]] rho = [g_1, g_2].
+    """
+    hh = -h
+    b_h = math.expm1(hh)
+    phi = b_h / hh - 1.0
+    g1 = phi / b_h
+    g2 = 2.0 * (phi / hh - 0.5) / b_h
+    rho_prev = (g1 - g2) / (1.0 - r)
+    return rho_prev, g1 - rho_prev
+
+
+def make_solver(name: str, steps: int, shift: float) -> tuple[Schedule, EulerSolver | UniPCSolver]:
+    """The schedule and a fresh solver for ``name`` in :data:`SOLVERS`."""
+    if name == "unipc":
+        schedule = unipc_schedule(steps, shift)
+        return schedule, UniPCSolver(schedule.sigmas)
+    if name == "euler":
+        schedule = euler_schedule(steps, shift)
+        return schedule, EulerSolver(schedule.sigmas)
+    raise UserError(f"sampler: unknown solver {name!r} (choose from {', '.join(SOLVERS)})")
+
+
+# ------------------------------------------------------------------------------------------ conditioning
+def guide(cond: torch.Tensor, uncond: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance: uncond + guidance (cond - uncond)."""
+    return uncond + guidance * (cond - uncond)
+
+
+def prepare_text(
+    text: torch.Tensor | Sequence[torch.Tensor],
+    mask: torch.Tensor | None,
+    batch: int,
+    tokens: int = TEXT_TOKENS,
+) -> torch.Tensor:
+    """Text-encoder states as the Wan DiT sees them: [B, max(L, tokens), D], real tokens first, zeros after.
+
+    ``text`` is a [B, L, D] tensor (with ``mask`` [B, L], True = real token; masked positions are zeroed)
+    or a list of B unpadded [L_i, D] tensors. This is how Wan and diffusers' WanPipeline feed umT5 output
+    (zero-padded to 512), and the zero tokens do act as cross-attention keys, so the length matters.
+    A batch of 1 is broadcast to ``batch``.
+    """
+    if not isinstance(text, torch.Tensor):
+        if mask is not None:
+            raise UserError("sampler: text_mask goes with a padded [B, L, D] text tensor, not a list")
+        if any(t.ndim != 2 for t in text):
+            raise UserError("sampler: a text list must hold [L, D] tensors")
+        length = max(t.shape[0] for t in text)
+        text = torch.stack([F.pad(t, (0, 0, 0, length - t.shape[0])) for t in text])  # [B, L, D]
+    elif text.ndim != 3:
+        raise UserError(f"sampler: text must be [B, L, D], got {tuple(text.shape)}")
+    elif mask is not None:
+        if mask.shape != text.shape[:2]:
+            raise UserError(f"sampler: text_mask {tuple(mask.shape)} does not match text {tuple(text.shape)}")
+        text = text * mask.to(text.device, torch.bool)[..., None]
+    if text.shape[0] not in (1, batch):
+        raise UserError(f"sampler: text batch {text.shape[0]} does not match noise batch {batch}")
+    text = F.pad(text, (0, 0, 0, max(0, tokens - text.shape[1])))  # [B, tokens, D]
+    return text.expand(batch, -1, -1)
+
+
+def _check_inputs(noise: torch.Tensor, condition: torch.Tensor | None, steps: int, shift: float) -> None:
+    if noise.ndim != 5:
+        raise UserError(f"sampler: noise must be [B, C, T, H, W], got {tuple(noise.shape)}")
+    if steps < 1:
+        raise UserError(f"sampler: steps must be >= 1, got {steps}")
+    if shift <= 0:
+        raise UserError(f"sampler: shift must be > 0, got {shift}")
+    if condition is not None and (
+        condition.ndim != 5 or condition.shape[0] != noise.shape[0] or condition.shape[2:] != noise.shape[2:]
+    ):
+        raise UserError(
+            f"sampler: condition {tuple(condition.shape)} must be [B, C', T, H, W] like noise "
+            f"{tuple(noise.shape)}"
+        )
+
+
+def _progress(total: int, enabled: bool) -> Callable[[int], None]:
+    """A per-step callback: a tqdm bar when tqdm is installed, else one plain line per step."""
+    if not enabled:
+        return lambda i: None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return lambda i: print(f"sampling step {i + 1}/{total}", flush=True)
+    bar = tqdm(total=total, desc="sampling", unit="step")
+
+    def update(i: int) -> None:
+        bar.update(1)
+        if i + 1 == total:
+            bar.close()
+
+    return update
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+@torch.no_grad()
+def sample(
+    model: torch.nn.Module,
+    noise: torch.Tensor,
+    text: torch.Tensor | Sequence[torch.Tensor],
+    negative_text: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    *,
+    steps: int,
+    guidance: float,
+    shift: float,
+    solver: str = "unipc",
+    condition: torch.Tensor | None = None,
+    image: torch.Tensor | None = None,
+    text_mask: torch.Tensor | None = None,
+    negative_text_mask: torch.Tensor | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Integrate the flow from ``noise`` [B, C, T, H, W] (sigma 1) to clean latents (float32).
+
+    ``model(latents, timestep, text, image)`` is a Wan DiT predicting the velocity. Per step the model
+    sees the current latents concatenated on channels with ``condition`` (I2V: [B, 4 mask + C, T, H, W]),
+    the step's timestep and ``image`` (CLIP tokens [B, 257, 1280], I2V). With ``guidance > 1`` it runs a
+    conditional and an unconditional forward (``negative_text``; None: all-zero text, the null condition
+    of the trainer's text dropout) and mixes them with :func:`guide`; otherwise one forward. Text goes
+    through :func:`prepare_text`. The model runs in its parameters' dtype; the solver in float32.
+    """
+    _check_inputs(noise, condition, steps, shift)
+    schedule, stepper = make_solver(solver, steps, shift)
+    batch, device = noise.shape[0], noise.device
+    dtype = next(model.parameters()).dtype
+    cond = prepare_text(text, text_mask, batch).to(device, dtype)
+    uncond = None
+    if guidance > 1:
+        uncond = (
+            torch.zeros_like(cond)
+            if negative_text is None
+            else prepare_text(negative_text, negative_text_mask, batch).to(device, dtype)
+        )
+    extra = None if condition is None else condition.to(device, dtype)
+    image = None if image is None else image.to(device, dtype)
+
+    def velocity(x: torch.Tensor, t: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        x = x.to(dtype) if extra is None else torch.cat([x.to(dtype), extra], dim=1)
+        return model(x, t.expand(batch), states, image).float()
+
+    tick = _progress(steps, progress)
+    x = noise.float()
+    for i, t in enumerate(schedule.timesteps.to(device)):
+        v = velocity(x, t, cond)
+        if uncond is not None:
+            v = guide(v, velocity(x, t, uncond), guidance)
+        x = stepper.step(i, v, x)
+        tick(i)
+    return x

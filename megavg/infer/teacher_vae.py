@@ -1,0 +1,68 @@
+"""The base model's VAE for AE-Adapt-V phase 1: the Wan-2.1 VAE (diffusers ``AutoencoderKLWan``).
+
+    teacher = TeacherVAE("Wan2.1-T2V-14B-Diffusers")   # a diffusers folder (or its vae/ subfolder)
+    z = teacher.latents(video)                          # [B, 3, 4k, H, W] -> [B, 16, k+1, H/8, W/8]
+
+Clip the teacher sees: the student's own 4k frames with the first frame repeated in front (4k+1 frames,
+the causal Wan layout). Latent 0 then holds frame 0 alone and latent i >= 1 holds exactly the four frames
+of the student's latent i-1, so no extra frame is decoded and both models see the same content.
+Latents are the posterior mode, normalised per channel the way Wan's pipelines do,
+``(z - latents_mean) / latents_std`` (the config's lists): what the Wan DiT sees.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from megavg.utils.errors import UserError
+
+MASK_CHANNELS = 4  # the I2V mask: one channel per frame packed into a latent frame
+
+
+class TeacherVAE:
+    """A frozen ``AutoencoderKLWan`` encoding clips into normalised Wan latents."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype = torch.float32):
+        from diffusers import AutoencoderKLWan
+
+        folder = Path(path)
+        sub = "vae" if (folder / "vae" / "config.json").is_file() else None
+        try:
+            self.vae = AutoencoderKLWan.from_pretrained(folder, subfolder=sub, torch_dtype=dtype)
+        except (OSError, ValueError, TypeError) as err:
+            raise UserError(f"teacher VAE {path}: cannot load ({str(err).splitlines()[0]})") from None
+        self.vae.to(device).eval().requires_grad_(False)
+        config = self.vae.config
+        shape = (1, config.z_dim, 1, 1, 1)
+        self.mean = torch.tensor(config.latents_mean, dtype=torch.float32).view(shape)
+        self.std = torch.tensor(config.latents_std, dtype=torch.float32).view(shape)
+        self.temporal = int(config.scale_factor_temporal)
+        self.device, self.dtype = device, dtype
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """[B, 3, 4k+1, H, W] in [-1, 1] -> normalised latents [B, z_dim, k+1, H/8, W/8] (float32, CPU)."""
+        if (video.shape[2] - 1) % self.temporal:
+            raise UserError(f"teacher VAE: {video.shape[2]} frames is not {self.temporal}k+1")
+        z = self.vae.encode(video.to(self.device, self.dtype)).latent_dist.mode().float().cpu()
+        return (z - self.mean) / self.std
+
+    def latents(self, video: torch.Tensor) -> torch.Tensor:
+        """Teacher latents of the student's clip [B, 3, 4k, H, W]: the first frame repeated in front."""
+        return self.encode(torch.cat([video[:, :, :1], video], dim=2))  # B, 3, 4k+1, H, W
+
+    def i2v_condition(self, image: torch.Tensor, frames: int) -> torch.Tensor:
+        """The base I2V model's condition for a 4k+1-frame clip starting at ``image`` [B, 3, H, W].
+
+        The image followed by zero frames, encoded and normalised, after a mask that is 1 on the first
+        latent frame: [B, 4 + z_dim, k+1, H/8, W/8] (mask first, as the Wan I2V DiT takes it).
+        """
+        video = torch.zeros(image.shape[0], 3, frames, *image.shape[-2:], dtype=image.dtype)
+        video[:, :, 0] = image
+        cond = self.encode(video)  # B, z_dim, k+1, h, w
+        mask = torch.zeros(cond.shape[0], MASK_CHANNELS, *cond.shape[2:])
+        mask[:, :, 0] = 1.0
+        return torch.cat([mask, cond], dim=1)
