@@ -75,8 +75,9 @@ def gathered_state(model) -> dict[str, torch.Tensor]:
     return state
 
 
-def build_case(overrides: list[str]) -> tuple[int, dict[str, torch.Tensor]]:
-    """Elements read on this rank while building the task's model, and its gathered weights."""
+def build_case(overrides: list[str]) -> tuple[int, list[str], dict[str, torch.Tensor]]:
+    """Elements read on this rank while building the task's model, the names of its parameters left
+    unpartitioned, and its gathered weights."""
     from megavg.tasks import build_task
     from megavg.train import engine
     from megavg.train.config import load_config
@@ -93,7 +94,8 @@ def build_case(overrides: list[str]) -> tuple[int, dict[str, torch.Tensor]]:
         model = task.build_model()
     finally:
         registry.safe_open = _SAFE_OPEN
-    return CountingOpen.read, gathered_state(model)
+    whole = [name for name, param in model.named_parameters() if not hasattr(param, "ds_id")]
+    return CountingOpen.read, whole, gathered_state(model)
 
 
 def resume_case(overrides: list[str]) -> dict[str, dict[str, torch.Tensor]]:
@@ -134,8 +136,8 @@ def main() -> None:
         if case[0] == "resume":
             result = resume_case(case[1:])
         else:
-            read, state = build_case(case[1:])
-            result = {"read": read, "state": state}
+            read, whole, state = build_case(case[1:])
+            result = {"read": read, "whole": whole, "state": state}
         torch.save(result if rank == 0 else {"read": result.get("read")}, out / f"{case[0]}_rank{rank}.pt")
     dist.barrier()
     state_groups.shutdown()
