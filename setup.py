@@ -1,5 +1,9 @@
 from setuptools import find_packages, setup
 
+# pip install megavg            -> the standalone single-GPU runner (generate, reconstruct, export)
+# pip install "megavg[train]"   -> + distributed training (DeepSpeed ZeRO-3, LoRA, webdataset, tensorboard)
+# pip install "megavg[gpu]"     -> + flash-attn and Transformer Engine (CUDA machines)
+# pip install "megavg[dev]"     -> + test tools (and diffusers, the tests' independent reference)
 setup(
     name="megavg",
     version="0.1.0",
@@ -8,25 +12,28 @@ setup(
     packages=find_packages(include=["megavg", "megavg.*"]),
     install_requires=[
         "torch>=2.4,<2.15",
-        "deepspeed>=0.16",
         "safetensors>=0.4",
-        "pyyaml>=6",
         "numpy",
         "av>=12",
-        "webdataset>=0.2.100",
-        "tensorboard>=2.14",
-        "peft>=0.13",
         "transformers>=4.45",
-        "psutil",
+        "pyyaml>=6",
         "tqdm",
     ],
     extras_require={
+        "train": [
+            "deepspeed>=0.16",
+            "peft>=0.13",
+            "webdataset>=0.2.100",
+            "tensorboard>=2.14",
+            "psutil",
+        ],
         "dev": [
             "pytest>=8",
             "pytest-timeout",
             "ruff>=0.6",
             "diffusers>=0.33",
             "scikit-video",
+            "scipy",
         ],
         "gpu": ["flash-attn>=2.6", "transformer-engine[pytorch]>=2.0"],
     },

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install megavg (editable) with its test extras into ./.venv, or into the active virtualenv.
+# Install megavg (editable) with its training and test extras into ./.venv, or into the active virtualenv.
 # Installs the pinned CPU torch first where no torch is present (an unpinned torch pulls a CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,5 +11,5 @@ else
 fi
 $PY -m pip install -q --upgrade pip >/dev/null
 $PY -c "import torch" 2>/dev/null || $PY -m pip install -q "torch==2.13.0"
-$PY -m pip install -q -e ".[dev]"
+$PY -m pip install -q -e ".[train,dev]"
 echo "megavg installed into $($PY -c 'import sys; print(sys.prefix)')"

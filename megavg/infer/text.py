@@ -2,6 +2,7 @@
 
 encoder = TextEncoder("google/umt5-xxl")            # online; or a local folder (offline)
 embeddings = encoder(["a cat surfing"])             # list of [L_i, D], padding removed
+context = encoder.padded(["a cat surfing"])         # [B, max_length, D], zeros after each caption (Wan)
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ WAN_TEXT_ENCODER = "google/umt5-xxl"  # Wan-2.1 conditions on umT5-XXL, 512 toke
 class TextEncoder:
     """Tokenizer + encoder-only T5/umT5; returns one unpadded embedding per caption."""
 
-    def __init__(self, name_or_path: str, device: str = "cpu", dtype=torch.float32, max_length: int = 512):
+    def __init__(
+        self,
+        name_or_path: str,
+        device: str = "cpu",
+        dtype=torch.float32,
+        max_length: int = 512,
+        tokenizer: str | None = None,
+    ):
         import transformers
 
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
@@ -28,7 +36,7 @@ class TextEncoder:
                 transformers.UMT5EncoderModel if config.model_type == "umt5" else transformers.T5EncoderModel
             )
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(
-                name_or_path, local_files_only=offline
+                tokenizer or name_or_path, local_files_only=offline
             )
             self.model = model_cls.from_pretrained(name_or_path, torch_dtype=dtype, local_files_only=offline)
         except (OSError, ValueError) as err:
@@ -41,6 +49,19 @@ class TextEncoder:
     @property
     def dim(self) -> int:
         return self.model.config.d_model
+
+    def to(self, device) -> TextEncoder:
+        self.model.to(device)
+        self.device = device
+        return self
+
+    def padded(self, captions: list[str]) -> torch.Tensor:
+        """[B, max_length, D] float32: each caption's states, then zeros (how Wan pads its text context;
+        the padding tokens are masked inside the encoder and zeroed here)."""
+        out = torch.zeros(len(captions), self.max_length, self.dim)
+        for i, states in enumerate(self(captions)):
+            out[i, : states.shape[0]] = states
+        return out
 
     @torch.no_grad()
     def __call__(self, captions: list[str]) -> list[torch.Tensor]:

@@ -20,7 +20,6 @@ import av
 import numpy as np
 import torch
 
-from megavg.data.video import checked_frames, frame_rate, open_video, upright
 from megavg.utils.errors import UserError
 from megavg.utils.io import atomic_file
 from megavg.utils.logging import get_logger
@@ -41,6 +40,8 @@ def read_pieces(
     upright. Each frame's time in seconds (Fraction, or None without timestamps) is appended to
     ``times`` when given. A video cut short raises VideoError after its last frame (unless
     ``max_frames`` stops the read first)."""
+    from megavg.data.video import checked_frames, open_video, upright  # readers only: writers stay light
+
     _check_file(path)
     frames: list[np.ndarray] = []
     count = 0
@@ -64,6 +65,8 @@ def read_pieces(
 def video_timing(path: str | os.PathLike) -> tuple[Fraction, Fraction | None]:
     """(average frame rate, time base) of the video at ``path``; the rate is 25 when the container does
     not say. Also the up-front check of an input: a missing, empty or undecodable file is a UserError."""
+    from megavg.data.video import frame_rate, open_video
+
     _check_file(path)
     with open_video(path, str(path)) as container:
         stream = container.streams.video[0]

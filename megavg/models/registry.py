@@ -64,6 +64,13 @@ def family_of(args: Any) -> str:
     raise UserError(f"{type(args).__name__} is not the args of any model family")
 
 
+def config_args(config: dict) -> Any:
+    """The args dataclass described by a model folder's config (``{"family": ..., "args": {...}}``)."""
+    if "family" not in config:
+        raise UserError("model config: missing key 'family'")
+    return from_dict(_family(config["family"]).Args, config.get("args", {}), "args")
+
+
 def build(spec: str | Any | dict, **overrides: Any) -> nn.Module:
     """Build a model from a preset name, an args dataclass or ``{"family": ..., "args": {...}}``.
 
@@ -72,9 +79,7 @@ def build(spec: str | Any | dict, **overrides: Any) -> nn.Module:
     if isinstance(spec, str):
         args = preset_args(spec)
     elif isinstance(spec, dict):
-        if "family" not in spec:
-            raise UserError("model config: missing key 'family'")
-        args = from_dict(_family(spec["family"]).Args, spec.get("args", {}), "args")
+        args = config_args(spec)
     else:
         args = spec
     if overrides:
@@ -110,13 +115,13 @@ def save_state(family: str, args: dict, state: dict[str, Any], folder: str | os.
     return Path(folder)
 
 
-def _plan_shards(state: dict[str, Any]) -> list[list[str]]:
-    """Keys grouped into consecutive shards of at most ``MAX_SHARD_BYTES`` (a bigger tensor: alone)."""
+def _plan_shards(state: dict[str, Any], max_bytes: int) -> list[list[str]]:
+    """Keys grouped into consecutive shards of at most ``max_bytes`` (a bigger tensor: alone)."""
     shards: list[list[str]] = [[]]
     size = 0
     for key, value in state.items():
         nbytes = torch.Size(value.shape).numel() * value.dtype.itemsize
-        if shards[-1] and size + nbytes > MAX_SHARD_BYTES:
+        if shards[-1] and size + nbytes > max_bytes:
             shards.append([])
             size = 0
         shards[-1].append(key)
@@ -135,20 +140,31 @@ def _materialized_shard(state: dict[str, Any], keys: list[str]) -> dict[str, tor
 
 
 def _write_weights(state: dict[str, Any], folder: Path) -> None:
-    shards = _plan_shards(state)
+    write_safetensors(state, folder, "model", MAX_SHARD_BYTES)
+
+
+def write_safetensors(state: dict[str, Any], folder: Path, stem: str, max_bytes: int) -> None:
+    """``<stem>.safetensors``, or shards ``<stem>-0000K-of-0000N.safetensors`` of at most ``max_bytes`` plus
+    ``<stem>.safetensors.index.json`` (``weight_map`` and ``metadata.total_size``, as transformers and
+    diffusers write it); lazy tensors are materialised one shard at a time."""
+    shards = _plan_shards(state, max_bytes)
     count = len(shards)
     names = (
-        [WEIGHTS_NAME]
+        [f"{stem}.safetensors"]
         if count == 1
-        else [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+        else [f"{stem}-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
     )
     mode = default_file_mode()  # safetensors writes 0600: teammates on a shared file system could not read
+    total = 0
     for name, keys in zip(names, shards):
-        save_file(_materialized_shard(state, keys), str(folder / name), metadata={"format": "pt"})
+        shard = _materialized_shard(state, keys)
+        total += sum(t.numel() * t.element_size() for t in shard.values())
+        save_file(shard, str(folder / name), metadata={"format": "pt"})
         os.chmod(folder / name, mode)
     if count > 1:
         weight_map = {key: name for name, keys in zip(names, shards) for key in keys}
-        (folder / INDEX_NAME).write_text(json.dumps({"weight_map": weight_map}, indent=2) + "\n")
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (folder / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
 def read_config(folder: str | os.PathLike) -> dict:

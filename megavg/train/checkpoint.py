@@ -17,7 +17,8 @@ deterministic given (seed, data-parallel rank, start step).
 
 Resume verifies before it loads (:func:`choose_tag`): the tag named by ``latest`` if its files match its
 manifest, else (one warning) the newest older intact tag, the same choice on every rank. A tag newer than
-``latest`` counts only when sealed (its manifest is written after all of its files).
+``latest`` counts only when sealed (its manifest is written after all of its files). A checkpoint of
+another world size is re-partitioned on load (:mod:`megavg.train.elastic`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import torch.distributed as dist
 
 from megavg.layers.fp8 import load_module_state
 from megavg.train import ckpt_integrity
+from megavg.train.elastic import check_same_model, load_resharded
+from megavg.train.zero_checkpoint import ZeroCheckpoint
 from megavg.utils.errors import UserError
 from megavg.utils.io import atomic_file
 from megavg.utils.logging import get_logger
@@ -160,44 +163,45 @@ class Checkpointer:
 
     def load(self, engine, aux: dict | None = None) -> int:
         """Restore the newest intact checkpoint (:func:`choose_tag`) into ``engine`` (and the ``aux``
-        engines); returns its step (0 when there is none)."""
+        engines); returns its step (0 when there is none). A checkpoint written at another world size is
+        re-partitioned (:mod:`megavg.train.elastic`)."""
         tag = choose_tag(self.dir)
         if tag is None:
             return 0
-        self._check_world_size(tag)
-        path, client = engine.load_checkpoint(
-            str(self.dir),
-            tag=tag,
-            load_module_strict=not self.exclude_frozen,
-            load_optimizer_states=True,
-            load_lr_scheduler_states=True,
-            # module state through megavg.layers.fp8: TE FP8 scaling state kept or reset (reset_amax_on_load)
-            custom_load_fn=partial(load_module_state, strict=not self.exclude_frozen),
-        )
-        if path is None:
-            raise UserError(f"{self.dir / tag}: incomplete DeepSpeed checkpoint")
+        # module state through megavg.layers.fp8: TE FP8 scaling state kept or reset (reset_amax_on_load)
+        strict = not self.exclude_frozen
+        custom = partial(load_module_state, strict=strict)
+        client = self._restore(engine, self.dir, tag, load_module_strict=strict, custom_load_fn=custom)
         for name, aux_engine in (aux or {}).items():
-            self._load_aux(aux_engine, tag, name)
+            if not (self.dir / tag / name).is_dir():
+                raise UserError(f"{self.dir / tag / name}: missing; checkpoint {tag} has no {name} state")
+            self._restore(aux_engine, self.dir / tag, name)
         rng = self.dir / tag / "rng" / f"rank_{dist.get_rank():05d}.pt"
-        if rng.is_file():  # listed in the manifest (checked); optional in a legacy tag
+        if rng.is_file():  # listed in the manifest (checked); optional in a legacy tag; new ranks: seeded
             _set_rng_state(load_weights_only(rng))
         log.info(f"resumed from {self.dir / tag} (step {client['step']})")
         return int(client["step"])
 
-    def _load_aux(self, aux_engine, tag: str, name: str) -> None:
-        folder = self.dir / tag / name
-        if not folder.is_dir():
-            raise UserError(f"{folder}: missing; checkpoint {tag} has no {name} state")
-        path, _ = aux_engine.load_checkpoint(
-            str(self.dir / tag), tag=name, load_optimizer_states=True, load_lr_scheduler_states=True
-        )
-        if path is None:
-            raise UserError(f"{folder}: incomplete DeepSpeed checkpoint")
-
-    def _check_world_size(self, tag: str) -> None:
-        shards = list((self.dir / tag).glob("*_optim_states.pt"))
-        if len(shards) != dist.get_world_size():
-            raise UserError(
-                f"{self.dir / tag}: written by {len(shards)} ranks, this run has {dist.get_world_size()}; "
-                "resume with the same world size (or convert to a DeepSpeed universal checkpoint)"
+    def _restore(self, engine, folder: Path, tag: str, **load_kwargs) -> dict:
+        """DeepSpeed tag ``folder/tag`` into ``engine``: DeepSpeed's own load at the same world size, else
+        re-partitioned (ZeRO-3 only); returns the client state."""
+        zero3 = hasattr(getattr(engine, "optimizer", None), "fp16_partitioned_groups_flat")
+        ckpt = ZeroCheckpoint(folder / tag) if zero3 else None
+        saved = ckpt.world_size if ckpt else len(list((folder / tag).glob("*_optim_states.pt")))
+        if saved == dist.get_world_size():
+            if ckpt is not None:
+                check_same_model(ckpt, engine)  # DeepSpeed's own error would be a bare shape mismatch
+            path, client = engine.load_checkpoint(
+                str(folder), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True, **load_kwargs
             )
+            if path is None:
+                raise UserError(f"{folder / tag}: incomplete DeepSpeed checkpoint")
+            return client
+        if ckpt is None:
+            raise UserError(
+                f"{folder / tag}: written by {saved} ranks, this run has {dist.get_world_size()}; "
+                "resuming on another world size needs ZeRO stage 3"
+            )
+        client = load_resharded(engine, ckpt)
+        log.info(f"re-partitioned {folder / tag} from {saved} to {dist.get_world_size()} ranks")
+        return client

@@ -2,14 +2,14 @@
 
     python tools/consolidate.py RUN_DIR --out FOLDER
 
-DeepSpeed's ``zero_to_fp32`` reads every rank's fp32 master partitions and hands out lazy tensors, which
-stay lazy until the writer materialises them one safetensors shard at a time (peak memory: the partitions
-plus one shard, instead of twice the model). Frozen parameters left out of the checkpoint
-(``checkpoint.exclude_frozen``) come from ``model.init``, also read lazily, or from the seeded initial
-model as the trainer built it. The task may transform the result (``Task.export_state``: the AE-Adapt-V
-LoRA task merges its adapters into the weights). Transformer Engine ``_extra_state`` entries are dropped,
-and the result is checked against the model's keys and shapes before it is written (atomically;
-safetensors, sharded past 4 GiB).
+The trained tensors are lazy (:mod:`megavg.train.zero_checkpoint`): the writer materialises them one
+safetensors shard at a time, and each tensor reads only its pieces of the memory-mapped rank partitions
+(peak memory: one output shard plus one tensor, whatever the model and world size). Frozen parameters
+left out of the checkpoint (``checkpoint.exclude_frozen``) come from ``model.init``, also read lazily,
+or from the seeded initial model as the trainer built it. The task may transform the result
+(``Task.export_state``: the AE-Adapt-V LoRA task merges its adapters into the weights). Transformer
+Engine ``_extra_state`` entries are dropped, and the result is checked against the model's keys and
+shapes before it is written (atomically; safetensors, sharded past 4 GiB).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from megavg.tasks.base import model_args
 from megavg.train import ckpt_integrity
 from megavg.train.checkpoint import read_latest
 from megavg.train.config import load_config
+from megavg.train.zero_checkpoint import ZeroCheckpoint
 from megavg.utils.errors import UserError, run_cli
 from megavg.utils.schema import to_dict
 from megavg.utils.torchload import first_line
@@ -39,14 +40,16 @@ UNREADABLE += (pickle.UnpicklingError,)
 
 def trained_state(ckpt_dir: Path, tag: str) -> dict[str, Any]:
     """fp32 weights of checkpoint ``tag`` (without ``_extra_state``) as lazy tensors
-    (:func:`megavg.models.registry.materialize`)."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
+    (:func:`megavg.models.registry.materialize`) that read only the rank partitions holding them. Every
+    rank file is opened (memory-mapped, nothing read) here, so a damaged one is reported before writing."""
     try:
-        lazy = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag, lazy_mode=True)
-    except UNREADABLE as err:  # a legacy tag (no manifest) damaged inside a file DeepSpeed reads
+        ckpt = ZeroCheckpoint(ckpt_dir / tag)
+        for rank in range(ckpt.world_size):
+            ckpt.optim_state(rank)
+        state = ckpt.state_dict()
+    except UNREADABLE as err:  # a legacy tag (no manifest) damaged inside a file
         raise UserError(f"{ckpt_dir / tag}: not a readable ZeRO checkpoint ({first_line(err)})") from None
-    return {k: v for k, v in lazy.items() if not k.endswith("_extra_state")}
+    return {k: v for k, v in state.items() if not k.endswith("_extra_state")}
 
 
 def checkpoint_config(path: Path):

@@ -60,6 +60,12 @@ def _tiled(fn, x: torch.Tensor, tile: int, overlap: int, scale_num: int, scale_d
     return (total / weight).to(x.dtype)
 
 
+def tiled_map(fn, x: torch.Tensor, tile: int, overlap: int, scale_num: int, scale_den: int) -> torch.Tensor:
+    """Public form of the tile-and-blend loop: ``fn`` is called once per tile, rows then columns, with
+    outputs ``scale_num / scale_den`` times larger than its input (the runner streams each tile)."""
+    return _tiled(fn, x, tile, overlap, scale_num, scale_den)
+
+
 def tiled_encode(model: Model, x: torch.Tensor, tile: int = 512, overlap: int = 128) -> torch.Tensor:
     """``model.encode`` over spatial tiles of ``tile`` pixels overlapping by ``overlap`` (multiples of the
     spatial compression)."""

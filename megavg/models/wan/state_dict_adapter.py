@@ -1,6 +1,7 @@
 """Wan-2.1 weights from the published layouts into megavg's.
 
-Two source layouts, detected from the keys:
+Two source layouts, detected from the keys (and megavg -> diffusers the other way, :func:`to_diffusers`,
+:func:`diffusers_config`, :func:`save_diffusers`):
   diffusers  ``condition_embedder.time_proj.weight``, ``blocks.N.attn1.to_q.weight`` ... (Wan-AI/*-Diffusers,
              the released DC-VideoGen transformers, ``.pt`` or safetensors)
   original   ``time_projection.1.weight``, ``blocks.N.self_attn.q.weight``, ``head.head.weight`` ...
@@ -18,6 +19,7 @@ import argparse
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -27,6 +29,7 @@ from megavg.models import registry
 from megavg.models.wan.args import PRESETS, Args
 from megavg.models.wan.model import Model
 from megavg.utils.errors import UserError
+from megavg.utils.io import atomic_dir
 from megavg.utils.logging import get_logger
 from megavg.utils.torchload import load_weights_only
 
@@ -124,6 +127,66 @@ def to_megavg(state: dict[str, torch.Tensor], layout: str | None = None) -> dict
             f"wan weights ({layout} layout): {len(unknown)} unexpected keys (e.g. {sorted(unknown)[0]})"
         )
     return out
+
+
+def to_diffusers(state: dict[str, Any]) -> dict[str, Any]:
+    """Rename a megavg Wan state dict to diffusers ``WanTransformer3DModel`` keys (values untouched, so
+    lazy tensors stay lazy); unknown keys are an error."""
+    top = {ours: names[0] for ours, names in TOP_KEYS.items()}
+    block = {ours: names[0] for ours, names in BLOCK_KEYS.items()}
+    out, unknown = {}, []
+    for key, tensor in state.items():
+        if key.endswith("_extra_state"):
+            continue
+        theirs = _map_path(key, top, block)
+        if theirs is None:
+            unknown.append(key)
+        else:
+            out[theirs] = tensor
+    if unknown:
+        raise UserError(
+            f"wan weights: {len(unknown)} megavg keys without a diffusers name (e.g. {unknown[0]})"
+        )
+    return out
+
+
+def diffusers_config(args: Args) -> dict:
+    """The diffusers ``WanTransformer3DModel`` config.json of a megavg architecture."""
+    if args.rope_theta != 10000.0:
+        raise UserError(f"wan args: rope_theta {args.rope_theta} has no diffusers equivalent (fixed 10000)")
+    return {
+        "_class_name": "WanTransformer3DModel",
+        "patch_size": list(args.patch_size),
+        "num_attention_heads": args.num_heads,
+        "attention_head_dim": args.head_dim,
+        "in_channels": args.in_channels,
+        "out_channels": args.out_channels,
+        "text_dim": args.text_dim,
+        "freq_dim": args.freq_dim,
+        "ffn_dim": args.ffn_dim,
+        "num_layers": args.num_layers,
+        "cross_attn_norm": args.cross_attn_norm,
+        "qk_norm": "rms_norm_across_heads",
+        "eps": args.eps,
+        "image_dim": args.image_dim,
+        "added_kv_proj_dim": args.dim if args.is_i2v else None,
+        "rope_max_seq_len": 1024,
+        "pos_embed_seq_len": None,
+    }
+
+
+DIFFUSERS_STEM = "diffusion_pytorch_model"
+
+
+def save_diffusers(args: Args, state: dict[str, Any], folder, max_shard_bytes: int = 5 * 1024**3) -> Path:
+    """Write a diffusers ``WanTransformer3DModel`` folder (config.json + safetensors shards + index)
+    atomically from megavg args and state dict (lazy tensors are read one shard at a time)."""
+    config = diffusers_config(args)
+    renamed = to_diffusers(state)
+    with atomic_dir(folder) as tmp:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        registry.write_safetensors(renamed, tmp, DIFFUSERS_STEM, max_shard_bytes)
+    return Path(folder)
 
 
 def args_from_config(config: dict) -> Args:
