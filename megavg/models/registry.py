@@ -220,6 +220,25 @@ class StoredTensor:
         with safe_open(self.path, framework="pt") as fh:
             return fh.get_tensor(self.key)
 
+    def read_flat(self, start: int, end: int) -> torch.Tensor:
+        """Elements ``[start, end)`` of the tensor flattened in row-major order, as a 1-D tensor.
+
+        Only the rows (along the first dimension that is not 1) covering the range are read from the
+        file (a safetensors slice): at most ``end - start`` plus two rows, never the whole tensor.
+        """
+        numel = self.shape.numel()
+        if not 0 <= start <= end <= numel:
+            raise ValueError(f"{self.key}: flat range [{start}, {end}) outside 0..{numel}")
+        lead = next((i for i, size in enumerate(self.shape) if size != 1), len(self.shape))
+        if lead == len(self.shape) or start == end:  # one element (or none): no rows to pick
+            return self.contiguous().reshape(-1)[start:end]
+        row = self.shape[lead + 1 :].numel()  # elements per index of dimension `lead`
+        first, last = start // row, -(-end // row)
+        index = (slice(None),) * lead + (slice(first, last),)
+        with safe_open(self.path, framework="pt") as fh:
+            rows = fh.get_slice(self.key)[index]  # (1,)*lead + (last - first, *shape[lead + 1:])
+        return rows.reshape(-1)[start - first * row : end - first * row]
+
 
 def _stored(path: str, fh: Any, key: str) -> StoredTensor:
     piece = fh.get_slice(key)

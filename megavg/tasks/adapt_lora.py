@@ -11,12 +11,14 @@ Phase 2 (patch/head fine-tuning) needs no module: ``flow_matching`` with
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
 from megavg.models import registry
+from megavg.parallel import zero_load
 from megavg.tasks import flow_matching
 from megavg.utils.errors import UserError
 
@@ -42,25 +44,45 @@ def lora_scale(args: Args) -> float:
     return args.alpha / args.rank
 
 
+def _groups(targets: list[str]) -> list[list[str]]:
+    """``targets`` (in model order) grouped by top-level module, transformer blocks one by one."""
+    groups: dict[str, list[str]] = {}
+    for name in targets:
+        parts = name.split(".")
+        groups.setdefault(".".join(parts[:2] if parts[0] == "blocks" else parts[:1]), []).append(name)
+    return list(groups.values())
+
+
+def inject_lora(model: nn.Module, targets: list[str], rank: int, alpha: float) -> nn.Module:
+    """peft LoRA adapters on the linear layers ``targets`` of ``model`` (A: peft's Kaiming init, B: 0).
+
+    peft creates the adapters as whole tensors after the model exists. Under ``zero.Init`` (the base
+    partitioned: peft reads in/out features from the layers, not the empty weights) each group of
+    adapters (one transformer block) is partitioned right after it is created, so a rank holds whole
+    LoRA tensors of one block at a time, not of the model. The adapters are created in model order,
+    with the same random draws as one ``inject_adapter_in_model`` call over all targets.
+    """
+    for group in _groups(targets):
+        config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=group, lora_dropout=0.0)
+        with warnings.catch_warnings():  # "Already found a peft_config": expected, one adapter per group
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            model = inject_adapter_in_model(config, model)
+        zero_load.partition_new(model)
+    model.peft_config = {
+        "default": LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0)
+    }
+    return model
+
+
 class Task(flow_matching.Task):
     Args = Args
-
-    def validate(self) -> None:
-        super().validate()
-        if self.cfg.parallel.zero_init:
-            # peft initialises the new LoRA weights after construction: under zero.Init they would
-            # already be partitioned placeholders and stay uninitialised.
-            raise UserError("config parallel.zero_init: task adapt_lora does not support it")
 
     def build_model(self) -> nn.Module:
         model = super().build_model()
         targets = lora_targets(model, self.args.exclude)
         if not targets:
             raise UserError("task adapt_lora: no linear layer left to adapt after task.args.exclude")
-        config = LoraConfig(
-            r=self.args.rank, lora_alpha=self.args.alpha, target_modules=targets, lora_dropout=0.0
-        )
-        model = inject_adapter_in_model(config, model)
+        model = inject_lora(model, targets, self.args.rank, self.args.alpha)
         prefixes = tuple(p + "." for p in self.args.train_fully)
         for name, param in model.named_parameters():
             param.requires_grad_(".lora_" in name or name.startswith(prefixes))

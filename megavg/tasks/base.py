@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from megavg.models import registry
+from megavg.parallel import zero_load
 from megavg.utils.errors import UserError
 from megavg.utils.schema import from_dict, to_dict
 
@@ -56,22 +57,13 @@ def model_args(model_cfg) -> Any:
     return from_dict(type(base), merged, "model.args")
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Copy ``state`` into ``model``; parameters partitioned by ``deepspeed.zero.Init`` are gathered one
-    at a time and written by rank 0 (DeepSpeed re-partitions them on exit)."""
-    params = dict(model.named_parameters())
-    if not any(hasattr(p, "ds_id") for p in params.values()):
-        model.load_state_dict(state, strict=False)
-        return
-    import deepspeed
-    import torch.distributed as dist
-
-    for name, param in params.items():
-        with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
-            if dist.get_rank() == 0:
-                param.data.copy_(state[name])
-    buffers = {k: v for k, v in state.items() if k not in params}
-    model.load_state_dict(buffers, strict=False)
+def init_state(folder: str, args: Any) -> dict[str, registry.StoredTensor]:
+    """The tensors of model folder ``folder`` as lazy entries (nothing read yet), checked against the
+    keys and shapes of a model built from ``args`` (on meta: before any real model is built)."""
+    state = registry.load_state_dict(folder, lazy=True)
+    with torch.device("meta"):
+        registry.check_state_dict(registry.build(args), state, folder)
+    return state
 
 
 def set_trainable(model: nn.Module, patterns: list[str]) -> list[nn.Parameter]:
@@ -107,16 +99,14 @@ class Task:
         model_args(self.cfg.model)
 
     def build_model(self) -> nn.Module:
-        """The model to train, in fp32, weights from ``model.init`` when set (also under zero.Init)."""
-        args = model_args(self.cfg.model)
-        state = registry.load_state_dict(self.cfg.model.init) if self.cfg.model.init else None
-        if state is not None:
-            with torch.device("meta"):
-                registry.check_state_dict(registry.build(args), state, self.cfg.model.init)
+        """The model to train, in fp32, weights from ``model.init`` when set (under zero.Init: each rank
+        reads only its partitions, :mod:`megavg.parallel.zero_load`)."""
+        args, init = model_args(self.cfg.model), self.cfg.model.init
+        state = init_state(init, args) if init else None
         with self.init_context():
             model = registry.build(args)
         if state is not None:
-            load_weights(model, state)
+            zero_load.load_state(model, state, init)  # one tensor (or partition) at a time
         return model
 
     def setup(self, ds_config: dict, device: torch.device) -> dict[str, Any]:

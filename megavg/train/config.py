@@ -107,7 +107,8 @@ class ParallelConfig:
     offload, communication); ``deepspeed_overrides`` is merged into it. Batch size, optimizer and
     clipping come from this tree and must not appear in the JSON. ``backend`` ``auto`` is NCCL on GPU,
     gloo on CPU. ``zero_init``: build the model under ``deepspeed.zero.Init`` so that no rank ever holds
-    all weights (needed for the 14B DiT; ZeRO stage 3 only)."""
+    all weights, and read only this rank's partitions of ``model.init`` (needed for the 14B DiT, set in
+    the AE-Adapt-V configs; ZeRO stage 3 only)."""
 
     sp_size: int = 1
     zero_init: bool = False

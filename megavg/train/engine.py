@@ -20,6 +20,7 @@ from torch import nn
 
 from megavg.train.config import TrainConfig
 from megavg.utils.errors import UserError
+from megavg.utils.memory import return_large_frees_to_os
 
 OWNED_KEYS = (
     "train_batch_size",
@@ -150,6 +151,8 @@ def zero_init(cfg: TrainConfig, ds: dict):
     enabled = cfg.parallel.zero_init
     if enabled and ds.get("zero_optimization", {}).get("stage") != 3:
         raise UserError("config parallel.zero_init: needs ZeRO stage 3 in the DeepSpeed JSON")
+    if enabled and not torch.cuda.is_available():  # layers are built in host memory: no heap holes
+        return_large_frees_to_os()
     return deepspeed.zero.Init(config_dict_or_path=ds, enabled=enabled)
 
 

@@ -129,3 +129,17 @@ def test_lazy_read_gives_shapes_and_dtypes_and_reads_on_demand(model, tmp_path, 
         assert torch.equal(registry.materialize(lazy[key]), ref), key
     registry.save_state("dcaev", to_dict(model.args), lazy, tmp_path / "copy")  # lazy in, lazy out
     assert _same_weights(megavg.models.load(tmp_path / "copy"), megavg.models.load(tmp_path / "m"))
+
+
+def test_read_flat_reads_any_flat_range_of_a_stored_tensor(tmp_path):
+    tensors = {"rows": torch.randn(7, 5, 3), "lead1": torch.randn(1, 1, 13), "vec": torch.randn(11),
+               "scalar": torch.tensor(3.0), "lead1b": torch.randn(1, 4, 6)}  # fmt: skip
+    save_file(tensors, str(tmp_path / "t.safetensors"))
+    for key, tensor in tensors.items():
+        stored = registry.StoredTensor(str(tmp_path / "t.safetensors"), key, tensor.shape, tensor.dtype)
+        flat, n = tensor.reshape(-1), tensor.numel()
+        for start in range(n + 1):
+            for end in range(start, n + 1):
+                assert torch.equal(stored.read_flat(start, end), flat[start:end]), (key, start, end)
+    with pytest.raises(ValueError):
+        stored.read_flat(0, n + 1)

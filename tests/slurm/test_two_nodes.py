@@ -4,7 +4,8 @@
 What a multi-node job adds over one node, and what is checked here: global ranks laid out node by node,
 local ranks and the local world size per node, the master address taken from the first node of the job's
 node list (a name that must resolve on every node), one log per rank naming its node, and SIGUSR1
-preemption -> checkpoint -> requeue -> resume with all nodes taking part.
+preemption -> checkpoint -> requeue -> resume with all nodes taking part, and a job that comes back on
+fewer ranks (4 -> 2) resuming from the 4-rank checkpoint (elastic resume, :mod:`megavg.train.elastic`).
 """
 
 from __future__ import annotations
@@ -64,16 +65,22 @@ def test_one_rank_per_node_trains_with_the_first_node_as_master(slurm2, shards, 
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == f"step_{STEPS:08d}"
 
 
-def test_two_ranks_per_node_are_preempted_requeued_and_resume(slurm2, shards_one_per_file, tmp_path):
-    args = train_args(shards_one_per_file)
-    job_id = submit(slurm2, tmp_path, CONFIG, *args, layout=TWO_PER_NODE)
-    wait_for_first_step(slurm2, job_id, tmp_path / "run" / "metrics.jsonl")
+@pytest.fixture(scope="module")
+def preempted_4_ranks(slurm2, shards_one_per_file, tmp_path_factory):
+    """A 2 nodes x 2 ranks run, preempted by SIGUSR1 once training has started: (work folder, job id)."""
+    work = tmp_path_factory.mktemp("four_ranks")
+    job_id = submit(slurm2, work, CONFIG, *train_args(shards_one_per_file), layout=TWO_PER_NODE)
+    wait_for_first_step(slurm2, job_id, work / "run" / "metrics.jsonl")
     slurm2.run("scancel", "--signal=USR1", job_id)  # every task of the step, as --signal=USR1@T does
     job = slurm2.wait(
         job_id, timeout=300, until=lambda j: j.restarts >= 1 and j.state in {"COMPLETED", "FAILED"}
     )
     assert_finished(job)
+    return work, job_id
 
+
+def test_two_ranks_per_node_are_preempted_requeued_and_resume(preempted_4_ranks):
+    tmp_path, job_id = preempted_4_ranks
     for restart in (0, 1):
         assert rank_lines(tmp_path, job_id, restart, 4) == [
             (0, 4, 0, 2, "megavg-n1", "megavg-n1"),
@@ -91,3 +98,17 @@ def test_two_ranks_per_node_are_preempted_requeued_and_resume(slurm2, shards_one
     ckpt = tmp_path / "run" / "checkpoints"
     assert (ckpt / "latest").read_text().strip() == f"step_{STEPS:08d}"
     assert len(list((ckpt / f"step_{STEPS:08d}").glob("*_optim_states.pt"))) == 4  # all four ranks saved
+
+
+def test_a_four_rank_checkpoint_resumes_on_two_ranks(slurm2, shards_one_per_file, preempted_4_ranks):
+    work, _ = preempted_4_ranks
+    more = STEPS + 2
+    args = [*train_args(shards_one_per_file), f"schedule.steps={more}"]
+    job_id = submit(slurm2, work, CONFIG, *args, layout=ONE_PER_NODE)  # same run.dir, half the ranks
+    assert_finished(slurm2.wait(job_id, timeout=240))
+    log = rank_log(work, job_id, 0, 0)
+    ckpt = work / "run" / "checkpoints"
+    assert f"re-partitioned {ckpt / f'step_{STEPS:08d}'} from 4 to 2 ranks" in log
+    assert f"resumed from {ckpt / f'step_{STEPS:08d}'} (step {STEPS})" in log
+    assert (ckpt / "latest").read_text().strip() == f"step_{more:08d}"
+    assert len(list((ckpt / f"step_{more:08d}").glob("*_optim_states.pt"))) == 2

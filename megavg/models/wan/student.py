@@ -8,6 +8,8 @@ so the student's prediction starts at exactly zero. Every other weight is the ba
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,6 +49,28 @@ def make_student(
     student.head.linear = _zero_linear(args.dim, student.head.linear.out_features, weight)
     student.fp8_group = base.fp8_group
     return student
+
+
+def student_state(
+    base_args, base_state: dict[str, Any], in_channels: int, out_channels: int, patch_size=(1, 1, 1)
+) -> tuple[Any, dict[str, Any]]:
+    """Args and weights of a student without building any model: what :func:`make_student` gives, for
+    :func:`megavg.models.registry.save_state`.
+
+    ``base_state`` may hold lazy tensors (``registry.load_state_dict(..., lazy=True)``): the shared
+    weights pass through unread, so writing the student of a 14B base holds one shard, not the base.
+    The new embedder takes the same random draws as in :func:`make_student`.
+    """
+    args = dataclasses.replace(
+        base_args, in_channels=in_channels, out_channels=out_channels, patch_size=tuple(patch_size)
+    )
+    like = torch.empty(0, dtype=base_state["patch_embed.weight"].dtype)
+    embedder = _new_embedder(args, like)
+    head = _zero_linear(args.dim, args.out_channels * math.prod(args.patch_size), like)
+    state = {k: v for k, v in base_state.items() if not k.startswith(NEW_MODULES)}
+    state |= {f"patch_embed.{k}": v.detach() for k, v in embedder.state_dict().items()}
+    state |= {f"head.linear.{k}": v.detach() for k, v in head.state_dict().items()}
+    return args, state
 
 
 def _new_embedder(args, like: torch.Tensor) -> nn.Conv3d:
