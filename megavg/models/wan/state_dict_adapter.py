@@ -107,21 +107,13 @@ def to_megavg(state: dict[str, torch.Tensor], layout: str | None = None) -> dict
     """Rename a diffusers- or original-layout state dict to megavg keys; unknown keys are an error."""
     layout = layout or detect_layout(state)
     top, block = _reverse(TOP_KEYS, layout), _reverse(BLOCK_KEYS, layout)
-    out, unknown = {}, []
     unused = [k for k in state if layout == "diffusers" and UNUSED_DIFFUSERS.match(k)]
     if unused:
         log.info(
             "dropping %d unused diffusers keys attn2.norm_added_q.weight (ignored by diffusers too)",
             len(unused),
         )
-    for key, tensor in state.items():
-        if key in unused:
-            continue
-        ours = _map_path(key, top, block)
-        if ours is None:
-            unknown.append(key)
-        else:
-            out[ours] = tensor
+    out, unknown = _rename(state, top, block, skip=set(unused).__contains__)
     if unknown:
         raise UserError(
             f"wan weights ({layout} layout): {len(unknown)} unexpected keys (e.g. {sorted(unknown)[0]})"
@@ -129,20 +121,27 @@ def to_megavg(state: dict[str, torch.Tensor], layout: str | None = None) -> dict
     return out
 
 
+def _rename(state: dict[str, Any], top, block, skip) -> tuple[dict[str, Any], list[str]]:
+    """``state`` with every key mapped through ``_map_path(key, top, block)`` (keys where ``skip(key)``
+    dropped), and the keys that map to nothing."""
+    out, unknown = {}, []
+    for key, tensor in state.items():
+        if skip(key):
+            continue
+        mapped = _map_path(key, top, block)
+        if mapped is None:
+            unknown.append(key)
+        else:
+            out[mapped] = tensor
+    return out, unknown
+
+
 def to_diffusers(state: dict[str, Any]) -> dict[str, Any]:
     """Rename a megavg Wan state dict to diffusers ``WanTransformer3DModel`` keys (values untouched, so
     lazy tensors stay lazy); unknown keys are an error."""
     top = {ours: names[0] for ours, names in TOP_KEYS.items()}
     block = {ours: names[0] for ours, names in BLOCK_KEYS.items()}
-    out, unknown = {}, []
-    for key, tensor in state.items():
-        if key.endswith("_extra_state"):
-            continue
-        theirs = _map_path(key, top, block)
-        if theirs is None:
-            unknown.append(key)
-        else:
-            out[theirs] = tensor
+    out, unknown = _rename(state, top, block, skip=lambda key: key.endswith("_extra_state"))
     if unknown:
         raise UserError(
             f"wan weights: {len(unknown)} megavg keys without a diffusers name (e.g. {unknown[0]})"
