@@ -2,11 +2,11 @@
 
 ``torchrun ... plan_memory_worker.py OUT_PREFIX section.key=value ...`` (training config overrides; latent
 shape [C, T, H, W] in ``$PLAN_LATENTS`` for Wan tasks). Builds the task's model as the trainer does, wraps
-it in DeepSpeed, and runs two optimizer steps on random data of the shapes the planner assumes (512 text
-tokens). Per rank it reports, in bytes:
+it in DeepSpeed, and runs one warm-up and two measured optimizer steps on random data of the shapes the
+planner assumes (512 text tokens). Per rank it reports, in bytes:
 
 - ``model_states``: DeepSpeed's partitions after the steps (parameters, gradients, fp32 master, Adam moments);
-- ``step_peak``: peak RSS during the two steps minus the RSS just before them (activations and the
+- ``step_peak``: peak RSS during the two measured steps minus the RSS just before them (activations and the
   backward's working memory; run with glibc ``MALLOC_MMAP_THRESHOLD_`` low so freed tensors leave RSS).
 """
 
@@ -52,14 +52,19 @@ def main() -> None:
     dtype = ds_engine.compute_dtype(ds_engine.deepspeed_config(cfg))
     dp_rank = state.get_data_parallel_rank()
     batch = batch_for(cfg, model_args(cfg.model), torch.Generator().manual_seed(dp_rank))
-    gc.collect()
-    before = rss_mib()
-    assert reset_peak_rss(), "needs Linux /proc/self/clear_refs"
-    for i in range(2):
+
+    def step(i: int) -> None:
         ctx = StepContext(i, micro_generator(0, i, dp_rank), ds_engine.device(), dtype, sp_group)
         terms = task.loss(engine, batch, ctx)
         engine.backward(terms["loss"] * cfg.parallel.sp_size)
         engine.step()
+
+    step(0)  # warm-up: Adam's moments, DeepSpeed's buckets and gloo's buffers are allocated once, here
+    gc.collect()
+    before = rss_mib()
+    assert reset_peak_rss(), "needs Linux /proc/self/clear_refs"
+    for i in (1, 2):
+        step(i)
     result = {
         "model_states": ds_engine.partition_bytes(engine),
         "step_peak": (peak_rss_mib() - before) * 2**20,

@@ -2,7 +2,8 @@
 
 Compared per rank (CPU, so host memory; see README "Planning a run"):
 - model states: DeepSpeed's partitions after two steps vs ``per_gpu_gib.model_states``;
-- step memory: peak RSS during two steps minus the RSS before them vs ``activations + sp_buffers``;
+- step memory: peak RSS during two steps (after a warm-up step) minus the RSS before them vs
+  ``activations + sp_buffers``;
 - their sum, the headline, within 15%.
 The DeepSpeed JSON is the fp32 one the CPU tests use; nothing else differs from what the CLI plans.
 """
