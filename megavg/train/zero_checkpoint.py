@@ -42,7 +42,7 @@ import torch
 
 from megavg.utils.errors import UserError
 
-OPTIM_RE = re.compile(r"^zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt$")
+OPTIM_RE = re.compile(r"^(bf16_)?zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt$")  # bf16 runs: prefixed
 MODEL_NAME = "zero_pp_rank_{}_mp_rank_00_model_states.pt"
 PARAM = "param"
 
@@ -102,9 +102,9 @@ class ZeroCheckpoint:
 
     def __init__(self, tag_dir: str | Path) -> None:
         self.dir = Path(tag_dir)
-        ranks = sorted(
-            int(m.group(1)) for p in self.dir.glob("*_optim_states.pt") if (m := OPTIM_RE.match(p.name))
-        )
+        found = [m for p in self.dir.glob("*_optim_states.pt") if (m := OPTIM_RE.match(p.name))]
+        ranks = sorted(int(m.group(2)) for m in found)
+        self._optim_prefix = (found[0].group(1) or "") if found else ""
         if not ranks or ranks != list(range(len(ranks))):
             raise UserError(f"{self.dir}: not a complete ZeRO checkpoint (optimizer files of ranks {ranks})")
         self.world_size = len(ranks)
@@ -151,7 +151,7 @@ class ZeroCheckpoint:
     def optim_state(self, rank: int) -> dict:
         """Rank ``rank``'s ``optimizer_state_dict`` entry (memory-mapped)."""
         if rank not in self._optim:
-            path = self.dir / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
+            path = self.dir / f"{self._optim_prefix}zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
             state = load_mapped(path).get("optimizer_state_dict")
             if not isinstance(state, dict) or "fp32_flat_groups" not in state:
                 raise UserError(f"{path}: not a ZeRO-3 optimizer file (no fp32_flat_groups)")

@@ -127,6 +127,22 @@ def test_reader_equals_deepspeed_zero_to_fp32(runs, name):
     assert torch.equal(ckpt.read_range(name0, 3, 9), reference[name0].reshape(-1)[3:9])
 
 
+@pytest.mark.distributed
+def test_reader_finds_the_bf16_prefixed_optimizer_files(runs, tmp_path):
+    """DeepSpeed names a bf16 run's optimizer files ``bf16_zero_pp_rank_R_...`` (model files keep the plain
+    name): the reader must find them (consolidate and elastic resume failed on every bf16 run before)."""
+    tag = shutil.copytree(runs["a"] / "checkpoints" / "step_00000004", tmp_path / "step_00000004")
+    for path in tag.glob("zero_pp_rank_*_optim_states.pt"):
+        path.rename(path.with_name("bf16_" + path.name))
+    expected = ZeroCheckpoint(runs["a"] / "checkpoints" / "step_00000004").state_dict()
+    ckpt = ZeroCheckpoint(tag)
+    assert ckpt.world_size == 2
+    actual = ckpt.state_dict()
+    assert actual.keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.equal(actual[name].contiguous(), value.contiguous()), name
+
+
 def _train_cli(run: Path, *overrides: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "megavg.train", "--config", TINY, *COMMON, f"run.dir={run}", *overrides]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
