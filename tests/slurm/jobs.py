@@ -3,6 +3,7 @@ what the job left behind (job log, per-rank logs, the run's checkpoints)."""
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -68,3 +69,16 @@ def wait_for_text(path: Path, text: str, timeout: float = 180) -> None:
     while not (path.is_file() and text in path.read_text()):
         assert time.monotonic() < deadline, f"{text!r} never appeared in {path}"
         time.sleep(0.2)
+
+
+def assert_stopped_and_resumed(work: Path, job_id: str) -> int:
+    """Restart 0's rank 0 checkpointed on SIGUSR1 mid-run, the job requeued itself and restart 1 resumed from
+    that checkpoint; returns the step it stopped at."""
+    stopped = re.search(r"checkpoint at step (\d+) written, exiting 75", rank_log(work, job_id, 0, 0))
+    assert stopped, "rank 0 of the first run did not stop on SIGUSR1"
+    step = int(stopped.group(1))
+    assert 1 <= step < STEPS
+    resumed = rank_log(work, job_id, 1, 0)
+    assert f"resumed from {work / 'run' / 'checkpoints' / f'step_{step:08d}'} (step {step})" in resumed
+    assert "requeueing (this is restart 0)" in job_log(work, job_id)
+    return step

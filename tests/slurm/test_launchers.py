@@ -20,6 +20,7 @@ from tests.slurm.jobs import (
     CONFIG,
     STEPS,
     assert_finished,
+    assert_stopped_and_resumed,
     consolidated,
     job_log,
     rank_log,
@@ -91,13 +92,8 @@ def test_usr1_checkpoints_requeues_and_resumes_to_the_same_weights(slurm, shards
     job = slurm.wait(job_id, timeout=240, until=lambda j: j.restarts >= 1 and j.state in FINAL_STATES)
     assert_finished(job)
 
-    stopped = re.search(r"checkpoint at step (\d+) written, exiting 75", rank_log(tmp_path, job_id, 0, 0))
-    assert stopped, "rank 0 of the first run did not stop on SIGUSR1"
-    step = int(stopped.group(1))
-    assert 1 <= step < STEPS
-    resumed = rank_log(tmp_path, job_id, 1, 0)
-    assert f"job {job_id} restart 1: rank 0 of 2" in resumed
-    assert f"resumed from {tmp_path / 'run' / 'checkpoints' / f'step_{step:08d}'} (step {step})" in resumed
+    assert_stopped_and_resumed(tmp_path, job_id)
+    assert f"job {job_id} restart 1: rank 0 of 2" in rank_log(tmp_path, job_id, 1, 0)
     log = job_log(tmp_path, job_id)
     assert "requeueing (this is restart 0)" in log and "(train, restart 1)" in log
 

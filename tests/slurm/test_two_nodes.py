@@ -19,6 +19,7 @@ from tests.slurm.jobs import (
     CONFIG,
     STEPS,
     assert_finished,
+    assert_stopped_and_resumed,
     job_log,
     rank_log,
     submit,
@@ -88,13 +89,7 @@ def test_two_ranks_per_node_are_preempted_requeued_and_resume(preempted_4_ranks)
             (2, 4, 0, 2, "megavg-n2", "megavg-n1"),
             (3, 4, 1, 2, "megavg-n2", "megavg-n1"),
         ]
-    stopped = re.search(r"checkpoint at step (\d+) written, exiting 75", rank_log(tmp_path, job_id, 0, 0))
-    assert stopped, "rank 0 did not stop on SIGUSR1"
-    step = int(stopped.group(1))
-    assert 1 <= step < STEPS
-    resumed = rank_log(tmp_path, job_id, 1, 0)
-    assert f"resumed from {tmp_path / 'run' / 'checkpoints' / f'step_{step:08d}'} (step {step})" in resumed
-    assert "requeueing (this is restart 0)" in job_log(tmp_path, job_id)
+    assert_stopped_and_resumed(tmp_path, job_id)
     ckpt = tmp_path / "run" / "checkpoints"
     assert (ckpt / "latest").read_text().strip() == f"step_{STEPS:08d}"
     assert len(list((ckpt / f"step_{STEPS:08d}").glob("*_optim_states.pt"))) == 4  # all four ranks saved
