@@ -2,14 +2,13 @@
 
 Sample ``<key>.safetensors`` holds ``latents`` [C, T, H, W], ``text`` [L, D] (text-encoder output, padding
 removed) and optionally ``null_text`` [L0, D] (the encoding of the empty caption, the null condition that
-text dropout substitutes), ``text_mask`` [L], ``teacher_latents`` [C', T', H', W'] (the base VAE's latents of the same clip,
-for AE-Adapt-V embedding alignment), and for I2V ``condition`` [4 + C, T, H, W] (mask channels, then the
-encoded first frame), ``image`` [N, D'] (CLIP image tokens) and ``teacher_condition`` [4 + C', T', H', W']
-(the base I2V model's condition, for alignment). Every tensor is stored as the DiT consumes it (latents
-scaled or normalised). ``<key>.json`` holds the caption and the shapes. Batches stack every tensor (equal
-shapes required: one shard set per resolution bucket) and pad text to 512 tokens with zeros, exactly as the
-sampler does (:mod:`megavg.models.wan.text`).
-"""
+text dropout substitutes), ``text_mask`` [L], ``teacher_latents`` [C', T', H', W'] (the base VAE's latents
+of the same clip, for AE-Adapt-V embedding alignment), and for I2V ``condition`` [4 + C, T, H, W] (mask
+channels, then the encoded first frame), ``image`` [N, D'] (CLIP image tokens) and ``teacher_condition`` [4
++ C', T', H', W'] (the base I2V model's condition, for alignment). Every tensor is stored as the DiT
+consumes it (latents scaled or normalised). ``<key>.json`` holds the caption and the shapes. Batches stack
+every tensor (equal shapes required: one shard set per resolution bucket) and pad text to 512 tokens with
+zeros, exactly as the sampler does (:mod:`megavg.models.wan.text`). """
 
 from __future__ import annotations
 

@@ -51,7 +51,8 @@ def lazy_model(folder: str | Path, family: str, dtype: torch.dtype | None) -> tu
     state = registry.load_state_dict(folder, lazy=True)
     if dtype is not None:  # the model's keep_fp32 tensors (Wan's time path) are written in float32
         cast = registry.model_class(family).dtype_for
-        state = {k: CastTensor(v, cast(k, dtype)) if v.dtype.is_floating_point else v for k, v in state.items()}
+        state = {k: CastTensor(v, cast(k, dtype)) if v.dtype.is_floating_point else v
+                 for k, v in state.items()}  # fmt: skip
     return config, state
 
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from megavg.models.wan.text import TEXT_TOKENS, pad_text
 from megavg.utils.errors import UserError
