@@ -8,7 +8,8 @@ channels, then the encoded first frame), ``image`` [N, D'] (CLIP image tokens) a
 + C', T', H', W'] (the base I2V model's condition, for alignment). Every tensor is stored as the DiT
 consumes it (latents scaled or normalised). ``<key>.json`` holds the caption and the shapes. Batches stack
 every tensor (equal shapes required: one shard set per resolution bucket) and pad text to 512 tokens with
-zeros, exactly as the sampler does (:mod:`megavg.models.wan.text`). """
+zeros, exactly as the sampler does (:mod:`megavg.models.wan.text`).
+"""
 
 from __future__ import annotations
 

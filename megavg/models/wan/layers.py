@@ -3,7 +3,8 @@
 Precision follows Wan: the time path (sinusoid, time MLP and projection, block and head modulation) in
 float32 whatever the parameters' dtype; LayerNorms and residual updates in float32, cast back to the
 activation dtype. Block linears come from :func:`megavg.layers.make_linear` (TE or torch); the embeddings,
-the I2V image key/value projections (257 CLIP tokens, not FP8-friendly) and the head stay torch linears. """
+the I2V image key/value projections (257 CLIP tokens, not FP8-friendly) and the head stay torch linears.
+"""
 
 from __future__ import annotations
 
