@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from megavg.parallel import state
-from megavg.tasks.base import StepContext, Task, set_trainable
+from megavg.tasks.base import StepContext, Task, set_trainable, unwrap
 from megavg.train import ema as ema_mod
 from megavg.train import engine as ds_engine
 from megavg.train.checkpoint import Checkpointer
@@ -84,6 +84,11 @@ class Trainer:
         self.batches = iter(self.loader)
         rank0 = dist.get_rank() == 0
         self.metrics = MetricsWriter(self.run_dir, rank0, cfg.logging.tensorboard, self.step)
+        self.validator = None
+        if cfg.validation.enabled:
+            from megavg.train.validation import Validator
+
+            self.validator = Validator(cfg, unwrap(self.engine), self.device)
         if rank0:
             with atomic_file(self.run_dir / "config.yaml") as tmp:
                 tmp.write_text(dump_config(cfg))
@@ -165,6 +170,8 @@ class Trainer:
             if preempted:
                 log.info(f"stop signal: checkpoint at step {self.step} written, exiting {EXIT_PREEMPTED}")
                 return EXIT_PREEMPTED
+            if self.validator is not None and self.validator.due(self.step, self.step == cfg.schedule.steps):
+                self.validator.run(self.engine, self.step, self.metrics)
         if saved_at != self.step:
             self.save()
         return 0
