@@ -85,6 +85,8 @@ def test_validation_videos_and_tensorboard(tiny):
     assert [e.step for e in events.Images("validation/0")] == [2, 4]
     seconds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in seconds if "validation/seconds" in m] == [2, 4]
+    steps = [m for m in seconds if "train/loss" in m]  # MFU needs a GPU peak: on CPU only TFLOP/s
+    assert all(m["perf/tflops_per_gpu"] > 0 and "perf/mfu" not in m for m in steps)
 
 
 @pytest.mark.slow
