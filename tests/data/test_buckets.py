@@ -46,7 +46,7 @@ def two_buckets(tmp_path_factory):
     """12 samples of latent grid 2x4x4 and 4 of 1x4x8, interleaved, 2 per shard."""
     gen = torch.Generator().manual_seed(0)
     samples = []
-    for i, (grid, n) in enumerate(itertools.chain(*[[(g, 1)] * n for g, n in GRIDS.items()])):
+    for i, grid in enumerate(itertools.chain(*[[g] * n for g, n in GRIDS.items()])):
         t, h, w = map(int, grid.split("x"))
         latents = torch.randn(4, t, h, w, generator=gen)
         samples.append({"latents": latents, "text": torch.randn(3, 8, generator=gen), "key": f"s{i:02d}"})
