@@ -5,9 +5,10 @@
 Like ``tools/consolidate.py`` it reads the latest complete ZeRO-3 checkpoint and exports the EMA
 adapters when the run keeps an EMA (``model.ema``), ``--raw`` the trained ones. Formats:
 
-  diffusers  ``transformer.<diffusers module>.lora_A.weight`` / ``lora_B.weight`` with diffusers' adapter
-             metadata (rank, alpha, targets) in the safetensors header: ``WanPipeline.load_lora_weights``
-             and ``WanTransformer3DModel.load_lora_adapter`` load it.
+  diffusers  ``transformer.<diffusers module>.lora_A.weight`` / ``lora_B.weight`` (alpha / rank folded
+             into ``lora_B``) with diffusers' adapter metadata (rank, alpha = rank, targets) in the
+             safetensors header: ``WanPipeline.load_lora_weights`` and
+             ``WanTransformer3DModel.load_lora_adapter`` load it.
   wan        the original Wan names ComfyUI loads: ``diffusion_model.<module>.lora_down.weight`` (A),
              ``lora_up.weight`` (B), ``alpha``; fully trained layers as ``diff`` / ``diff_b`` (trained minus
              the run's starting weights).
@@ -97,8 +98,11 @@ def diffusers_file(ad: Adapters) -> tuple[dict[str, torch.Tensor], dict[str, str
     tensors = {}
     for module, (down, up) in ad.pairs.items():
         tensors[f"{DIFFUSERS_PREFIX}.{names[module]}.lora_A.weight"] = down
-        tensors[f"{DIFFUSERS_PREFIX}.{names[module]}.lora_B.weight"] = up
-    config = {"r": ad.rank, "lora_alpha": ad.alpha, "target_modules": sorted(names.values())}
+        tensors[f"{DIFFUSERS_PREFIX}.{names[module]}.lora_B.weight"] = up * (ad.alpha / ad.rank)
+    # alpha / rank is folded into lora_B and the metadata says alpha = rank (scale 1): diffusers reads the
+    # metadata only on some call paths (load_lora_adapter(file) without use_safetensors=True skips it)
+    # and assumes alpha = rank without it, so the file means the same on every path
+    config = {"r": ad.rank, "lora_alpha": ad.rank, "target_modules": sorted(names.values())}
     packed = {f"{DIFFUSERS_PREFIX}.{k}": v for k, v in config.items()}  # as diffusers' save_lora_weights
     return tensors, {"format": "pt", "lora_adapter_metadata": json.dumps(packed, sort_keys=True)}
 

@@ -114,8 +114,8 @@ def captions_by_source(out):
     found = {}
     for shard in json.loads((out / "index.json").read_text())["shards"]:
         with tarfile.open(out / shard["name"]) as tar:
-            meta = json.load(tar.extractfile(next(n for n in tar.getnames() if n.endswith(".json"))))
-            found[meta["source"]] = meta["caption"]
+            for meta in (json.load(tar.extractfile(n)) for n in tar.getnames() if n.endswith(".json")):
+                found[meta["source"]] = meta["caption"]
     return found
 
 
