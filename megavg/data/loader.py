@@ -14,6 +14,11 @@ shift. Corrupt means what ``stream.SAMPLE_ERRORS`` lists (undecodable or cut-sho
 missing member); any other exception is a bug and stops the loader. The stream never ends, so every
 rank yields the same number of batches (no DDP hang); the trainer decides how many steps to take.
 
+Bucketed latent sets (:mod:`megavg.data.buckets`): the rank keeps one such stream per bucket (over its
+share of that bucket's shards) and batch s takes B slots of the stream of bucket ``order.bucket(s)``, a
+seeded global order shared by all ranks; resuming at step k skips in each bucket's stream the batches it
+gave before k. A set without recorded buckets is one bucket (the stream above, unchanged).
+
 With ``num_workers = W > 0`` the rank's shards are split over W streams and batch s comes from stream
 s mod W (torch's DataLoader returns worker batches round-robin); the batches then differ from W = 0 but
 are still deterministic and resumable for the same W.

@@ -8,6 +8,8 @@ merged model too."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -16,11 +18,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import megavg.models
+from megavg.data import write_latent_shards
+from megavg.models import registry
 from megavg.models.wan.state_dict_adapter import to_diffusers, to_megavg
 from megavg.tasks.adapt_lora import Args, inject_lora, lora_targets, merge_lora
 from megavg.train.export_lora import collect_adapters, write
 from megavg.utils.errors import UserError
+from tests.distributed.launch import REPO
 from tests.models.wan_reference import diffusers_config, inputs
+from tests.tasks.test_adapt_chain import FAST
 
 PRESET, RANK, ALPHA = "wan-tiny-t2v", 4, 8.0
 FULL = ("patch_embed.weight", "patch_embed.bias", "head.linear.weight", "head.linear.bias")
@@ -142,3 +148,55 @@ def test_peft_folder_loads_with_peft_and_equals_the_merged_model(run, tmp_path):
     result = set_peft_model_state_dict(fresh, tensors)
     assert not result.unexpected_keys
     assert_rel_close(diffusers_output(fresh, run.x), expected)
+
+
+def cli(*args):
+    proc = subprocess.run(
+        [sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_export_of_a_real_run_equals_its_consolidated_model(tmp_path):
+    """A tiny adapt_3_lora run (EMA on, patch embedder and head trained fully): the peft export on
+    diffusers' base equals tools/consolidate.py's merged EMA model; --raw exports other adapters; the
+    diffusers format is refused in one line, exit 2."""
+    torch.manual_seed(0)
+    base = megavg.models.build(PRESET)
+    base.save(tmp_path / "base")
+    a = base.args
+    samples = [
+        {"latents": torch.randn(a.in_channels, 2, 4, 4), "text": torch.randn(5, a.text_dim)} for _ in range(4)
+    ]
+    write_latent_shards(samples, tmp_path / "latents", samples_per_shard=2)
+    code, log = cli("-m", "megavg.train", "--config", "configs/train/adapt_3_lora.yaml", *FAST,
+                    f"model.preset={PRESET}", f"model.init={tmp_path / 'base'}", "parallel.sp_size=1",
+                    "task.args.rank=4", "task.args.alpha=8", "optimizer.lr=0.05", "model.ema.decay=0.5",
+                    f"run.dir={tmp_path / 'run'}", f"data.shards={tmp_path / 'latents'}")  # fmt: skip
+    assert code == 0, log
+    assert cli("tools/consolidate.py", tmp_path / "run", "--out", tmp_path / "merged")[0] == 0
+    for fmt, out in (("peft", "adapter"), ("wan", "lora.safetensors")):
+        code, log = cli("tools/export_lora.py", tmp_path / "run", "--format", fmt, "--out", tmp_path / out)
+        assert code == 0, log
+    code, log = cli(
+        "tools/export_lora.py", tmp_path / "run", "--format", "peft", "--out", tmp_path / "raw", "--raw"
+    )
+    assert code == 0, log
+    code, log = cli(
+        "tools/export_lora.py", tmp_path / "run", "--format", "diffusers", "--out", tmp_path / "d"
+    )
+    assert code == 2 and log.strip().splitlines()[-1].startswith("error: --format diffusers: the run trains")
+    assert not (tmp_path / "d").exists()
+
+    from peft import PeftModel
+
+    merged = megavg.models.load(tmp_path / "merged").eval()
+    x = inputs(merged.args)[:3]
+    with torch.no_grad():
+        expected = merged(*x)
+    base_state = registry.load_state_dict(tmp_path / "base")
+    model = PeftModel.from_pretrained(diffusers_base(base_state), tmp_path / "adapter")
+    assert_rel_close(diffusers_output(model, x), expected)
+    ema, raw = (load_file(tmp_path / p / "adapter_model.safetensors") for p in ("adapter", "raw"))
+    assert ema.keys() == raw.keys() and any(not torch.equal(ema[k], raw[k]) for k in ema)
