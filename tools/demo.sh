@@ -9,8 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=python; [ -z "${VIRTUAL_ENV:-}" ] && PY=.venv/bin/python
 # Install once: skipped when megavg (from this checkout) and the training stack already import.
-if ! $PY -c "import megavg, deepspeed, webdataset, av, tensorboard, sys
-sys.exit(not megavg.__file__.startswith('$PWD/'))" 2>/dev/null; then
+if ! $PY -c "import importlib.util as u, sys, megavg
+sys.exit(not megavg.__file__.startswith('$PWD/') or not all(map(u.find_spec, ['deepspeed', 'webdataset', 'av', 'tensorboard'])))" >/dev/null 2>&1; then
   echo "installing megavg and its training stack (about 1-2 minutes the first time) ..."
   bash tools/install.sh
   PY=python; [ -z "${VIRTUAL_ENV:-}" ] && PY=.venv/bin/python
