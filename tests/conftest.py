@@ -26,8 +26,10 @@ def _seed():
 
 
 class Catcher(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
+    """Collects the messages of the records it handles (``level`` and above)."""
+
+    def __init__(self, level: int = logging.WARNING):
+        super().__init__(level)
         self.messages: list[str] = []
 
     def emit(self, record):

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from megavg.train import __main__ as train_main
+from tests.conftest import Catcher
 from tests.distributed.launch import REPO
 
 
@@ -26,9 +27,8 @@ def finished_run(tmp_path):
 
 
 def test_finished_run_says_so_without_training(finished_run, monkeypatch):
-    infos = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: infos.append(record.getMessage())
+    handler = Catcher(logging.INFO)
+    infos = handler.messages
     logging.getLogger("megavg").addHandler(handler)
     monkeypatch.setitem(sys.modules, "megavg.train.loop", None)  # importing the loop would fail
     try:

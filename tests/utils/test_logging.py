@@ -9,15 +9,7 @@ import logging
 import pytest
 
 from megavg.utils import logging as mlog
-
-
-class Catch(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
+from tests.conftest import Catcher
 
 
 def test_deepspeed_accelerator_lines_are_dropped(monkeypatch):
@@ -25,7 +17,7 @@ def test_deepspeed_accelerator_lines_are_dropped(monkeypatch):
 
     mlog.get_logger()
     ds_logger = logging.getLogger("DeepSpeed")
-    catch = Catch()
+    catch = Catcher(logging.DEBUG)
     ds_logger.addHandler(catch)
     try:
         for env in ({}, {"DS_ACCELERATOR": "cpu"}):  # auto-detection (WARNING on CPU) and override (INFO)
@@ -63,7 +55,7 @@ def test_log_line_printed_above_an_open_bar():
 @pytest.mark.parametrize("every_s", [0.0, 3600.0])
 def test_progress_without_terminal_is_log_lines(every_s):
     log = logging.getLogger("megavg.test_progress")
-    catch = Catch()
+    catch = Catcher(logging.DEBUG)
     log.addHandler(catch)
     try:
         with mlog.progress(3, "reconstruct", "frame", every_s=every_s, log=log) as bar:
