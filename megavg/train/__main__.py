@@ -14,6 +14,7 @@ from pathlib import Path
 
 from megavg.data.shards import list_shards
 from megavg.tasks import build_task
+from megavg.train import validation
 from megavg.train.config import load_config
 from megavg.train.engine import deepspeed_config
 from megavg.utils.errors import run_cli
@@ -60,6 +61,7 @@ def _prepare(argv: list[str] | None):
     task.validate()
     list_shards(cfg.data.shards, cfg.data.kind)  # the data path exists and holds shards
     deepspeed_config(cfg)
+    validation.check(cfg)
     return cfg, task, args
 
 
