@@ -184,12 +184,12 @@ class Trainer:
     def run(self, stop: StopFlag) -> int:
         """Train to ``schedule.steps``; returns the exit code (0 done, 75 preempted)."""
         cfg = self.cfg
-        saved_at = self.step
+        saved_at = first = self.step
         while self.step < cfg.schedule.steps:
             start = time.perf_counter()
             terms = self.train_step()
             self.step += 1
-            if self.step == saved_at + 1 and dist.get_rank() == 0:
+            if self.step == first + 1 and dist.get_rank() == 0:
                 log.info("first step done (%.1f s)", time.perf_counter() - start)
             if self.ema is not None:
                 self.ema.update(self.step)
