@@ -12,6 +12,7 @@ results gathered. Bad input is one ``error:`` line and exit code 2. See docs/eva
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -35,7 +36,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         module.add_arguments(
             sub.add_parser(name, help=module.__doc__.split("\n")[0], description=module.__doc__)
         )
-    return p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    rest = argv.index("--") if "--" in argv else len(argv)  # after --: the generator's own options
+    args = p.parse_args(argv[:rest])
+    args.generator = argv[rest + 1 :]
+    if args.generator and args.command != "generate":
+        raise UserError(f"python -m megavg.eval {args.command}: unexpected arguments after --")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -43,7 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     module = COMMANDS[args.command]
     with ranks.ranks():
-        result = module.run(args)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout holds the JSON object alone
+            result = module.run(args)
         if ranks.rank() == 0:
             print(module.table(result), file=sys.stderr, flush=True)
             print(json.dumps(result), flush=True)

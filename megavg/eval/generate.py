@@ -30,8 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-prompt", type=int, default=5, help="videos per prompt (VBench uses 5)")
     p.add_argument("--out", required=True, help="output folder (videos + manifest.jsonl)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first video")
-    p.add_argument("generator", nargs=argparse.REMAINDER,
-                   help="after --: megavg.infer.generate options (--size H W, --frames ...)")  # fmt: skip
+    p.epilog = (
+        "Options after -- go to python -m megavg.infer.generate (--size H W, --frames N, --steps N ...)."
+    )
 
 
 def read_prompts(path: str) -> list[str]:
@@ -66,7 +67,7 @@ def jobs(prompts: list[str], per_prompt: int, seed: int) -> list[dict]:
 
 
 def generator_args(args: argparse.Namespace, job: dict, out: Path) -> list[str]:
-    extra = [a for a in args.generator if a != "--"]
+    extra = list(args.generator)
     for flag in ("--prompt", "--prompt-file", "--out", "--seed"):
         if flag in extra:
             raise UserError(f"generate: {flag} is set per video; drop it from the generator options")
