@@ -19,7 +19,8 @@ Weight files (:func:`load_i3d`):
   a ``module.`` prefix (DataParallel) and ``num_batches_tracked`` entries are accepted;
 - a TorchScript archive called as StyleGAN-V's ``i3d_torchscript.pt`` is:
   ``model(x, rescale=False, resize=False, return_features=True)`` on preprocessed x;
-- ``random``: a randomly initialised I3D of this architecture (seed 0): scores mean nothing.
+- ``random``: a randomly initialised I3D of this architecture (seed 0, He-normal convolutions so the
+  features depend on the input): scores mean nothing.
 """
 
 from __future__ import annotations
@@ -177,6 +178,9 @@ def load_i3d(spec: str) -> nn.Module:
         with torch.random.fork_rng():
             torch.manual_seed(0)
             model: nn.Module = InceptionI3d()
+            for module in model.modules():  # He init: PyTorch's default shrinks activations ~3x per layer,
+                if isinstance(module, nn.Conv3d):  # leaving features that are the logits' bias alone
+                    nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
     else:
         path = Path(spec)
         if not path.is_file():

@@ -11,7 +11,17 @@ from megavg.utils.errors import UserError
 
 # pytorch_i3d.py: the endpoints holding parameters, and each Inception block's branches
 UNITS = ["Conv3d_1a_7x7", "Conv3d_2b_1x1", "Conv3d_2c_3x3"]
-MIXED = ["Mixed_3b", "Mixed_3c", "Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e", "Mixed_4f", "Mixed_5b", "Mixed_5c"]
+MIXED = [
+    "Mixed_3b",
+    "Mixed_3c",
+    "Mixed_4b",
+    "Mixed_4c",
+    "Mixed_4d",
+    "Mixed_4e",
+    "Mixed_4f",
+    "Mixed_5b",
+    "Mixed_5c",
+]
 BN = ["conv3d.weight", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"]
 
 
@@ -28,7 +38,10 @@ def test_state_dict_layout_and_loading(tmp_path):
     assert state["logits.conv3d.weight"].shape == (400, 1024, 1, 1, 1)
     assert state["Conv3d_1a_7x7.conv3d.weight"].shape == (64, 3, 7, 7, 7)
     g = torch.Generator().manual_seed(1)
-    state = {k: v + 0.01 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in state.items()}
+    state = {
+        k: v + 0.01 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+        for k, v in state.items()
+    }
     state = {k: v.abs() if "running_var" in k else v for k, v in state.items()}
     path = tmp_path / "rgb_imagenet.pt"
     torch.save({f"module.{k}": v for k, v in state.items()}, path)
@@ -47,7 +60,9 @@ def test_state_dict_layout_and_loading(tmp_path):
 class StyleGanVStandIn(nn.Module):
     """The calling convention of StyleGAN-V's i3d_torchscript.pt; features differ from logits."""
 
-    def forward(self, x: torch.Tensor, rescale: bool = True, resize: bool = True, return_features: bool = False):
+    def forward(
+        self, x: torch.Tensor, rescale: bool = True, resize: bool = True, return_features: bool = False
+    ):
         pooled = x.mean(dim=(2, 3, 4))  # B,3
         if rescale or resize:
             pooled = pooled * 0

@@ -23,7 +23,9 @@ def test_recon_metrics_per_video_and_mean(video_dirs, capsys):
         mse = np.mean((a / 127.5 - b / 127.5) ** 2)
         assert out["per_video"][f"v{i}"]["psnr"] == pytest.approx(10 * np.log10(4 / mse), rel=1e-5)
         to_video = lambda x: torch.from_numpy(x / 127.5 - 1).permute(3, 0, 1, 2)[None]  # noqa: E731
-        assert out["per_video"][f"v{i}"]["ssim"] == pytest.approx(ssim(to_video(b), to_video(a)).item(), rel=1e-5)
+        assert out["per_video"][f"v{i}"]["ssim"] == pytest.approx(
+            ssim(to_video(b), to_video(a)).item(), rel=1e-5
+        )
     for key in ("psnr", "ssim"):
         assert out[key] == pytest.approx(np.mean([r[key] for r in out["per_video"].values()]), rel=1e-12)
 
