@@ -15,7 +15,7 @@ from megavg.eval.i3d import load_i3d
 from megavg.utils.errors import run_cli
 from tests.eval.conftest import COUNT, FRAMES, decode
 
-RESIZE = 32
+RESIZE = 24  # != the 32x32 videos: the resize is exercised
 ARGS = ["--i3d", "random", "--frames", str(FRAMES), "--resize", str(RESIZE)]
 
 
@@ -30,7 +30,9 @@ def reference_features(folder) -> np.ndarray:
     for i in range(COUNT):
         frames = torch.from_numpy(decode(folder / f"v{i}.mp4")[:FRAMES]).float()  # T,H,W,3 uint8 values
         video = frames.permute(3, 0, 1, 2) / 255 * 2 - 1  # 3,T,H,W in [-1, 1]
-        video = F.interpolate(video, size=(RESIZE, RESIZE), mode="bilinear", align_corners=False)  # square
+        video = F.interpolate(
+            video, size=(RESIZE, RESIZE), mode="bilinear", align_corners=False
+        )  # square in, square out
         with torch.no_grad():
             feats.append(model(video[None]).double()[0].numpy())
     return np.stack(feats)
