@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import av
-import numpy as np
 import pytest
 import torch
 
@@ -22,12 +20,6 @@ def smooth_video(seed: int) -> torch.Tensor:
 def write(path, video: torch.Tensor) -> None:
     with VideoWriter(path, 8) as writer:
         writer.write(video)
-
-
-def decode(path) -> np.ndarray:
-    """Every frame of ``path`` as uint8 [T, H, W, 3], read with PyAV directly (independent of megavg)."""
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
 @pytest.fixture(scope="session")

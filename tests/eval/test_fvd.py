@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from megavg.eval.__main__ import main
 from megavg.eval.i3d import load_i3d
 from megavg.utils.errors import run_cli
-from tests.eval.conftest import COUNT, FRAMES, decode
+from tests.eval.conftest import COUNT, FRAMES
+from tests.infer.tiny_pipeline import read_video as decode
 
 RESIZE = 24  # != the 32x32 videos: the resize is exercised
 ARGS = ["--i3d", "random", "--frames", str(FRAMES), "--resize", str(RESIZE)]

@@ -10,7 +10,8 @@ import torch
 from megavg.eval.__main__ import main
 from megavg.tasks.video_metrics import ssim
 from megavg.utils.errors import run_cli
-from tests.eval.conftest import COUNT, decode
+from tests.eval.conftest import COUNT
+from tests.infer.tiny_pipeline import read_video as decode
 
 
 def test_recon_metrics_per_video_and_mean(video_dirs, capsys):
