@@ -108,33 +108,27 @@ class InceptionI3d(nn.Module):
 
     def __init__(self, classes: int = FEATURE_DIM):
         super().__init__()
-        self.Conv3d_1a_7x7 = Unit3D(3, 64, (7, 7, 7), (2, 2, 2))
-        self.MaxPool3d_2a_3x3 = SamePool((1, 3, 3), (1, 2, 2))
-        self.Conv3d_2b_1x1 = Unit3D(64, 64)
-        self.Conv3d_2c_3x3 = Unit3D(64, 192, (3, 3, 3))
-        self.MaxPool3d_3a_3x3 = SamePool((1, 3, 3), (1, 2, 2))
-        pools = {"Mixed_4b": ((3, 3, 3), (2, 2, 2)), "Mixed_5b": ((2, 2, 2), (2, 2, 2))}  # pool before
-        self.blocks = []
+        self.order: list[str] = []  # the endpoints in pytorch-i3d's order (its module names)
+        self._add("Conv3d_1a_7x7", Unit3D(3, 64, (7, 7, 7), (2, 2, 2)))
+        self._add("MaxPool3d_2a_3x3", SamePool((1, 3, 3), (1, 2, 2)))
+        self._add("Conv3d_2b_1x1", Unit3D(64, 64))
+        self._add("Conv3d_2c_3x3", Unit3D(64, 192, (3, 3, 3)))
+        self._add("MaxPool3d_3a_3x3", SamePool((1, 3, 3), (1, 2, 2)))
+        pools = {"Mixed_4b": ("MaxPool3d_4a_3x3", (3, 3, 3)), "Mixed_5b": ("MaxPool3d_5a_2x2", (2, 2, 2))}
         for name, (cin, channels) in INCEPTION.items():
-            if name in pools:
-                pool = "MaxPool3d_4a_3x3" if name == "Mixed_4b" else "MaxPool3d_5a_2x2"
-                self.add_module(pool, SamePool(*pools[name]))
-                self.blocks.append(pool)
-            self.add_module(name, Inception(cin, channels))
-            self.blocks.append(name)
+            if name in pools:  # stride-2 pools before blocks 4b and 5b
+                pool, kernel = pools[name]
+                self._add(pool, SamePool(kernel, (2, 2, 2)))
+            self._add(name, Inception(cin, channels))
         self.logits = Unit3D(1024, classes, logits=True)
 
+    def _add(self, name: str, module: nn.Module) -> None:
+        self.add_module(name, module)
+        self.order.append(name)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for name in (
-            "Conv3d_1a_7x7",
-            "MaxPool3d_2a_3x3",
-            "Conv3d_2b_1x1",
-            "Conv3d_2c_3x3",
-            "MaxPool3d_3a_3x3",
-        ):
-            x = getattr(self, name)(x)
-        for name in self.blocks:
-            x = getattr(self, name)(x)
+        for name in self.order:
+            x = getattr(self, name)(x)  # B,1024,T/8,H/32,W/32 after Mixed_5c
         window = tuple(min(k, n) for k, n in zip((2, 7, 7), x.shape[2:], strict=True))
         x = F.avg_pool3d(x, window, stride=1)  # B,1024,T',H',W' (1x1 spatially at 224)
         x = self.logits(x)  # B,400,T',H',W'

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from megavg.data.shards import write_shards
 from megavg.eval.__main__ import main
 from megavg.tasks.video_metrics import ssim
 from megavg.utils.errors import run_cli
@@ -41,3 +42,15 @@ def test_unmatched_names(video_dirs, tmp_path, capsys):
         run_cli(main, ["recon", str(real), str(other)])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and f"no video named 'v{COUNT - 1}'" in err[0]
+
+
+def test_video_shards_read_as_the_files_they_hold(video_dirs, tmp_path, capsys):
+    real, fake = video_dirs
+    samples = [
+        {"__key__": f"v{i}", "mp4": (real / f"v{i}.mp4").read_bytes(), "json": b"{}"} for i in range(COUNT)
+    ]
+    write_shards(iter(samples), tmp_path / "shards", "video", samples_per_shard=3)
+    main(["recon", str(real), str(fake)])
+    files = json.loads(capsys.readouterr().out)
+    main(["recon", str(tmp_path / "shards"), str(fake)])
+    assert json.loads(capsys.readouterr().out) == files
