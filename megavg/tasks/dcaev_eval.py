@@ -54,6 +54,8 @@ class EvalArgs:
             raise UserError("config task.args.eval.shards: set the held-back video shards (eval.every > 0)")
         if self.i3d and self.i3d != "random" and not Path(self.i3d).is_file():
             raise UserError(f"config task.args.eval.i3d: {self.i3d} not found")
+        if self.i3d and self.clips < 2:
+            raise UserError("config task.args.eval.clips: rFVD (eval.i3d) needs at least 2 clips")
 
 
 def frame_strip(target: torch.Tensor, recon: torch.Tensor, count: int) -> torch.Tensor:

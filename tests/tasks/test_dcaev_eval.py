@@ -98,3 +98,17 @@ def test_rfvd_is_the_frechet_distance_of_i3d_features(world_of_one, tmp_path):
     [(_, scalars)] = metrics.logged
     assert scalars["eval/rfvd"] == pytest.approx(frechet_distance(real, recon), rel=1e-6)
     assert scalars["eval/rfvd"] > 0 and "eval/lpips" not in scalars
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"i3d": "missing.pt"}, "eval.i3d: missing.pt not found"),
+        ({"i3d": "random", "clips": 1}, "at least 2 clips"),
+    ],
+)
+def test_rfvd_config_errors(kwargs, message):
+    from megavg.utils.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        EvalArgs(**kwargs)
