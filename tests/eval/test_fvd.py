@@ -69,6 +69,15 @@ def test_bad_input_is_one_error_line(video_dirs, tmp_path, capsys):
     cases = {
         "no videos in it": ["fvd", str(empty), str(real), *ARGS],
         "b0.mp4": ["fvd", str(broken), str(real), *ARGS],
+        f"has {FRAMES} frames, the evaluation needs {FRAMES + 1}": [
+            "fvd",
+            str(real),
+            str(real),
+            "--i3d",
+            "random",
+            "--frames",
+            str(FRAMES + 1),
+        ],  # fmt: skip
         "no such I3D weights file": ["fvd", str(real), str(real), "--i3d", str(tmp_path / "none.pt")],
         "not a pytorch-i3d RGB state dict": ["fvd", str(real), str(real), "--i3d", str(wrong)],
     }

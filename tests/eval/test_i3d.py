@@ -46,7 +46,7 @@ def test_state_dict_layout_and_loading(tmp_path):
     path = tmp_path / "rgb_imagenet.pt"
     torch.save({f"module.{k}": v for k, v in state.items()}, path)
     loaded = load_i3d(str(path))
-    x = torch.rand(1, 3, 8, 32, 32) * 2 - 1
+    x = torch.rand(1, 3, 4, 16, 16) * 2 - 1
     reference = InceptionI3d().eval()
     reference.load_state_dict(state, strict=False)
     torch.testing.assert_close(loaded(x), reference(x))
