@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from megavg.utils.errors import UserError
 
@@ -112,3 +113,11 @@ def bind_local_device(env: Mapping[str, str] | None = None) -> torch.device:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device
+
+
+def collective_device() -> torch.device:
+    """Where a tensor for the default process group's collectives lives: the current CUDA device under
+    NCCL (it takes no CPU tensors), else the CPU."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
