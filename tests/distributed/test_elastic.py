@@ -184,7 +184,7 @@ def padded_and_next(ckpt: ZeroCheckpoint) -> list[str]:
 @pytest.mark.parametrize("name", ["a", "c"])
 def test_reader_padded_tensor_and_the_next_equal_deepspeed(runs, name):
     """The padding arithmetic value by value: the padded tensor and the one after it, weights against
-    DeepSpeed's zero_to_fp32, and their Adam moments element-wise against the other world size's run
+    DeepSpeed's zero_to_fp32, and their Adam moments per tensor against the other world size's run
     (2 vs 4 ranks: different padding, same values) at the same step."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -198,8 +198,11 @@ def test_reader_padded_tensor_and_the_next_equal_deepspeed(runs, name):
     other = ZeroCheckpoint((runs["c"] if name == "a" else runs["a"] / "checkpoints") / tag)
     for tensor in picked:
         assert torch.equal(ckpt.read(tensor), reference[tensor]), tensor
-        for key in ("exp_avg", "exp_avg_sq"):
-            torch.testing.assert_close(ckpt.read(tensor, key), other.read(tensor, key), rtol=1e-4, atol=1e-12)
+    for key in ("exp_avg", "exp_avg_sq"):
+        ours = {t: ckpt.read(t, key) for t in picked}
+        _, worst = rel_errs(ours, {t: other.read(t, key) for t in picked})
+        assert worst <= 1e-4, (key, worst)
+        assert key == "exp_avg" or all(bool((v > 0).all()) for v in ours.values())  # padding reads as 0
 
 
 @pytest.mark.distributed
@@ -212,8 +215,7 @@ def test_resumed_adam_moments_and_step_equal_the_straight_run(runs, step, world)
     straight = ZeroCheckpoint(runs["a"] / "checkpoints" / tag)
     assert resumed.world_size == world and straight.world_size == 2
     assert int(resumed.scalar_state()["step"]) == int(straight.scalar_state()["step"]) == step
-    for tensor in straight.param_shapes:
-        for key in ("exp_avg", "exp_avg_sq"):
-            ours, ref = resumed.read(tensor, key), straight.read(tensor, key)
-            err = ((ours - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-            assert err <= 1e-4, f"{tensor} {key}: relative error {err:.2e}"
+    for key in ("exp_avg", "exp_avg_sq"):
+        ours = {t: resumed.read(t, key) for t in straight.param_shapes}
+        _, worst = rel_errs(ours, {t: straight.read(t, key) for t in straight.param_shapes})
+        assert worst <= 1e-4, f"{key}: worst relative error of a tensor {worst:.2e}"
