@@ -40,7 +40,7 @@ from megavg.infer.conditioning import ImageEncoder, i2v_condition
 from megavg.infer.teacher_vae import TeacherVAE
 from megavg.infer.text import TextEncoder
 from megavg.models.wan.text import NULL_CAPTION
-from megavg.parallel.device import resolve_device
+from megavg.utils.device import resolve_device
 from megavg.utils.errors import UserError, run_cli
 from megavg.utils.logging import get_logger
 

@@ -12,7 +12,7 @@ import os
 import torch
 
 from megavg.models.wan.text import pad_text
-from megavg.parallel.device import resolve_device
+from megavg.utils.device import resolve_device
 from megavg.utils.errors import UserError
 
 WAN_TEXT_ENCODER = "google/umt5-xxl"  # Wan-2.1 conditions on umT5-XXL, 512 tokens

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from megavg.parallel.device import bind_local_device
 from megavg.train.config import TrainConfig
+from megavg.utils.device import bind_local_device
 from megavg.utils.errors import UserError
 from megavg.utils.memory import return_large_frees_to_os
 

@@ -11,7 +11,7 @@ import signal
 import torch
 import torch.distributed as dist
 
-from megavg.parallel.device import collective_device
+from megavg.utils.device import collective_device
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 

@@ -1,7 +1,7 @@
 """What the launchers hand each rank, without a cluster: ``srun``/``scontrol`` are stubs that record.
 
 The batch script must pass ``--cpus-per-task`` on to ``srun`` (SLURM 22.05+ does not) and derive
-``OMP_NUM_THREADS`` from it; ``rank.sh`` plus :mod:`megavg.parallel.device` must put a task that SLURM
+``OMP_NUM_THREADS`` from it; ``rank.sh`` plus :mod:`megavg.utils.device` must put a task that SLURM
 bound one GPU (``CUDA_VISIBLE_DEVICES`` = its GPU) on device 0, and local rank r on GPU r otherwise.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from megavg.parallel.device import CudaTable, local_cuda_index
+from megavg.utils.device import CudaTable, local_cuda_index
 
 REPO = Path(__file__).resolve().parents[2]
 SRUN = """#!/usr/bin/env bash

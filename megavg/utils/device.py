@@ -14,7 +14,8 @@ cgroups). The rules:
 ``"cuda"`` given without an index (``--device cuda``) means *this rank's* device, never ``cuda:0`` for
 every rank; ``"cuda:N"`` is taken as written. Tests describe a node with :class:`CudaTable` (a fake CUDA
 device table: how many GPUs the node has; ``CUDA_VISIBLE_DEVICES`` of the environment picks the visible
-ones, as CUDA does) instead of the real ``torch.cuda``.
+ones, as CUDA does) instead of the real ``torch.cuda``. It lives in ``megavg.utils`` because the
+standalone runner's text encoder uses it too (the runner imports nothing of ``megavg.parallel``).
 """
 
 from __future__ import annotations

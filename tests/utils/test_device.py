@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import megavg.infer.precompute as precompute
-from megavg.parallel import device
-from megavg.parallel.device import CudaTable, local_cuda_index, resolve_device
+from megavg.utils import device
+from megavg.utils.device import CudaTable, local_cuda_index, resolve_device
 from megavg.utils.errors import UserError
 
 NODE = CudaTable(physical=8)
