@@ -65,13 +65,11 @@ def strict_collectives(device: torch.device | str = "cpu", stray: str = "meta"):
     """Check every tensor handed to ``torch.distributed`` inside the block (see the module docstring)."""
     device = torch.device(device)
     originals = {name: getattr(dist, name) for name in CHECKED}
-    previous = torch.get_default_device()
     try:
         for name, function in originals.items():
             setattr(dist, name, _checked(name, function, device))
-        torch.set_default_device(stray)
-        yield
+        with torch.device(stray):  # pushed and popped: set_default_device would leave its mode behind
+            yield
     finally:
-        torch.set_default_device(previous)
         for name, function in originals.items():
             setattr(dist, name, function)

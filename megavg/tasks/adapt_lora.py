@@ -111,7 +111,8 @@ class MergedWeight:
     def contiguous(self) -> torch.Tensor:
         weight = registry.materialize(self.base).float()
         up, down = registry.materialize(self.up).float(), registry.materialize(self.down).float()
-        return weight.addmm_(up, down, alpha=self.scale).to(self.dtype)  # (out, r) @ (r, in) -> out, in
+        # out of place: an fp32 base tensor is the caller's own (.float() does not copy it)
+        return torch.addmm(weight, up, down, alpha=self.scale).to(self.dtype)  # (out, r) @ (r, in) -> out, in
 
 
 def merge_lora(base: dict, trained: dict, scale: float) -> dict:

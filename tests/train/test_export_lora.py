@@ -54,7 +54,8 @@ def run():
 def megavg_output(base, trained, x):
     """megavg's merged model (base + alpha / rank * B @ A, fully trained layers copied) on ``x``."""
     model = megavg.models.build(PRESET).eval()
-    model.load_state_dict(merge_lora(base, trained, ALPHA / RANK))
+    merged = merge_lora(base, trained, ALPHA / RANK)  # lazy: one merged weight at a time
+    model.load_state_dict({k: registry.materialize(v) for k, v in merged.items()})
     with torch.no_grad():
         return model(*x)
 
