@@ -1,4 +1,4 @@
-"""The fast runner paths against diffusers' WanPipeline loop on diffusers' own transformer, and step caching."""
+"""The fast runner paths vs diffusers' WanPipeline loop on diffusers' own transformer; step caching."""
 
 from __future__ import annotations
 

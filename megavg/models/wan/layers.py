@@ -155,7 +155,7 @@ class CrossAttention(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, text, image: torch.Tensor | None, kv=None) -> torch.Tensor:
-        """x [B, S, dim]; text [B, L, dim] and image [B, L', dim] (or None), or their ``kv`` = :meth:`project`."""
+        """x [B, S, dim]; text [B, L, dim], image [B, L', dim] or None; or their ``kv`` (:meth:`project`)."""
         kv = self.project(text, image) if kv is None else kv
         q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))  # [B, S, H, D]
         out = attention(q, kv[0], kv[1], self.backend)
