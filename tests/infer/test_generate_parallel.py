@@ -49,7 +49,11 @@ def single(tmp_path_factory, tiny_parts):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("flags", [["--sp", "2"], ["--cfg-parallel"]], ids=["sp2", "cfg-parallel"])
+@pytest.mark.parametrize(
+    "flags",
+    [["--sp", "2"], pytest.param(["--cfg-parallel"], marks=pytest.mark.slow)],  # slow: suite budget
+    ids=["sp2", "cfg-parallel"],
+)
 def test_two_processes_give_the_single_process_video(single, tmp_path, flags):
     pipe, reference, tokens, frames = single
     out = tmp_path / "out"
