@@ -4,11 +4,11 @@
     PYTHONPATH=. python benchmarks/bench_cache_quality.py --model runs/cache_model/model
 
 The model is ``wan-tiny-t2v`` trained with megavg's trainer on the shipped clips at 16x16 pixels, 8
-frames (``train_cache_model.py``): 4 "captions", one per clip. For each caption and two seeds it samples
-(``--captions``, ``--seeds``) with UniPC (``--steps``, CFG 5) uncached and with FBCache / TeaCache at
-several thresholds, and prints
-per method and threshold: steps skipped, seconds per step (median over interleaved repeats),
-speed-up, and PSNR / SSIM of the cached sample's RGB channels against the uncached one. A first table
+frames (``train_cache_model.py``): 4 "captions", one per clip. For each caption (``--captions``) and
+seed (``--seeds``) it samples with UniPC (``--steps``, CFG 5) uncached and with FBCache / TeaCache at
+several thresholds, and prints per method and threshold: steps skipped, seconds per step (median over
+interleaved runs), speed-up, and PSNR / SSIM of the cached sample's RGB channels against the uncached
+one. A first table
 shows the samples have learned something: PSNR of the uncached sample against the nearest training
 window of its caption's clip, next to the same for pure noise. LPIPS needs VGG16 weights (``--vgg``,
 ``--lpips``; not shipped, never downloaded) and 64 px or larger frames to mean much; at 16 px it is
