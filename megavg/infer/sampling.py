@@ -435,7 +435,7 @@ def _integrate(velocity, stepper, schedule, noise, progress) -> tuple[torch.Tens
             start = time.perf_counter()
     _sync(device)
     rest = len(schedule.timesteps) - 1
-    times += [(time.perf_counter() - start) / rest] * rest
+    times += [(time.perf_counter() - start) / max(rest, 1)] * rest  # none for a 1-step run
     return x, times
 
 
