@@ -23,7 +23,6 @@ import torch
 import torch.distributed as dist
 
 from megavg.infer.decode import context_chunks, decode_chunk_range
-from megavg.parallel import state
 from megavg.utils.errors import UserError
 
 
@@ -64,6 +63,8 @@ def setup(sp: int, cfg_parallel: bool, device: str) -> Layout:
     target = torch.device(device)
     if world == 1:
         return Layout(device=target)
+    from megavg.parallel import state  # only under a launcher: the single-process runner stays standalone
+
     if target.type == "cuda":
         target = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(target)
@@ -81,6 +82,8 @@ def setup(sp: int, cfg_parallel: bool, device: str) -> Layout:
 
 def teardown(layout: Layout) -> None:
     if layout.world > 1:
+        from megavg.parallel import state
+
         state.shutdown()
 
 
