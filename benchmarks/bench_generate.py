@@ -131,11 +131,12 @@ def main() -> None:
         "--cache-threshold", type=float, default=0.05, help="--vs-diffusers: FBCache threshold"
     )
     parser.add_argument("--no-sp", action="store_true", help="--vs-diffusers: skip the 2-process SP run")
+    parser.add_argument("--no-compile", action="store_true", help="--vs-diffusers: skip the compiled run")
     opts = parser.parse_args()
     if opts.vs_diffusers:
         from vs_diffusers import compare
 
-        compare(opts.device, opts.rounds, opts.cache_threshold, not opts.no_sp)
+        compare(opts.device, opts.rounds, opts.cache_threshold, not opts.no_sp, not opts.no_compile)
         return
     analytic()
     if not opts.skip_measured:

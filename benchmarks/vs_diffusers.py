@@ -148,7 +148,7 @@ def run_sp(rounds: int) -> tuple[list, torch.Tensor]:
         return json.loads(line.split(" ", 1)[1]), torch.load(f"{tmp}/out.pt")
 
 
-def compare(device: str, rounds: int, threshold: float, with_sp: bool) -> None:
+def compare(device: str, rounds: int, threshold: float, with_sp: bool, with_compile: bool = True) -> None:
     device = torch.device(device)
     ref, model = make_models(device)
     noise, text, negative = make_inputs(device)
@@ -163,6 +163,8 @@ def compare(device: str, rounds: int, threshold: float, with_sp: bool) -> None:
             model, noise, text, negative, s, cache="fbcache", cache_threshold=threshold
         ),
     }
+    if not with_compile:
+        del variants["megavg compiled"]
     steps: dict[str, list[float]] = {name: [] for name in variants}
     first, peak, outputs, skipped = {}, {}, {}, {}
     for _ in range(rounds):
