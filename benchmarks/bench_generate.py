@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/bench_generate.py                     # CPU, tiny components
     PYTHONPATH=. python benchmarks/bench_generate.py --device cuda --dtype bf16 --size 256 384 --frames 32
+    PYTHONPATH=. python benchmarks/bench_generate.py --vs-diffusers        # vs diffusers' loop, same weights
 
 Measured: the tiny DiT / DC-AE-V / umT5 / CLIP of the tests (``tests/infer/tiny_pipeline.py``) exported
 with ``tools/export_pipeline.py`` and run through ``megavg.infer.generate`` for T2V and I2V; each stage's
@@ -123,7 +124,20 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--skip-measured", action="store_true")
+    parser.add_argument("--vs-diffusers", action="store_true",
+                        help="only: vs diffusers' loop on the same weights (vs_diffusers.py)")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3, help="--vs-diffusers: interleaved rounds")
+    parser.add_argument(
+        "--cache-threshold", type=float, default=0.05, help="--vs-diffusers: FBCache threshold"
+    )
+    parser.add_argument("--no-sp", action="store_true", help="--vs-diffusers: skip the 2-process SP run")
+    parser.add_argument("--no-compile", action="store_true", help="--vs-diffusers: skip the compiled run")
     opts = parser.parse_args()
+    if opts.vs_diffusers:
+        from vs_diffusers import compare
+
+        compare(opts.device, opts.rounds, opts.cache_threshold, not opts.no_sp, not opts.no_compile)
+        return
     analytic()
     if not opts.skip_measured:
         measured(opts)

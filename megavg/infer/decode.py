@@ -54,3 +54,35 @@ def stream_decode_tiled(
         last = n == len(chunks) - 1 and chunk.shape[2] < vae.latent_chunk
         fn = per_tile([0], last)
         yield tiled_map(fn, chunk, tile, overlap or tile // 4, vae.spatial_compression, 1)
+
+
+# ---- split decoding (multi-process generation) ---------------------------------------------------------
+@torch.no_grad()
+def context_chunks(vae, probe: int = 6, size: tuple[int, int] = (2, 2)) -> int | None:
+    """How many preceding latent chunks a chunk's decoded output depends on (None: more than ``probe``).
+
+    Measured, not assumed: the decoder streams a NaN chunk (so every carried left context becomes NaN,
+    i.e. unknown) followed by ``probe`` clean chunks on a small frame; chunk k's output depends on the
+    state from j chunks back only if NaN reaches it. NaN propagates through every arithmetic dependency
+    (0 x NaN is NaN), so the count is an upper bound for any input."""
+    param = next(vae.parameters())
+    shape = (1, vae.args.latent_channels, vae.latent_chunk, *size)
+    stream = StreamingDecoder(vae)
+    stream.push(torch.full(shape, float("nan"), device=param.device, dtype=param.dtype))
+    clean = torch.zeros(shape, device=param.device, dtype=param.dtype)
+    for k in range(1, probe + 1):
+        (out,) = stream.push(clean)
+        if not out.isnan().any():
+            return k - 1
+    return None
+
+
+def decode_chunk_range(vae, latents: torch.Tensor, start: int, stop: int, context: int | None, tile: int = 0):
+    """Decoded pieces of latent chunks ``start:stop`` (one per chunk), equal to those of decoding the whole
+    ``latents``: decoding starts ``context`` chunks earlier (None: at chunk 0) and drops those outputs."""
+    first = 0 if context is None else max(0, start - context)
+    size = vae.latent_chunk
+    pieces = stream_decode_tiled(vae, latents[:, :, first * size : stop * size], tile)
+    for n, piece in enumerate(pieces):
+        if first + n >= start:
+            yield piece

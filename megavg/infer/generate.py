@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from megavg.infer.distributed import Layout, setup, split_decode, teardown
 from megavg.infer.pipeline import Pipeline, open_pipeline
+from megavg.infer.step_cache import METHODS as CACHE_METHODS
 from megavg.infer.video_io import CONTAINERS, VideoWriter, check_output
 from megavg.utils.errors import UserError, run_cli
 from megavg.utils.logging import disable_library_bars, get_logger
@@ -73,6 +75,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--decode-tile", type=int, default=0,
                    help="decode in spatial tiles of this many latent pixels (0: automatic)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    speed = p.add_argument_group("speed (see docs/generation_speed.md)")
+    speed.add_argument("--cfg-batch", choices=("auto", "on", "off"), default="auto",
+                       help="run cond + uncond as one batch (auto: when it fits in memory)")  # fmt: skip
+    speed.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
+    speed.add_argument("--cache", choices=CACHE_METHODS, default="none",
+                       help="skip the block stack on steps that barely change (approximate)")  # fmt: skip
+    speed.add_argument(
+        "--cache-threshold", type=float, default=0.05, help="relative change under which to skip"
+    )
+    speed.add_argument("--sp", type=int, default=1, help="Ulysses sequence-parallel ranks (under torchrun)")
+    speed.add_argument("--cfg-parallel", action="store_true",
+                       help="cond and uncond branch on two rank groups (under torchrun)")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -359,15 +373,60 @@ def initial_noise(models: Models, req: Request, seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Generate one video as ``args`` say; returns frames, size, per-stage (name, seconds, peak MiB)."""
+def denoise(models: Models, req: Request, inputs: dict, noise, args, layout: Layout) -> tuple:
+    """The sampler as ``args`` configure it (CFG batching, compile, cache, SP / CFG-parallel groups)."""
     from megavg.infer.sampling import sample
 
+    if layout.sp_group is not None:
+        from megavg.models.wan.parallelize import apply_ulysses
+
+        apply_ulysses(models.dit, layout.sp_group)
+    stats: dict = {}
+    latents = sample(
+        models.dit, noise, inputs["text"], inputs["negative_text"], steps=req.steps,
+        guidance=req.guidance, shift=req.shift, solver=req.solver, condition=inputs["condition"],
+        image=inputs["image"], progress=not args.no_progress and layout.is_main,
+        cfg_batch={"auto": None, "on": True, "off": False}[args.cfg_batch], compile=args.compile,
+        cache=args.cache, cache_threshold=args.cache_threshold, cfg_group=layout.cfg_group,
+        sp_group=layout.sp_group, stats=stats,
+    )  # fmt: skip
+    return latents, stats
+
+
+def decode(models: Models, latents: torch.Tensor, req: Request, args, layout: Layout) -> int:
+    """DC-AE-V decoding into ``args.out`` (rank 0 writes; under several processes all ranks decode)."""
+    tile = auto_tile(latents.shape[-2:], args.decode_tile)
+    writing = VideoWriter(args.out, req.fps) if layout.is_main else contextlib.nullcontext()
+    with writing as writer:
+        if layout.world == 1:
+            return decode_to_video(models.vae, latents, writer, req, tile)
+        written = [0]
+
+        def write(video: torch.Tensor) -> None:
+            piece = video[:, :, : req.frames - written[0], : req.size[0], : req.size[1]].float().cpu()
+            writer.write(piece)
+            written[0] += piece.shape[2]
+
+        param = next(models.vae.parameters())
+        split_decode(models.vae, latents.to(param.device, param.dtype), tile, layout, write)
+        return written[0]
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Generate one video as ``args`` say; returns frames, size, per-stage (name, seconds, peak MiB)."""
     pipe = open_pipeline(args.pipeline)
     req = build_request(args, pipe)
     if args.no_progress:
         disable_library_bars()
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    layout = setup(args.sp, args.cfg_parallel, args.device)
+    try:
+        return _generate(args, pipe, req, layout)
+    finally:
+        teardown(layout)
+
+
+def _generate(args: argparse.Namespace, pipe: Pipeline, req: Request, layout: Layout) -> dict:
+    device, dtype = layout.device, DTYPES[args.dtype]
     place, stages = Placement(device, args.offload), StageLog(device)
     with stages.stage("load"):
         models = load_models(pipe, req, place, dtype)
@@ -377,20 +436,20 @@ def run(args: argparse.Namespace) -> dict:
     inputs = {k: v.to(device) if v is not None else None for k, v in encoded.items()}
     noise = initial_noise(models, req, args.seed).to(device)
     with stages.stage("denoise"), place.use(models.dit), torch.no_grad():
-        latents = sample(
-            models.dit, noise, inputs["text"], inputs["negative_text"], steps=req.steps,
-            guidance=req.guidance, shift=req.shift, solver=req.solver, condition=inputs["condition"],
-            image=inputs["image"], progress=not args.no_progress,
-        )  # fmt: skip
+        latents, stats = denoise(models, req, inputs, noise, args, layout)
     models.dit = None
     latents = latents.float() / pipe.manifest.scaling_factor
-    tile = auto_tile(latents.shape[-2:], args.decode_tile)
-    with stages.stage("decode"), place.use(models.vae), VideoWriter(args.out, req.fps) as writer:
-        frames = decode_to_video(models.vae, latents, writer, req, tile)
+    with stages.stage("decode"), place.use(models.vae):
+        frames = decode(models, latents, req, args, layout)
     per_step = next(sec for name, sec, _ in stages.rows if name == "denoise") / req.steps
-    log.info("wrote %s: %d frames %dx%d, %d steps\n%s\ndenoise per step: %.3f s", args.out, frames,
-             req.size[0], req.size[1], req.steps, stages.report(), per_step)  # fmt: skip
-    return {"frames": frames, "size": req.size, "stages": stages.rows, "seconds_per_step": per_step}
+    if layout.is_main:
+        log.info("wrote %s: %d frames %dx%d, %d steps on %d process(es)\n%s\ndenoise per step: %.3f s "
+                 "(first step %.3f s%s, then %.3f s each; CFG %s)", args.out, frames, req.size[0],
+                 req.size[1], req.steps, layout.world, stages.report(), per_step, stats["first_step_s"],
+                 ", compile included" if args.compile else "", stats["step_s"], stats["mode"])  # fmt: skip
+    timing = {k: stats[k] for k in ("first_step_s", "step_s", "skipped", "calls")}
+    return {"frames": frames, "size": req.size, "stages": stages.rows, "seconds_per_step": per_step,
+            "latents": latents, **timing}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -12,16 +12,23 @@ This module is part of the standalone runner: torch (and optionally tqdm) only.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from megavg.infer.step_cache import METHODS as CACHE_METHODS
+from megavg.infer.step_cache import StepCache
 from megavg.models.wan.text import TEXT_TOKENS, pad_text
 from megavg.utils.errors import UserError
 from megavg.utils.logging import progress
+
+log = logging.getLogger("megavg.infer.sampling")
 
 NUM_TRAIN_TIMESTEPS = 1000
 SOLVERS = ("unipc", "euler")
@@ -215,6 +222,120 @@ def _progress(total: int, enabled: bool) -> Callable[[int], None]:
     return update
 
 
+# ------------------------------------------------------------------------------------------ execution
+def cfg_fits_batched(model: torch.nn.Module, noise: torch.Tensor, text_tokens: int = TEXT_TOKENS) -> bool:
+    """Whether cond + uncond fit as one batch: always on the CPU; on CUDA when the extra activations of
+    the doubled batch (per block: residual, normed copy, q, k, v, attention out, FFN hidden; plus the
+    cross-attention keys/values) take under 80 % of the free memory."""
+    if noise.device.type != "cuda":
+        return True
+    args = model.args
+    tokens = model.num_tokens(noise.shape) * noise.shape[0]
+    size = next(model.parameters()).element_size()
+    extra = (tokens * (6 * args.dim + args.ffn_dim) + 2 * text_tokens * args.dim * args.num_layers) * size
+    free, _ = torch.cuda.mem_get_info(noise.device)
+    return extra < 0.8 * free
+
+
+@contextlib.contextmanager
+def regional_compile(model: torch.nn.Module, enabled: bool):
+    """``torch.compile`` each transformer block (static shapes) while inside; the model is restored after."""
+    blocks = list(model.blocks) if enabled else []
+    saved = [block._compiled_call_impl for block in blocks]
+    for block in blocks:
+        block.compile(dynamic=False)
+    try:
+        yield
+    finally:
+        for block, previous in zip(blocks, saved):
+            block._compiled_call_impl = previous
+
+
+@dataclass
+class _Call:
+    """One model call per step: its text states, CLIP tokens, channel condition, context and cache."""
+
+    text: torch.Tensor
+    image: torch.Tensor | None
+    extra: torch.Tensor | None
+    context: list | None = None
+    cache: StepCache | None = None
+
+
+class GuidedVelocity:
+    """The (guided) velocity at (x, t) as ``sample`` computes it.
+
+    Modes: ``single`` (no guidance: one call), ``batched`` (cond and uncond stacked into one call of
+    batch 2B), ``sequential`` (two calls), ``parallel`` (CFG-parallel: this rank of the two-rank
+    ``cfg_group`` runs its own branch, the two velocities are all-gathered). Each gives the same numbers
+    as the diffusers loop's cond-then-uncond forwards up to float rounding.
+    """
+
+    def __init__(self, model, cond, uncond, image, extra, guidance, mode, cfg_group=None):
+        self.model, self.guidance, self.mode, self.cfg_group = model, guidance, mode, cfg_group
+        if mode == "single":
+            self.calls = [_Call(cond, image, extra)]
+        elif mode == "batched":
+            self.calls = [_Call(torch.cat([cond, uncond]), _twice(image), _twice(extra))]
+        elif mode == "sequential":
+            self.calls = [_Call(cond, image, extra), _Call(uncond, image, extra)]
+        else:
+            branch = torch.distributed.get_rank(cfg_group)  # rank 0 of the pair: cond, rank 1: uncond
+            self.calls = [_Call((cond, uncond)[branch], image, extra)]
+
+    def prepare(self, reuse_context: bool, cache: str, threshold: float, sp_group=None) -> None:
+        """Project the cross-attention context once per call (``reuse_context``); attach step caches."""
+        for call in self.calls:
+            if reuse_context:
+                call.context = self.model.encode_context(call.text, call.image)
+            if cache != "none":
+                call.cache = StepCache(cache, threshold, sp_group)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        outs = [self._run(call, x, t) for call in self.calls]
+        if self.mode == "single":
+            return outs[0]
+        if self.mode == "batched":
+            return guide(*outs[0].chunk(2), self.guidance)
+        if self.mode == "parallel":
+            both = [torch.empty_like(outs[0]) for _ in range(2)]
+            torch.distributed.all_gather(both, outs[0].contiguous(), group=self.cfg_group)
+            outs = both
+        return guide(outs[0], outs[1], self.guidance)
+
+    def _run(self, call: _Call, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        dtype = call.text.dtype
+        rows = call.text.shape[0]
+        x = x.to(dtype).repeat(rows // x.shape[0], 1, 1, 1, 1)  # [rows, C, T, H, W]
+        if call.extra is not None:
+            x = torch.cat([x, call.extra], dim=1)
+        out = self.model(
+            x, t.expand(rows), call.text, call.image, context=call.context, step_cache=call.cache
+        )
+        return out.float()
+
+    def cache_report(self) -> tuple[int, int]:
+        """(skipped, calls) summed over the step caches."""
+        caches = [c.cache for c in self.calls if c.cache is not None]
+        return sum(c.skipped for c in caches), sum(c.calls for c in caches)
+
+
+def _twice(x: torch.Tensor | None) -> torch.Tensor | None:
+    return None if x is None else torch.cat([x, x])
+
+
+def _cfg_mode(guidance: float, cfg_batch: bool | None, cfg_group, model, noise) -> str:
+    if guidance <= 1:
+        return "single"
+    if cfg_group is not None:
+        if torch.distributed.get_world_size(cfg_group) != 2:
+            raise UserError("sampler: cfg_group must hold exactly two ranks (cond and uncond)")
+        return "parallel"
+    if cfg_batch is None:
+        cfg_batch = cfg_fits_batched(model, noise)
+    return "batched" if cfg_batch else "sequential"
+
+
 # ---------------------------------------------------------------------------------------------- sampling
 @torch.no_grad()
 def sample(
@@ -232,6 +353,14 @@ def sample(
     text_mask: torch.Tensor | None = None,
     negative_text_mask: torch.Tensor | None = None,
     progress: bool = True,
+    cfg_batch: bool | None = None,
+    reuse_context: bool = True,
+    compile: bool = False,
+    cache: str = "none",
+    cache_threshold: float = 0.05,
+    cfg_group=None,
+    sp_group=None,
+    stats: dict | None = None,
 ) -> torch.Tensor:
     """Integrate the flow from ``noise`` [B, C, T, H, W] (sigma 1) to clean latents (float32).
 
@@ -242,8 +371,19 @@ def sample(
     trained with, the padded encoding of ``megavg.models.wan.text.NULL_CAPTION`` as ``generate`` does;
     None means all-zero text) and mixes them with :func:`guide`; otherwise one forward. Text goes
     through :func:`prepare_text`. The model runs in its parameters' dtype; the solver in float32.
+
+    Speed (all exact but ``cache``): ``cfg_batch`` runs cond and uncond as one batch (None: when it fits,
+    :func:`cfg_fits_batched`); ``reuse_context`` projects the cross-attention keys/values once
+    (:meth:`Model.encode_context`); ``compile`` compiles each block (:func:`regional_compile`).
+    ``cache`` in ``none``/``fbcache``/``teacache`` with ``cache_threshold`` skips the block stack on
+    steps that barely change (:mod:`megavg.infer.step_cache`; approximate). Multi-process: a model
+    under ``apply_ulysses`` (``sp_group``: its group, for the cache's decisions) and/or ``cfg_group``
+    (two ranks, one CFG branch each). ``stats`` (a dict) receives ``first_step_s`` (includes compiling),
+    ``step_s`` (mean of the others), ``mode``, ``skipped`` and ``calls``.
     """
     _check_inputs(noise, condition, steps, shift)
+    if cache not in CACHE_METHODS:
+        raise UserError(f"sampler: unknown cache {cache!r} (choose from {', '.join(CACHE_METHODS)})")
     schedule, stepper = make_solver(solver, steps, shift)
     batch, device = noise.shape[0], noise.device
     dtype = next(model.parameters()).dtype
@@ -257,17 +397,43 @@ def sample(
         )
     extra = None if condition is None else condition.to(device, dtype)
     image = None if image is None else image.to(device, dtype)
-
-    def velocity(x: torch.Tensor, t: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-        x = x.to(dtype) if extra is None else torch.cat([x.to(dtype), extra], dim=1)
-        return model(x, t.expand(batch), states, image).float()
-
-    tick = _progress(steps, progress)
-    x = noise.float()
-    for i, t in enumerate(schedule.timesteps.to(device)):
-        v = velocity(x, t, cond)
-        if uncond is not None:
-            v = guide(v, velocity(x, t, uncond), guidance)
-        x = stepper.step(i, v, x)
-        tick(i)
+    mode = _cfg_mode(guidance, cfg_batch, cfg_group, model, noise)
+    velocity = GuidedVelocity(model, cond, uncond, image, extra, guidance, mode, cfg_group)
+    velocity.prepare(reuse_context, cache, cache_threshold, sp_group)
+    with regional_compile(model, compile):
+        x, times = _integrate(velocity, stepper, schedule, noise, progress)
+    skipped, calls = velocity.cache_report()
+    if cache != "none":
+        log.info(
+            "step cache %s (threshold %g): skipped %d of %d steps", cache, cache_threshold, skipped, calls
+        )
+    if stats is not None:
+        rest = times[1:]
+        stats.update(first_step_s=times[0], step_s=sum(rest) / len(rest) if rest else times[0], mode=mode,
+                     skipped=skipped, calls=calls)  # fmt: skip
     return x
+
+
+def _integrate(velocity, stepper, schedule, noise, progress) -> tuple[torch.Tensor, list[float]]:
+    """The solver loop; returns the latents and each step's wall time (read without a per-step sync:
+    steps after the first are timed as one span and averaged)."""
+    tick = _progress(len(schedule.timesteps), progress)
+    x, device = noise.float(), noise.device
+    times: list[float] = []
+    start = time.perf_counter()
+    for i, t in enumerate(schedule.timesteps.to(device)):
+        x = stepper.step(i, velocity(x, t), x)
+        tick(i)
+        if i == 0:
+            _sync(device)
+            times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+    _sync(device)
+    rest = len(schedule.timesteps) - 1
+    times += [(time.perf_counter() - start) / max(rest, 1)] * rest  # none for a 1-step run
+    return x, times
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -119,15 +119,22 @@ def test_unipc_without_guidance_matches_diffusers(case):
     assert_rel_close(actual, expected)
 
 
-@pytest.mark.parametrize("guidance, calls_per_step", [(1.0, 1), (0.5, 1), (5.0, 2)])
-def test_forwards_per_step(guidance, calls_per_step):
+@pytest.mark.parametrize(
+    "guidance, cfg_batch, rows",
+    [(1.0, None, [1]), (0.5, None, [1]), (5.0, None, [2]), (5.0, True, [2]), (5.0, False, [1, 1])],
+)
+def test_forwards_per_step(guidance, cfg_batch, rows):
+    """Per step: one forward without guidance; with it, one forward of batch 2 (batched CFG, the CPU
+    default) or two of batch 1 (sequential)."""
     model = build("wan-tiny-t2v").eval()
     calls = []
-    model.register_forward_hook(lambda *_: calls.append(1))
+    model.register_forward_hook(lambda _m, args, _out: calls.append(args[0].shape[0]))
     noise = torch.randn(1, 4, 1, 2, 2)
     text = torch.randn(1, 3, 32)
-    sampling.sample(model, noise, text, steps=4, guidance=guidance, shift=5.0, progress=False)
-    assert len(calls) == 4 * calls_per_step
+    sampling.sample(
+        model, noise, text, steps=4, guidance=guidance, shift=5.0, progress=False, cfg_batch=cfg_batch
+    )
+    assert calls == rows * 4
 
 
 @pytest.mark.parametrize("steps", [1, 2, 8, 30, 50])

@@ -80,14 +80,15 @@ def generate_contexts(root, tmp_path, monkeypatch) -> tuple[torch.Tensor, torch.
     seen = []
     forward = wan_model.Model.forward
 
-    def recording(self, latents, timestep, text, image=None):
+    def recording(self, latents, timestep, text, image=None, **hooks):  # hooks: context, step_cache
         seen.append(text.clone())
-        return forward(self, latents, timestep, text, image)
+        return forward(self, latents, timestep, text, image, **hooks)
 
     monkeypatch.setattr(wan_model.Model, "forward", recording)
     generate.main([str(root / "pipe"), "--prompt", CAPTION, "--out", str(tmp_path / "v.mp4"), "--steps", "1",
                    "--size", "32", "48", "--frames", "8", "--dtype", "fp32", "--no-progress"])  # fmt: skip
-    return seen[0], seen[1]  # step 1: the conditional forward, then the unconditional one
+    rows = torch.cat(seen)  # step 1: conditional then unconditional rows (one batched CFG call, or two)
+    return rows[0:1], rows[1:2]
 
 
 def test_training_and_generate_feed_the_same_text(trained, tmp_path, monkeypatch):

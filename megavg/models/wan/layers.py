@@ -165,14 +165,28 @@ class CrossAttention(nn.Module):
             self.v_img = nn.Linear(dim, dim)
             self.norm_k_img = make_rms_norm(dim, args.eps, backend)
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
+    def project(self, text: torch.Tensor, image: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """Keys and values of the context: (k, v) [B, L, H, D] for text, plus (k_img, v_img) for I2V.
+
+        They depend only on the (embedded) text and image, not on the latents or the timestep, so a
+        sampler computes them once per prompt (:meth:`Model.encode_context`) and passes them back in."""
         heads = (self.num_heads, -1)
-        q = self.norm_q(self.q(x)).unflatten(-1, heads)  # [B, S, H, D]
-        k = self.norm_k(self.k(text)).unflatten(-1, heads)  # [B, L, H, D]
-        out = attention(q, k, self.v(text).unflatten(-1, heads), self.backend)
-        if image is not None:
-            k_img = self.norm_k_img(self.k_img(image)).unflatten(-1, heads)  # [B, L', H, D]
-            out = out + attention(q, k_img, self.v_img(image).unflatten(-1, heads), self.backend)
+        kv = (self.norm_k(self.k(text)).unflatten(-1, heads), self.v(text).unflatten(-1, heads))
+        if image is None:
+            return kv
+        return (
+            *kv,
+            self.norm_k_img(self.k_img(image)).unflatten(-1, heads),
+            self.v_img(image).unflatten(-1, heads),
+        )
+
+    def forward(self, x: torch.Tensor, text, image: torch.Tensor | None, kv=None) -> torch.Tensor:
+        """x [B, S, dim]; text [B, L, dim], image [B, L', dim] or None; or their ``kv`` (:meth:`project`)."""
+        kv = self.project(text, image) if kv is None else kv
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))  # [B, S, H, D]
+        out = attention(q, kv[0], kv[1], self.backend)
+        if len(kv) == 4:
+            out = out + attention(q, kv[2], kv[3], self.backend)
         return self.o(out.flatten(-2).type_as(x))
 
 
@@ -198,13 +212,22 @@ class WanBlock(nn.Module):
         self.ffn = FeedForward(args)
         self.modulation = nn.Parameter(torch.randn(1, 6, args.dim) / args.dim**0.5)
 
-    def forward(self, x, text, image, time_proj, rope):
-        """x [B, S, dim]; text [B, L, dim]; image [B, L', dim] or None; time_proj [B, 6, dim]."""
-        modulation = self.modulation.float() + time_proj.float()  # [B, 6, dim], float32 (time path)
-        shift, scale, gate, ffn_shift, ffn_scale, ffn_gate = modulation.chunk(6, dim=1)
+    def modulate(self, time_proj: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Six float32 [B, 1, dim] vectors (time path): attn shift, scale, gate; FFN shift, scale, gate."""
+        return (self.modulation.float() + time_proj.float()).chunk(6, dim=1)
+
+    def modulated_input(self, x: torch.Tensor, time_proj: torch.Tensor) -> torch.Tensor:
+        """The timestep-modulated input of the self-attention (what TeaCache watches)."""
+        shift, scale = self.modulate(time_proj)[:2]
+        return (self.norm_self(x) * (1 + scale) + shift).type_as(x)
+
+    def forward(self, x, text, image, time_proj, rope, kv=None):
+        """x [B, S, dim]; text [B, L, dim]; image [B, L', dim] or None; time_proj [B, 6, dim];
+        ``kv``: this block's precomputed cross-attention keys/values (then text and image are unused)."""
+        shift, scale, gate, ffn_shift, ffn_scale, ffn_gate = self.modulate(time_proj)
         h = (self.norm_self(x) * (1 + scale) + shift).type_as(x)
         x = (x.float() + self.self_attn(h, rope) * gate).type_as(x)
-        x = x + self.cross_attn(x, text, image)  # its query projection holds the cross-attention norm
+        x = x + self.cross_attn(x, text, image, kv)  # its query projection holds the cross-attention norm
         h = (self.norm_ffn(x) * (1 + ffn_scale) + ffn_shift).type_as(x)
         return (x.float() + self.ffn(h).float() * ffn_gate).type_as(x)
 

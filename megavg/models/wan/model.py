@@ -69,27 +69,47 @@ class Model(MegavgModel):
         # FP8 amax reduction group; None is TE's default, the world (all DP x SP ranks, as training wants)
         self.fp8_group = None
 
-    def forward(self, latents, timestep, text, image=None) -> torch.Tensor:
-        """latents [B, C, T, H, W]; timestep [B]; text [B, L, text_dim]; image [B, L', image_dim] (I2V)."""
-        grid = self._check_inputs(latents, image)
+    def forward(self, latents, timestep, text, image=None, *, context=None, step_cache=None) -> torch.Tensor:
+        """latents [B, C, T, H, W]; timestep [B]; text [B, L, text_dim]; image [B, L', image_dim] (I2V).
+
+        Inference hooks (training passes neither): ``context`` = :meth:`encode_context` of the same text
+        and image (then ``text`` and ``image`` are not read); ``step_cache`` = a callable
+        ``(x, run, first_block, time_proj) -> x`` that may skip the block stack
+        (:mod:`megavg.infer.step_cache`); ``run(x, start, stop)`` runs blocks ``start:stop``."""
+        grid = self._check_inputs(latents, image if context is None else context)
         x = self.patch_embed(latents).flatten(2).transpose(1, 2)  # [B, S, dim]
         rope = rope_tables(self.args.head_dim, grid, self.args.rope_theta, latents.device)
         time_emb, time_proj = self.time_embed(timestep)  # float32 [B, dim], [B, 6, dim]
-        text = self.text_embed(text)
-        image = self.image_embed(image) if image is not None else None
+        if context is None:  # training: each block projects the embedded context itself
+            text = self.text_embed(text)
+            image = self.image_embed(image) if image is not None else None
         x = self.token_shard(x)  # [B, S_local (padded), dim]
-        x = self._run_blocks(x, text, image, time_proj, rope)
+
+        def run(h: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+            return self._run_blocks(h, (text, image, context), time_proj, rope, start, stop)
+
+        x = run(x) if step_cache is None else step_cache(x, run, self.blocks[0], time_proj)
         x = self.token_gather(self.head(x, time_emb), math.prod(grid))  # [B, S, C_out * pt * ph * pw]
         return self.unpatchify(x, grid)
 
-    def _run_blocks(self, x, text, image, time_proj, rope) -> torch.Tensor:
+    def encode_context(self, text: torch.Tensor, image: torch.Tensor | None = None) -> list[tuple]:
+        """Per block, the cross-attention keys/values of ``text`` [B, L, text_dim] (and ``image``): they
+        do not depend on the latents or the timestep, so a sampler computes them once per prompt."""
+        text = self.text_embed(text)
+        image = self.image_embed(image) if image is not None else None
+        return [block.cross_attn.project(text, image) for block in self.blocks]
+
+    def _run_blocks(self, x, cond, time_proj, rope, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Blocks ``start:stop``; ``cond`` = (embedded text, embedded image, context or None)."""
+        text, image, context = cond
         in_fp8 = fp8_blocks(len(self.blocks), self.args.layers.fp8)
-        for block, fp8 in zip(self.blocks, in_fp8):
-            with fp8_autocast(fp8, self.args.layers.fp8, self.fp8_group):
+        for i in range(start, len(self.blocks) if stop is None else stop):
+            block, kv = self.blocks[i], None if context is None else context[i]
+            with fp8_autocast(in_fp8[i], self.args.layers.fp8, self.fp8_group):
                 if self.args.grad_checkpointing and torch.is_grad_enabled():
-                    x = checkpoint(block, x, text, image, time_proj, rope, use_reentrant=False)
+                    x = checkpoint(block, x, text, image, time_proj, rope, kv, use_reentrant=False)
                 else:
-                    x = block(x, text, image, time_proj, rope)
+                    x = block(x, text, image, time_proj, rope, kv)
         return x
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -99,12 +119,14 @@ class Model(MegavgModel):
         x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # [B, C, T', pt, H', ph, W', pw]
         return x.reshape(x.shape[0], x.shape[1], t * pt, h * ph, w * pw)
 
-    def _check_inputs(self, latents: torch.Tensor, image: torch.Tensor | None) -> tuple[int, int, int]:
+    def _check_inputs(self, latents: torch.Tensor, image) -> tuple[int, int, int]:
+        """``image``: the CLIP tokens or None, or a context list (I2V ones hold image keys/values)."""
         if latents.ndim != 5 or latents.shape[1] != self.args.in_channels:
             raise UserError(
                 f"wan: latents must be [B, {self.args.in_channels}, T, H, W], got {tuple(latents.shape)}"
             )
-        if (image is not None) != self.args.is_i2v:
+        has_image = len(image[0]) == 4 if isinstance(image, list) else image is not None
+        if has_image != self.args.is_i2v:
             kind = "I2V needs" if self.args.is_i2v else "T2V takes no"
             raise UserError(
                 f"wan: this model is {'I2V' if self.args.is_i2v else 'T2V'}: {kind} CLIP image tokens"
