@@ -25,4 +25,6 @@ echo
 echo "tensorboard logs : $RUN/tensorboard   (view: tensorboard --logdir $RUN/tensorboard)"
 echo "metrics          : $RUN/metrics.jsonl"
 echo "checkpoint       : $RUN/checkpoints/$(cat "$RUN/checkpoints/latest")   (ZeRO-3 shards, one per rank)"
-echo "model folder     : $PY tools/consolidate.py $RUN --out runs/dcaev_demo_model"
+echo "model folder     : python tools/consolidate.py $RUN --out runs/dcaev_demo_model"
+[ -z "${VIRTUAL_ENV:-}" ] && echo "to use megavg in this shell (once per new shell):  source .venv/bin/activate"
+exit 0
