@@ -63,6 +63,8 @@ def check(entry: str, argv: list[str]) -> dict:
     except _Parsed:
         return {"ok": True, "message": ""}
     except SystemExit as exc:
+        if exc.code in (0, None) and ("--help" in argv or "-h" in argv):  # argparse printed the help
+            return {"ok": True, "message": ""}
         lines = err.getvalue().strip().splitlines() or [f"exit {exc.code}"]
         return {"ok": False, "message": lines[-1]}
     except Exception as exc:  # an import error names the missing module
