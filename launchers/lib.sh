@@ -42,9 +42,36 @@ megavg_prepare() { # JOB ARGS...
   fi
 }
 
+# GPUs this process may use: CUDA_VISIBLE_DEVICES when set (CUDA numbers those from 0; SLURM sets it
+# per task with --gpus-per-task / --gpu-bind), else the GPUs nvidia-smi lists.
+megavg_visible_gpus() {
+  if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
+    local ids
+    IFS=, read -r -a ids <<<"$CUDA_VISIBLE_DEVICES"
+    echo "${#ids[@]}"
+  else
+    nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true
+  fi
+}
+
+# Threads per rank: the CPUs SLURM gave each task (--cpus-per-task) win over an OMP_NUM_THREADS inherited
+# from the submitting shell; MEGAVG_OMP_NUM_THREADS overrides both.
+megavg_threads_env() {
+  export OMP_NUM_THREADS="${MEGAVG_OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-${OMP_NUM_THREADS:-1}}}"
+}
+
+# srun options every job step needs: recent SLURM (22.05+) no longer passes the batch job's
+# --cpus-per-task on to srun, so each task would get one CPU while OMP_NUM_THREADS says more.
+megavg_srun_cpus() {
+  MEGAVG_SRUN_CPUS=()
+  if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then
+    MEGAVG_SRUN_CPUS=(--cpus-per-task="$SLURM_CPUS_PER_TASK")
+  fi
+}
+
 # NCCL on GPU nodes, gloo on CPU nodes (the trainer's parallel.backend=auto picks the same); threads per rank.
 megavg_comm_env() { # GPUS_ON_NODE
-  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"
+  megavg_threads_env
   if [ -n "${MEGAVG_IFNAME:-}" ]; then
     export NCCL_SOCKET_IFNAME="$MEGAVG_IFNAME" GLOO_SOCKET_IFNAME="$MEGAVG_IFNAME"
   fi

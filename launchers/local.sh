@@ -4,7 +4,7 @@
 #   [MEGAVG_NPROC=N] bash launchers/local.sh train CONFIG [section.key=value ...]
 #                    bash launchers/local.sh precompute ARGS... | export RUN_DIR --out FOLDER
 #
-# N ranks (default: one per GPU that nvidia-smi lists, else 1) started by DeepSpeed's launcher
+# N ranks (default: one per visible GPU -- CUDA_VISIBLE_DEVICES, else nvidia-smi -- else 1) started by DeepSpeed's launcher
 # (`deepspeed --num_gpus N`; on CPU it runs gloo processes). Ctrl-C, SIGTERM or SIGUSR1 ask every rank
 # to write a complete checkpoint and exit 75 (a second Ctrl-C kills); rerunning the command resumes.
 set -uo pipefail
@@ -13,7 +13,7 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 job="${1:-}"
 megavg_prepare "$@"
 
-gpus="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)"
+gpus="$(megavg_visible_gpus)"
 nproc="${MEGAVG_NPROC:-$([ "${gpus:-0}" -gt 0 ] && echo "$gpus" || echo 1)}"
 [ "$MEGAVG_SINGLE" = 1 ] && nproc=1
 megavg_comm_env "${gpus:-0}"

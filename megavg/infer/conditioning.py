@@ -24,6 +24,7 @@ mean and std.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,16 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MASK_CHANNELS = 4  # the mask is built per pixel frame and folded into 4 channels per latent frame
 
 
+def condition_clip(image: torch.Tensor, frames: int, t: int, chunk: int) -> Iterator[torch.Tensor]:
+    """The conditioning clip -- ``image`` [B,3,H,W] on its first ``t`` frames, black after, ``frames`` in all
+    -- in pieces of ``chunk`` frames (B,3,n,H,W), never built whole."""
+    B, _, H, W = image.shape
+    for start in range(0, frames, chunk):
+        piece = image.new_zeros(B, 3, min(chunk, frames - start), H, W)  # black: 0 in [-1, 1]
+        piece[:, :, : max(0, t - start)] = image.unsqueeze(2)  # the image fills the first latent frame
+        yield piece
+
+
 @torch.no_grad()
 def i2v_condition(vae, image: torch.Tensor, frames: int) -> torch.Tensor:
     """First-frame condition for an I2V DiT: ``[B, 4 + C, T_lat, h, w]`` (mask channels first).
@@ -42,16 +53,23 @@ def i2v_condition(vae, image: torch.Tensor, frames: int) -> torch.Tensor:
     ``image``: [B, 3, H, W] in [-1, 1] at the output size; ``frames``: output frames, a multiple of the
     temporal compression ``t`` (4), at least ``t``. ``vae``: a DC-AE-V model (``encode`` returns
     unscaled latents). The result is on the VAE's device, in float32.
+
+    The clip is encoded streamed, one model chunk (``vae.frame_chunk`` frames) at a time with each conv's
+    left context carried over (:mod:`megavg.models.dcaev.streaming`): equal to one pass over the whole
+    clip, with activations of one chunk (at 2176x3840 x 80 frames one pass needs ~43 GB for the first conv
+    output alone).
     """
+    from megavg.models.dcaev.streaming import stream_encode
+
     t = vae.temporal_compression
     if frames < t or frames % t:
         raise ValueError(f"frames must be a positive multiple of {t}, got {frames}")
     param = next(vae.parameters())
     image = image.to(param.device, param.dtype)
-    B, _, H, W = image.shape
-    first = image.unsqueeze(2).expand(-1, -1, t, -1, -1)  # B,3,t,H,W: the image fills one latent frame
-    rest = image.new_zeros(B, 3, frames - t, H, W)  # black (0 in [-1, 1]) pixel frames after it
-    latent = vae.encode(torch.cat([first, rest], dim=2)).float() * vae.args.scaling_factor  # B,C,T',h,w
+    pieces = condition_clip(image, frames, t, vae.frame_chunk)
+    latent = torch.cat([z.float() for z in stream_encode(vae, pieces)], dim=2)  # B,C,T',h,w
+    latent = latent * vae.args.scaling_factor
+    B = image.shape[0]
     mask = latent.new_zeros(B, MASK_CHANNELS, *latent.shape[2:])
     mask[:, :, 0] = 1.0  # pixel frames 0..t-1 are given: the first latent frame
     return torch.cat([mask, latent], dim=1)

@@ -13,7 +13,6 @@ appears complete or not at all.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shutil
 from pathlib import Path
 
@@ -23,23 +22,9 @@ from megavg.infer.pipeline import Manifest, SamplerDefaults, open_pipeline, writ
 from megavg.models import registry
 from megavg.utils.errors import UserError
 from megavg.utils.io import atomic_dir
+from megavg.utils.schema import to_dict
 
 DTYPES = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclasses.dataclass(frozen=True)
-class CastTensor:
-    """A lazy tensor (``registry.materialize``) read from disk and cast when materialised."""
-
-    source: object
-    dtype: torch.dtype
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.source.shape
-
-    def contiguous(self) -> torch.Tensor:
-        return registry.materialize(self.source).to(self.dtype)
 
 
 def lazy_model(folder: str | Path, family: str, dtype: torch.dtype | None) -> tuple[dict, dict]:
@@ -51,7 +36,7 @@ def lazy_model(folder: str | Path, family: str, dtype: torch.dtype | None) -> tu
     state = registry.load_state_dict(folder, lazy=True)
     if dtype is not None:  # the model's keep_fp32 tensors (Wan's time path) are written in float32
         cast = registry.model_class(family).dtype_for
-        state = {k: CastTensor(v, cast(k, dtype)) if v.dtype.is_floating_point else v
+        state = {k: registry.CastTensor(v, cast(k, dtype)) if v.dtype.is_floating_point else v
                  for k, v in state.items()}  # fmt: skip
     return config, state
 
@@ -76,7 +61,8 @@ def export_pipeline(opts: argparse.Namespace) -> Path:
     dtype = DTYPES[opts.dtype]
     dit_config, dit_state = lazy_model(opts.transformer, "wan", dtype)
     vae_config, vae_state = lazy_model(opts.vae, "dcaev", dtype)
-    dit_args = registry.config_args(dit_config)
+    dit_args = registry.runner_args(registry.config_args(dit_config), opts.fp8)
+    dit_config["args"] = to_dict(dit_args)  # runner-side layer settings, whatever the folder had
     if dit_args.is_i2v and not opts.image_encoder:
         raise UserError(f"{opts.transformer}: an I2V transformer needs --image-encoder")
     vae_args = registry.config_args(vae_config)
@@ -122,6 +108,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    p.add_argument("--fp8", action="store_true", help="keep the DiT's FP8 setting (the runner then needs TE)")
     p.add_argument("--diffusers", action="store_true", help="also write the DiT as a diffusers folder")
     p.add_argument("--max-shard-mib", type=float, default=5120, help="diffusers shard size limit (MiB)")
     p.add_argument("--out", required=True, help="pipeline folder to write")

@@ -267,7 +267,7 @@ class Placement:
 @dataclass
 class Models:
     text: object
-    dit: nn.Module
+    dit: nn.Module | None
     vae: nn.Module
     image: object | None
 
@@ -282,9 +282,14 @@ def load_models(pipe: Pipeline, req: Request, place: Placement, dtype: torch.dty
     if req.image is not None:
         image = load_image_encoder(pipe)
         image.to(place.home)
-    dit = pipe.load_transformer(i2v=req.image is not None, dtype=dtype).to(place.home)
     vae = pipe.load_vae(dtype=dtype).to(place.home)
-    return Models(text, dit, vae, image)
+    return Models(text, None, vae, image)  # the DiT comes after the encoders (load_transformer)
+
+
+def load_transformer(pipe: Pipeline, req: Request, place: Placement, dtype: torch.dtype) -> nn.Module:
+    """The DiT, loaded once the inputs are encoded: never on the device while an encoder runs (the 4K I2V
+    condition encode needs the memory)."""
+    return pipe.load_transformer(i2v=req.image is not None, dtype=dtype).to(place.home)
 
 
 def load_image_encoder(pipe: Pipeline):
@@ -367,6 +372,8 @@ def run(args: argparse.Namespace) -> dict:
     with stages.stage("load"):
         models = load_models(pipe, req, place, dtype)
     encoded = encode_inputs(models, req, place, stages)
+    with stages.stage("load transformer"):
+        models.dit = load_transformer(pipe, req, place, dtype)
     inputs = {k: v.to(device) if v is not None else None for k, v in encoded.items()}
     noise = initial_noise(models, req, args.seed).to(device)
     with stages.stage("denoise"), place.use(models.dit), torch.no_grad():

@@ -43,6 +43,7 @@ from megavg.infer.conditioning import ImageEncoder, i2v_condition
 from megavg.infer.teacher_vae import TeacherVAE
 from megavg.infer.text import TextEncoder
 from megavg.models.wan.text import NULL_CAPTION
+from megavg.utils.device import resolve_device
 from megavg.utils.errors import UserError, run_cli
 from megavg.utils.logging import get_logger, progress
 
@@ -146,7 +147,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--samples-per-shard", type=int, default=100)
     parser.add_argument("--part", type=int, default=int(os.environ.get("RANK", 0)))
     parser.add_argument("--parts", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto",
+                        help="cpu, cuda (the GPU of LOCAL_RANK / SLURM_LOCALID, honouring "
+                        "CUDA_VISIBLE_DEVICES), cuda:N, or auto (the default)")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true")
     return parser.parse_args(argv)
 
@@ -162,6 +165,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def load_encoders(args: argparse.Namespace) -> Encoders:
+    args.device = str(resolve_device(args.device))  # one GPU per rank, not cuda:0 for all
     vae = megavg.models.load(args.vae, device=args.device).eval()
     if not hasattr(vae, "encode"):
         raise UserError(f"{args.vae}: not a DC-AE-V model folder")

@@ -12,6 +12,7 @@ import os
 import torch
 
 from megavg.models.wan.text import pad_text
+from megavg.utils.device import resolve_device
 from megavg.utils.errors import UserError
 
 WAN_TEXT_ENCODER = "google/umt5-xxl"  # Wan-2.1 conditions on umT5-XXL, 512 tokens
@@ -44,6 +45,7 @@ class TextEncoder:
             raise UserError(
                 f"text encoder {name_or_path}: cannot load ({str(err).splitlines()[0]})"
             ) from None
+        device = resolve_device(device)  # "cuda": this rank's GPU, not cuda:0 for every rank
         self.model.to(device).eval()
         self.device, self.max_length = device, max_length
 

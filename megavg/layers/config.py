@@ -7,7 +7,7 @@ naming a backend explicitly makes its absence an error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from megavg.utils.errors import UserError
@@ -61,3 +61,11 @@ class LayerConfig:
             raise UserError(
                 "layers: fp8.enabled needs linear 'te' (or 'auto' on a GPU with Transformer Engine)"
             )
+
+
+def runner_layers(layers: LayerConfig, keep_fp8: bool = False) -> LayerConfig:
+    """The layer settings an exported model carries: backends picked by the machine that runs it
+    (``auto``: TE/flash-attn where installed, else torch/SDPA), FP8 off unless ``keep_fp8``. A training
+    run's ``linear: te`` or ``fp8.enabled`` would make the runner refuse without TE, or run FP8 silently."""
+    fp8 = layers.fp8 if keep_fp8 else replace(layers.fp8, enabled=False)
+    return replace(layers, linear="auto", attention="auto", fp8=fp8)

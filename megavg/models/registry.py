@@ -77,6 +77,20 @@ def config_args(config: dict) -> Any:
     return from_dict(_family(config["family"]).Args, config.get("args", {}), "args")
 
 
+def runner_args(args: Any, keep_fp8: bool = False) -> Any:
+    """``args`` as an exported model folder stores them: training-only choices dropped (activation
+    checkpointing off, layer backends ``auto``, FP8 off unless ``keep_fp8``; see
+    :func:`megavg.layers.config.runner_layers`)."""
+    from megavg.layers.config import runner_layers
+
+    changes = {}
+    if hasattr(args, "grad_checkpointing"):
+        changes["grad_checkpointing"] = False
+    if hasattr(args, "layers"):
+        changes["layers"] = runner_layers(args.layers, keep_fp8)
+    return dataclasses.replace(args, **changes)
+
+
 def build(spec: str | Any | dict, **overrides: Any) -> nn.Module:
     """Build a model from a preset name, an args dataclass or ``{"family": ..., "args": {...}}``.
 
@@ -105,6 +119,22 @@ def materialize(value: Any) -> torch.Tensor:
     """A tensor from a tensor or a *lazy tensor*: anything with ``shape``, ``dtype`` and ``contiguous()``
     returning the tensor, such as the entries of DeepSpeed's ``zero_to_fp32`` lazy mode."""
     return value if isinstance(value, torch.Tensor) else value.contiguous()
+
+
+@dataclasses.dataclass(frozen=True)
+class CastTensor:
+    """A lazy tensor (:func:`materialize`): ``source`` (a tensor or lazy tensor) cast to ``dtype`` when
+    materialised."""
+
+    source: Any
+    dtype: torch.dtype
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(self.source.shape)
+
+    def contiguous(self) -> torch.Tensor:
+        return materialize(self.source).to(self.dtype)
 
 
 def save_state(family: str, args: dict, state: dict[str, Any], folder: str | os.PathLike) -> Path:

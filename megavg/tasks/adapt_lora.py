@@ -93,26 +93,50 @@ class Task(flow_matching.Task):
         return merge_lora(initial(), trained, lora_scale(self.args))
 
 
-def merge_lora(base: dict[str, torch.Tensor], trained: dict[str, torch.Tensor], scale: float) -> dict:
-    """Fold trained LoRA pairs into ``base`` weights (W + scale * B @ A) and copy fully trained tensors.
+@dataclasses.dataclass(frozen=True)
+class MergedWeight:
+    """A lazy tensor (:func:`megavg.models.registry.materialize`): ``base + scale * up @ down`` in float32,
+    cast to ``dtype``, computed only when the writer asks for it (one weight at a time)."""
+
+    base: object  # out, in
+    down: object  # lora_A: r, in
+    up: object  # lora_B: out, r
+    scale: float
+    dtype: torch.dtype
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(self.base.shape)
+
+    def contiguous(self) -> torch.Tensor:
+        weight = registry.materialize(self.base).float()
+        up, down = registry.materialize(self.up).float(), registry.materialize(self.down).float()
+        return weight.addmm_(up, down, alpha=self.scale).to(self.dtype)  # (out, r) @ (r, in) -> out, in
+
+
+def merge_lora(base: dict, trained: dict, scale: float) -> dict:
+    """Fold trained LoRA pairs into the base weights (W + scale * B @ A) and copy trained tensors.
 
     ``trained`` holds peft-named tensors (``X.lora_A.default.weight``, ``X.lora_B.default.weight``,
-    ``X.base_layer.weight`` or plain names); the result has ``base``'s keys, dtypes and shapes.
+    ``X.base_layer.weight`` or plain names), lazy or not. A checkpoint written with
+    ``checkpoint.exclude_frozen=false`` also holds the frozen ``X.base_layer.weight``: it is the W the
+    adapter is merged into, never a replacement of the merged weight. The result has ``base``'s keys,
+    dtypes and shapes, and every changed entry is lazy: nothing is computed here, the writer materialises
+    one weight at a time (peak memory: one output shard, not the model).
     """
     merged = dict(base)
+    adapters = []
     for key, value in trained.items():
         if ".lora_B." in key:
             continue
-        value = registry.materialize(value)  # consolidation hands out lazy tensors
         if ".lora_A." in key:
             prefix, adapter = key.split(".lora_A.")
-            weight = f"{prefix}.weight"
-            up = registry.materialize(trained[f"{prefix}.lora_B.{adapter}"]).float()  # out, r
-            delta = scale * (up @ value.float())  # (out, r) @ (r, in) -> out, in
-            merged[weight] = (registry.materialize(base[weight]).float() + delta).to(base[weight].dtype)
+            adapters.append((f"{prefix}.weight", value, trained[f"{prefix}.lora_B.{adapter}"]))
             continue
         plain = key.replace(".base_layer.", ".")
         if plain not in base:
             raise UserError(f"trained tensor {key!r} has no counterpart {plain!r} in the base weights")
-        merged[plain] = value.to(base[plain].dtype)
+        merged[plain] = registry.CastTensor(value, base[plain].dtype)
+    for weight, down, up in adapters:  # after the copies: W is the trained base_layer when there is one
+        merged[weight] = MergedWeight(merged[weight], down, up, scale, base[weight].dtype)
     return merged

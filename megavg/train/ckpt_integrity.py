@@ -1,7 +1,8 @@
 """Checkpoint integrity: a manifest of every file of a tag, and the checks that read it.
 
 ``step_N/manifest.json`` lists each file of the tag (relative path, size in bytes, SHA-256). It is
-written by rank 0 after every rank has written its files (and before ``latest`` moves), so a tag with a
+written by rank 0 after every rank has written its files (and before ``latest`` moves), from the files
+every rank reports (never from rank 0's directory listing alone, see :func:`seal`), so a tag with a
 manifest was complete when it was sealed, and any later damage (a truncated copy, flipped bytes, a lost
 file) shows as a size or hash mismatch that names the file.
 
@@ -160,16 +161,36 @@ def verify(tag_dir: Path) -> None:
 
 
 # -- collectives (every rank calls them) ----------------------------------------------------------------
+def hash_plan(listings: list[list[str]]) -> list[list[str]]:
+    """Which files each rank hashes, given the files each rank reported: every reported file once, by a
+    rank that reported it (it sees the file), spread over those ranks (fewest assigned first)."""
+    plan: list[list[str]] = [[] for _ in listings]
+    reporters: dict[str, list[int]] = {}
+    for rank, names in enumerate(listings):
+        for name in names:
+            reporters.setdefault(name, []).append(rank)
+    for name in sorted(reporters):
+        rank = min(reporters[name], key=lambda r: (len(plan[r]), r))
+        plan[rank].append(name)
+    return plan
+
+
 def seal(tag_dir: Path) -> None:
-    """Write ``tag_dir``'s manifest (collective, after a barrier that follows every rank's writes): rank 0
-    lists the files, each rank hashes its share, rank 0 writes the manifest."""
+    """Write ``tag_dir``'s manifest (collective, after a barrier that follows every rank's writes).
+
+    The manifest is built from what the ranks report, not from one rank's directory listing: on NFS a
+    listing made by rank 0 right after other nodes wrote can be stale and omit their files, while a
+    writer always sees its own files (close-to-open consistency). Each rank lists the tag as it sees it
+    after its own writes, the lists are gathered, every file is hashed by a rank that reported it, and
+    rank 0 writes the union. A file no rank sees is in no manifest and makes the tag fail its check.
+    """
     import torch.distributed as dist
 
     rank, world = dist.get_rank(), dist.get_world_size()
-    names = [tag_files(tag_dir) if rank == 0 else None]
-    dist.broadcast_object_list(names, src=0)
+    listings: list[list[str] | None] = [None] * world
+    dist.all_gather_object(listings, tag_files(tag_dir))
     parts: list[dict | None] = [None] * world
-    dist.all_gather_object(parts, describe(tag_dir, share(names[0], rank, world)))
+    dist.all_gather_object(parts, describe(tag_dir, hash_plan(listings)[rank]))
     if rank == 0:
         write_manifest(tag_dir, {k: v for part in parts for k, v in part.items()}, world)
 

@@ -18,7 +18,6 @@ shapes before it is written (atomically; safetensors, sharded past 4 GiB).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import pickle
 from pathlib import Path
 from typing import Any
@@ -79,18 +78,17 @@ def initial_state(cfg, args) -> dict[str, Any]:
     return registry.build(args).state_dict()
 
 
-def consolidate(run_dir: str | Path, out: str | Path, raw: bool = False) -> Path:
+def consolidate(run_dir: str | Path, out: str | Path, raw: bool = False, keep_fp8: bool = False) -> Path:
     """Write the model of ``run_dir``'s latest checkpoint to ``out``: its EMA weights when it has them
-    (``model.ema``), unless ``raw``; returns ``out``."""
+    (``model.ema``), unless ``raw``; returns ``out``. The folder's config has runner-side layer settings
+    (``linear``/``attention`` ``auto``, FP8 off unless ``keep_fp8``)."""
     ckpt_dir = Path(run_dir) / "checkpoints"
     tag = read_latest(ckpt_dir) if ckpt_dir.is_dir() else None
     if tag is None:
         raise UserError(f"{run_dir}: no complete checkpoint (no {ckpt_dir / 'latest'})")
     ckpt_integrity.verify(ckpt_dir / tag)  # sizes + hashes against the manifest: names a damaged file
     cfg = checkpoint_config(ckpt_dir / tag / "config.yaml")
-    args = model_args(cfg.model)
-    if hasattr(args, "grad_checkpointing"):
-        args = dataclasses.replace(args, grad_checkpointing=False)  # a training-only choice
+    args = registry.runner_args(model_args(cfg.model), keep_fp8)  # no training-only layer settings
     state = trained_state(ckpt_dir, tag, raw)
     with torch.device("meta"):
         model = registry.build(args)
@@ -106,8 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--raw", action="store_true", help="export the trained weights, not their EMA (model.ema runs)"
     )
+    parser.add_argument("--fp8", action="store_true",
+                        help="keep the run's FP8 setting (the exported model then needs TE)")  # fmt: skip
     args = parser.parse_args(argv)
-    out = consolidate(args.run_dir, args.out, raw=args.raw)
+    out = consolidate(args.run_dir, args.out, raw=args.raw, keep_fp8=args.fp8)
     print(f"wrote {out}")
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from megavg.train.config import TrainConfig
+from megavg.utils.device import bind_local_device
 from megavg.utils.errors import UserError
 from megavg.utils.memory import return_large_frees_to_os
 
@@ -115,9 +116,7 @@ def init_distributed(backend: str) -> None:
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    else:
+    if bind_local_device().type != "cuda":
         # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce (about a minute of C++ on the
         # first launch) that only its inference all-reduce uses; training collectives go through gloo.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False

@@ -11,6 +11,8 @@ import signal
 import torch
 import torch.distributed as dist
 
+from megavg.utils.device import collective_device
+
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
@@ -30,9 +32,7 @@ class StopFlag:
 
     def agreed(self) -> bool:
         """True on every rank when any rank has received a stop signal (collective)."""
-        flag = torch.tensor([1.0 if self.signum is not None else 0.0])
-        if dist.is_initialized() and dist.get_backend() == "nccl":
-            flag = flag.cuda()
+        flag = torch.tensor([1.0 if self.signum is not None else 0.0], device=collective_device())
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())

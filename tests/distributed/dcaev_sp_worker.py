@@ -1,6 +1,7 @@
 """Worker for test_dcaev_sp.py: temporal SP of the tiny DC-AE-V on every process of a gloo group.
 
-Writes, per case, the gathered encode/decode outputs and this rank's parameter gradients for two losses:
+Runs under the device-strict collective check (:mod:`megavg.parallel.device_check`). Writes, per case,
+the gathered encode/decode outputs and this rank's parameter gradients for two losses:
 the sum of per-rank local losses (also with activation checkpointing), and the same loss computed on
 every rank after ``gather_time``.
 """
@@ -21,6 +22,7 @@ from megavg.models.dcaev.parallelize import (
     shard_time,
 )
 from megavg.parallel import state
+from megavg.parallel.device_check import strict_collectives
 
 CASES = {"frames40": (40, 10), "frames37": (37, 9)}  # (frames, latent frames): 5 chunks each, 37/9 partial
 
@@ -49,6 +51,11 @@ def grads_of(model) -> dict[str, torch.Tensor]:
 
 def run_case(name: str, group, out_dir: Path, prefix: str) -> None:
     model, x, weight, z = make_case(name)
+    with strict_collectives("cpu"):  # a tensor made without device= would reach NCCL off the GPU
+        sp_passes(model, x, weight, z, group, out_dir / f"{prefix}{name}_rank{dist.get_rank(group)}.pt")
+
+
+def sp_passes(model, x, weight, z, group, path: Path) -> None:
     apply_temporal_sp(model, group)
     x_local = shard_time(x, model.frame_chunk, group)
     w_local = shard_time(weight, model.frame_chunk, group)
@@ -63,7 +70,7 @@ def run_case(name: str, group, out_dir: Path, prefix: str) -> None:
     (model(x_local) * w_local).sum().backward()
     result = dict(encoded=encoded, decoded=decoded, local_grads=local_grads, gathered_grads=gathered_grads,
                   checkpointed_grads=grads_of(model), frames=x_local.shape[2])  # fmt: skip
-    torch.save(result, out_dir / f"{prefix}{name}_rank{dist.get_rank(group)}.pt")
+    torch.save(result, path)
 
 
 def main() -> None:

@@ -5,6 +5,9 @@ Run under ``torchrun`` or ``deepspeed`` exactly like the entry point (same argum
 - ``MEGAVG_TEST_SYNTHETIC=1``: the data loader yields :func:`synthetic_batch` slices (global batch of
   micro-batch ``i`` cut by data-parallel rank), so a single-process reference can rebuild the same data.
 - ``MEGAVG_TEST_NAN_AT=k``: micro-batch ``k`` of data-parallel rank 0 is all NaN.
+- ``MEGAVG_TEST_STRICT_DEVICES=1``: the task's loss, the logging reductions and the stop-flag vote run
+  under the device-strict collective check (:mod:`megavg.parallel.device_check`): a tensor made without
+  ``device=`` that reaches a collective fails the run, as NCCL would.
 - ``MEGAVG_TEST_LOG_SHAPES=1``: each rank appends {"step", "shape" (latents), "key"} of every micro-batch
   it takes to ``$MEGAVG_TEST_OUT/shapes_rank<R>.jsonl``.
 - ``MEGAVG_TEST_BLOCK_AT=k``: fetching micro-batch ``k`` waits until ``$MEGAVG_TEST_OUT/release`` exists
@@ -71,6 +74,41 @@ def install_hooks() -> None:
         return _hooked(iter(make(cfg, dp_rank, dp_size, start_batch)), start_batch, dp_rank, out)
 
     loop.make_loader = make_loader
+    if os.environ.get("MEGAVG_TEST_STRICT_DEVICES"):
+        _strict_devices()
+
+
+def _strict_devices() -> None:
+    """The task's loss (forward, SP collectives), the logging reductions and the stop-flag vote under the
+    check; data loading and DeepSpeed's backward/step stay outside (host data is CPU by design, and
+    DeepSpeed places its own tensors through its accelerator)."""
+    from megavg.parallel.device_check import strict_collectives
+    from megavg.train import loop
+    from megavg.train.signals import StopFlag
+
+    def strict(method):
+        def checked(self, *args, **kwargs):
+            with strict_collectives(getattr(self, "device", torch.device("cpu"))):
+                return method(self, *args, **kwargs)
+
+        return checked
+
+    def strict_loss(loss):
+        def checked(engine, batch, ctx):
+            with strict_collectives(ctx.device):
+                return loss(engine, batch, ctx)
+
+        return checked
+
+    init = loop.Trainer.__init__
+
+    def init_then_wrap(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.task.loss = strict_loss(self.task.loss)
+
+    loop.Trainer.__init__ = init_then_wrap
+    for cls, name in ((loop.Trainer, "log_step"), (StopFlag, "agreed")):
+        setattr(cls, name, strict(getattr(cls, name)))
 
 
 if __name__ == "__main__":

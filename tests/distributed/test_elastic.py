@@ -166,3 +166,56 @@ def test_sp_degree_not_dividing_the_new_world_is_one_error_line(runs, tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: parallel.sp_size=2 does not divide the world size 1"], proc.stderr[-3000:]
+
+
+def padded_and_next(ckpt: ZeroCheckpoint) -> list[str]:
+    """Trainable tensors whose ZeRO-3 partitions pad (numel not a multiple of the world size), each with the
+    tensor that follows it in the same flat group (its offset depends on the padding)."""
+    names = list(ckpt.param_shapes)
+    picked = []
+    for name, after in zip(names, names[1:]):
+        place, world = ckpt.placements[name], ckpt.world_size
+        if place.numel % world and ckpt.placements[after].group == place.group:
+            picked += [name, after]
+    return picked
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("name", ["a", "c"])
+def test_reader_padded_tensor_and_the_next_equal_deepspeed(runs, name):
+    """The padding arithmetic value by value: the padded tensor and the one after it, weights against
+    DeepSpeed's zero_to_fp32, and their Adam moments per tensor against the other world size's run
+    (2 vs 4 ranks: different padding, same values) at the same step."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    folder, tag = (
+        (runs["a"] / "checkpoints", "step_00000003") if name == "a" else (runs["c"], "step_00000003")
+    )
+    ckpt = ZeroCheckpoint(folder / tag)
+    picked = padded_and_next(ckpt)
+    assert picked, "no padded tensor followed by another one: the test would not exercise the padding"
+    reference = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag)
+    other = ZeroCheckpoint((runs["c"] if name == "a" else runs["a"] / "checkpoints") / tag)
+    for tensor in picked:
+        assert torch.equal(ckpt.read(tensor), reference[tensor]), tensor
+    for key in ("exp_avg", "exp_avg_sq"):
+        ours = {t: ckpt.read(t, key) for t in picked}
+        _, worst = rel_errs(ours, {t: other.read(t, key) for t in picked})
+        assert worst <= 1e-4, (key, worst)
+        assert key == "exp_avg" or all(bool((v > 0).all()) for v in ours.values())  # padding reads as 0
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize(("step", "world"), [(3, 4), (4, 2)])
+def test_resumed_adam_moments_and_step_equal_the_straight_run(runs, step, world):
+    """After a resume on another world size, every tensor's exp_avg, exp_avg_sq and Adam step equal the
+    straight run's at the same step (a mix-up of the moments, or a reset step count, shows here)."""
+    tag = f"step_{step:08d}"
+    resumed = ZeroCheckpoint((runs["c"] if step == 3 else runs["bc"] / "checkpoints") / tag)
+    straight = ZeroCheckpoint(runs["a"] / "checkpoints" / tag)
+    assert resumed.world_size == world and straight.world_size == 2
+    assert int(resumed.scalar_state()["step"]) == int(straight.scalar_state()["step"]) == step
+    for key in ("exp_avg", "exp_avg_sq"):
+        ours = {t: resumed.read(t, key) for t in straight.param_shapes}
+        _, worst = rel_errs(ours, {t: straight.read(t, key) for t in straight.param_shapes})
+        assert worst <= 1e-4, f"{key}: worst relative error of a tensor {worst:.2e}"

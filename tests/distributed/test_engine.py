@@ -110,10 +110,11 @@ def test_dp2_x_sp2_ulysses_equals_single_process_torch(tmp_path, monkeypatch):
 @pytest.mark.distributed
 def test_dcaev_temporal_sp2_equals_single_process_torch(tmp_path, monkeypatch):
     """2 ranks = 1 data-parallel x 2 temporal-SP ranks of DC-AE-V (16 frames = 2 chunks, one per rank),
-    model built under deepspeed.zero.Init. Step 4 gets a NaN batch: the run stops with the step number,
-    exit 1, and ``latest`` stays at the step-3 checkpoint."""
+    model built under deepspeed.zero.Init, steps under the device-strict collective check. Step 4 gets a
+    NaN batch: the run stops with the step number, exit 1, and ``latest`` stays at the step-3 checkpoint."""
     monkeypatch.setenv("MEGAVG_TEST_SYNTHETIC", "1")
     monkeypatch.setenv("MEGAVG_TEST_NAN_AT", "3")
+    monkeypatch.setenv("MEGAVG_TEST_STRICT_DEVICES", "1")  # no CPU tensor may reach a collective (NCCL)
     run = tmp_path / "run"
     (tmp_path / "unused.tar").touch()
     overrides = [f"run.dir={run}", f"data.shards={tmp_path / 'unused.tar'}", "parallel.sp_size=2"]

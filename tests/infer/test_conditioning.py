@@ -98,3 +98,20 @@ def test_image_encoder_bad_folder(tmp_path):
 
     with pytest.raises(UserError, match="image encoder"):
         ImageEncoder(tmp_path / "missing")
+
+
+def test_i2v_condition_is_encoded_one_chunk_at_a_time(vae):
+    """36 frames (4 chunks of 8 + a partial one): equal to one pass over the whole clip, while no conv
+    ever sees more than one chunk plus its left context (one pass: all 36 frames)."""
+    image = torch.rand(1, 3, 16, 16) * 2 - 1
+    longest = []
+    convs = [m for m in vae.modules() if isinstance(m, torch.nn.Conv3d)]
+    hooks = [m.register_forward_pre_hook(lambda mod, args: longest.append(args[0].shape[2])) for m in convs]
+    try:
+        cond = i2v_condition(vae, image, frames=36)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    torch.testing.assert_close(cond, reference_condition(vae, image, 36), rtol=1e-5, atol=1e-6)
+    pads = max(m.kernel_size[0] - 1 for m in convs)
+    assert vae.frame_chunk < 36 and max(longest) <= vae.frame_chunk + pads

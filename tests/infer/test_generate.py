@@ -65,7 +65,8 @@ def test_t2v_video_frames_and_size(pipes, tmp_path, spy):
                             "--frames", "10", *FAST])  # fmt: skip
     video = read_video(out)
     assert video.shape == (8, 32, 48, 3)  # 10 frames rounded down to the 4x grid
-    assert result["frames"] == 8 and [r[0] for r in result["stages"]] == ["load", "text encode", "denoise",
+    assert result["frames"] == 8 and [r[0] for r in result["stages"]] == ["load", "text encode",
+                                                                         "load transformer", "denoise",
                                                                          "decode"]  # fmt: skip
     (model, noise, text, negative), kwargs = spy[0]
     assert noise.shape == (1, 4, 2, 8, 12) and text.shape == negative.shape == (1, 512, 32)
@@ -92,6 +93,20 @@ def test_i2v_keeps_image_aspect_and_conditions_on_it(pipes, tmp_path, spy):
     torch.testing.assert_close(kwargs["condition"], i2v_condition(vae.eval(), frame, 8))
     torch.testing.assert_close(kwargs["image"], ImageEncoder(paths["clip"])(image))
     assert kwargs["condition"].shape == (1, 8, 2, 8, 11) and noise.shape == (1, 4, 2, 8, 11)
+
+
+def test_i2v_condition_is_encoded_before_the_dit_is_loaded(pipes, tmp_path, monkeypatch):
+    """Without --offload the DiT would sit on the GPU during the 4K condition encode: it must come after."""
+    import megavg.infer.conditioning as conditioning
+
+    root, _ = pipes
+    events = []
+    encode, load = conditioning.i2v_condition, generate.load_transformer
+    monkeypatch.setattr(conditioning, "i2v_condition", lambda *a: (events.append("condition"), encode(*a))[1])
+    monkeypatch.setattr(generate, "load_transformer", lambda *a: (events.append("dit"), load(*a))[1])
+    generate.main([str(root / "i2v"), "--prompt", "a fox", "--image", str(root / "first.png"),
+                   "--out", str(tmp_path / "v.mp4"), "--frames", "8", "--guidance", "1", *FAST])  # fmt: skip
+    assert events == ["condition", "dit"]
 
 
 def test_diffusers_export_round_trip(pipes):

@@ -44,7 +44,7 @@ def changed(before, after):
     return {k for k in before if not torch.equal(before[k], after[k])}
 
 
-def run_chain(tmp_path, preset, shards, c_in, c_out):
+def run_chain(tmp_path, preset, shards, c_in, c_out, *lora_overrides):
     """make_student + the three phases + consolidation; asserts what each phase changes."""
     run("tools/make_student.py", "--base", str(tmp_path / "base"), "--out", str(tmp_path / "student"),
         "--in-channels", str(c_in), "--out-channels", str(c_out))  # fmt: skip
@@ -65,7 +65,7 @@ def run_chain(tmp_path, preset, shards, c_in, c_out):
     merged = train_and_export(tmp_path, "lora", "adapt_3_lora", shards, *common,
                               f"model.init={tmp_path / 'head-model'}", "parallel.sp_size=1",
                               "task.args.rank=4", "task.args.alpha=8", "optimizer.lr=0.05",
-                              "model.ema.decay=0.5")  # fmt: skip
+                              "model.ema.decay=0.5", *lora_overrides)  # fmt: skip
     run("tools/consolidate.py", str(tmp_path / "lora"), "--out", str(tmp_path / "lora-raw"), "--raw")
     targets = {
         f"{name}.weight"
@@ -96,6 +96,26 @@ def assert_merged_equals_lora(tmp_path, *inputs, **kwargs):
     assert not torch.allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)  # the EMA is not the raw
 
 
+def assert_raw_merge_is_w_plus_scaled_ba(tmp_path, scale: float):
+    """Every adapted weight of the ``--raw`` folder is the phase-2 weight + scale * B @ A of DeepSpeed's own
+    reading of the checkpoint (zero_to_fp32), computed here in float64."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    raw = get_fp32_state_dict_from_zero_checkpoint(str(tmp_path / "lora" / "checkpoints"))
+    assert any(".base_layer." in k for k in raw)  # exclude_frozen=false: the frozen layers are stored
+    head, merged = (
+        registry.load_state_dict(tmp_path / "head-model"),
+        registry.load_state_dict(tmp_path / "lora-raw"),
+    )
+    downs = [k for k in raw if ".lora_A." in k]
+    assert downs
+    for down in downs:
+        prefix = down.split(".lora_A.")[0]
+        up = raw[down.replace(".lora_A.", ".lora_B.")].double()
+        expected = head[f"{prefix}.weight"].double() + scale * up @ raw[down].double()
+        torch.testing.assert_close(merged[f"{prefix}.weight"].double(), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_three_phases_and_merge(tmp_path):
     torch.manual_seed(0)
     base = megavg.models.build("wan-tiny-t2v")
@@ -104,7 +124,10 @@ def test_three_phases_and_merge(tmp_path):
     samples = [{"latents": torch.randn(c_student, 2, 4, 4), "text": torch.randn(5, text_dim),
                 "teacher_latents": torch.randn(c_base, 2, 8, 8)} for _ in range(4)]  # fmt: skip
     write_latent_shards(samples, tmp_path / "latents", samples_per_shard=2)
-    run_chain(tmp_path, "wan-tiny-student-t2v", tmp_path / "latents", c_student, c_student)
+    # the frozen base layers in the checkpoint too: they must not replace the merged weights
+    run_chain(tmp_path, "wan-tiny-student-t2v", tmp_path / "latents", c_student, c_student,
+              "checkpoint.exclude_frozen=false")  # fmt: skip
+    assert_raw_merge_is_w_plus_scaled_ba(tmp_path, scale=8 / 4)
     x, t, text = torch.randn(1, c_student, 2, 4, 4), torch.tensor([300.0]), torch.randn(1, 5, text_dim)
     assert_merged_equals_lora(tmp_path, x, t, text)
 

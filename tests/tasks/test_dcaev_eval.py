@@ -73,3 +73,42 @@ def test_evaluator_logs_means_of_what_it_reconstructed(world_of_one, tmp_path):
     first = (videos[0, :, 0] + 1) / 2  # frame 0 of the first clip, top-left
     torch.testing.assert_close(strip[:, :32, :32], first)
     torch.testing.assert_close(strip[:, 32:, :32], (0.8 * videos[0, :, 0] + 1) / 2)
+
+
+def test_rfvd_is_the_frechet_distance_of_i3d_features(world_of_one, tmp_path):
+    from megavg.eval import frechet_distance
+    from megavg.eval.i3d import load_i3d
+
+    names = ["carphone_pristine", "carphone_distorted"]
+    held = write_video_set(tmp_path / "eval", [video_sample(f"e{i}", names[i % 2]) for i in range(4)])
+    data = DataConfig(shards=held, frames=8, chunk=8, size=(32, 32), batch_size=2)
+    args = EvalArgs(shards=held, every=1, clips=4, i3d="random", i3d_size=32)
+    evaluator = Evaluator(args, data, 0, None)
+    seen = []
+
+    def reconstruct(video):
+        seen.append(video.clone())
+        return (video * 0.8).flip(-1)
+
+    metrics = Metrics()
+    evaluator.run(reconstruct, 1, metrics, torch.device("cpu"))
+    videos, i3d = torch.cat(seen), load_i3d("random")  # 32x32 clips: the I3D input size, no resize
+    with torch.no_grad():
+        real, recon = i3d(videos).double().numpy(), i3d((0.8 * videos).flip(-1)).double().numpy()
+    [(_, scalars)] = metrics.logged
+    assert scalars["eval/rfvd"] == pytest.approx(frechet_distance(real, recon), rel=1e-6)
+    assert scalars["eval/rfvd"] > 0 and "eval/lpips" not in scalars
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"i3d": "missing.pt"}, "eval.i3d: missing.pt not found"),
+        ({"i3d": "random", "clips": 1}, "at least 2 clips"),
+    ],
+)
+def test_rfvd_config_errors(kwargs, message):
+    from megavg.utils.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        EvalArgs(**kwargs)

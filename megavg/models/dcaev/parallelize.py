@@ -71,8 +71,9 @@ class _GatherTime(torch.autograd.Function):
     @staticmethod
     def forward(ctx, local: torch.Tensor, group) -> torch.Tensor:
         world = dist.get_world_size(group)
-        lengths = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
-        dist.all_gather(lengths, torch.tensor([local.shape[2]]), group=group)
+        # on the compute device: NCCL takes no CPU tensors
+        lengths = [torch.zeros(1, dtype=torch.long, device=local.device) for _ in range(world)]
+        dist.all_gather(lengths, torch.tensor([local.shape[2]], device=local.device), group=group)
         lengths = [int(n) for n in lengths]
         longest = max(lengths)
         padded = torch.nn.functional.pad(local, (0, 0, 0, 0, 0, longest - local.shape[2])).contiguous()
