@@ -25,9 +25,19 @@ class _Parsed(BaseException):
     """Raised once the documented argv has parsed: stops the entry point before it does any work."""
 
 
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """The parser's option strings and those of its sub-commands (``python -m megavg.eval fvd --i3d``)."""
+    known = set(parser._option_string_actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                known |= _option_strings(sub)
+    return known
+
+
 def _full_flags(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
     """The first ``--flag`` in argv that is not one of the parser's option strings (None: all are)."""
-    known = set(parser._option_string_actions)
+    known = _option_strings(parser)
     for token in argv:
         if token == "--":
             break

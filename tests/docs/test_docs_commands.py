@@ -38,6 +38,7 @@ python -m megavg.no_such_module --out y
 python -m no_such_tool --out y
 python tools/consolidate.py --out y
 python tools/consolidate.py runs/x --ou y
+python -m megavg.eval fvd real/ generated/ --no-such-flag x
 deepspeed --num_gpus 2 --no_such_launcher_flag --module megavg.train --config configs/train/dcaev_demo.yaml
 torchrun --nproc_per_node 2 -m megavg.train --config configs/train/dcaev_demo.yaml optimizer.no_such_key=1
 bash tools/no_such_script.sh
