@@ -29,6 +29,7 @@ ARGS=(--config configs/train/dcaev_demo.yaml data.shards="$SHARDS" run.dir="$RUN
 status=0; $PY -m megavg.train --check "${ARGS[@]}" || status=$?
 if [ "$status" = 3 ]; then  # already finished (the line above said so): nothing to launch
   echo "demo already finished; to train longer: bash tools/demo.sh schedule.steps=300   (docs/demo.md)"
+  [ -z "${VIRTUAL_ENV:-}" ] && echo "to use megavg in this shell (once per new shell):  source .venv/bin/activate"
   exit 0
 elif [ "$status" != 0 ]; then
   exit "$status"
@@ -41,4 +42,6 @@ echo
 echo "tensorboard logs : $RUN/tensorboard   (view: tensorboard --logdir $RUN/tensorboard)"
 echo "metrics          : $RUN/metrics.jsonl"
 echo "checkpoint       : $RUN/checkpoints/$(cat "$RUN/checkpoints/latest")   (ZeRO-3 shards, one per rank)"
-echo "model folder     : $PY tools/consolidate.py $RUN --out runs/dcaev_demo_model"
+echo "model folder     : python tools/consolidate.py $RUN --out runs/dcaev_demo_model"
+[ -z "${VIRTUAL_ENV:-}" ] && echo "to use megavg in this shell (once per new shell):  source .venv/bin/activate"
+exit 0

@@ -11,5 +11,9 @@ else
 fi
 $PY -m pip install -q --upgrade pip >/dev/null
 $PY -c "import torch" 2>/dev/null || $PY -m pip install -q "torch==2.13.0"
-$PY -m pip install -q -e ".[train,dev]"
+# setuptools prints an "Editable installation." banner (a warning of its build backend) on every install
+PYTHONWARNINGS="ignore:Editable installation" $PY -m pip install -q -e ".[train,dev]"
 echo "megavg installed into $($PY -c 'import sys; print(sys.prefix)')"
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  echo "to use it in this shell (once per new shell):  source .venv/bin/activate"
+fi
