@@ -17,7 +17,7 @@ from megavg.tasks import build_task
 from megavg.train import validation
 from megavg.train.config import load_config
 from megavg.train.engine import deepspeed_config
-from megavg.utils.errors import run_cli
+from megavg.utils.errors import UserError, run_cli
 from megavg.utils.logging import get_logger
 
 log = get_logger("megavg.train")
@@ -35,12 +35,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def steps_done(cfg) -> int:
-    """The step of the run's latest complete checkpoint (0 without one)."""
-    from megavg.train.checkpoint import read_latest, step_of
+SAME_RUN = ("task", "model", "parallel")  # config sections a resumed run must share with its checkpoint
 
-    tag = read_latest(Path(cfg.run.dir) / "checkpoints")
-    return step_of(tag) if tag else 0
+
+def steps_done(cfg) -> int:
+    """The step of the run's latest checkpoint when a rerun of ``cfg`` would simply resume from it: the
+    tag is intact and was written with the same task, model and parallel settings (0 otherwise; the
+    normal start-up then decides, and reports a damaged or mismatched checkpoint)."""
+    from megavg.train.checkpoint import read_latest, step_of
+    from megavg.train.ckpt_integrity import problems
+    from megavg.utils.schema import to_dict
+
+    ckpt_dir = Path(cfg.run.dir) / "checkpoints"
+    tag = read_latest(ckpt_dir)
+    if not tag or problems(ckpt_dir / tag):
+        return 0
+    try:
+        saved = load_config(ckpt_dir / tag / "config.yaml")
+    except UserError:
+        return 0
+    same = all(to_dict(getattr(saved, k)) == to_dict(getattr(cfg, k)) for k in SAME_RUN)
+    return step_of(tag) if same else 0
 
 
 def finished_line(cfg, done: int) -> str:

@@ -10,6 +10,8 @@ import sys
 import pytest
 
 from megavg.train import __main__ as train_main
+from megavg.train.ckpt_integrity import describe, write_manifest
+from megavg.train.config import dump_config, load_config
 from tests.conftest import Catcher
 from tests.distributed.launch import REPO
 
@@ -20,10 +22,16 @@ def finished_run(tmp_path):
     shards.mkdir()
     (shards / "shard-000000.tar").touch()
     run = tmp_path / "run"
-    (run / "checkpoints" / "step_00000004").mkdir(parents=True)
-    (run / "checkpoints" / "latest").write_text("step_00000004")
+    tag = run / "checkpoints" / "step_00000004"
+    tag.mkdir(parents=True)
     config = str(REPO / "configs/train/dcaev_tiny_test.yaml")
-    return ["--config", config, f"data.shards={shards}", f"run.dir={run}", "schedule.steps=4"]
+    argv = ["--config", config, f"data.shards={shards}", f"run.dir={run}", "schedule.steps=4"]
+    # an intact tag (manifest) written by this very config
+    (tag / "config.yaml").write_text(dump_config(load_config(config, argv[2:])))
+    (tag / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(b"weights")
+    write_manifest(tag, describe(tag, sorted(p.name for p in tag.iterdir())), world_size=1)
+    (run / "checkpoints" / "latest").write_text("step_00000004")
+    return argv
 
 
 def test_finished_run_says_so_without_training(finished_run, monkeypatch):
@@ -42,3 +50,16 @@ def test_finished_run_says_so_without_training(finished_run, monkeypatch):
     finished = [m for m in infos if "already finished (step 4 of schedule.steps=4)" in m]
     assert len(finished) == 2 and "schedule.steps=N, N > 4" in finished[0], infos
     assert infos[-1].endswith("4 of 8 steps done"), infos
+
+
+
+@pytest.mark.parametrize("change", ["damaged", "model.args.latent_channels=8"], ids=["damaged", "other"])
+def test_damaged_or_mismatched_checkpoint_is_not_called_finished(finished_run, change):
+    """The normal start-up must see these: it falls back to an older tag, or names the mismatch."""
+    argv = list(finished_run)
+    if change == "damaged":  # same size, other bytes: the manifest's SHA-256 no longer matches
+        tag = train_main.Path(argv[3].split("=", 1)[1]) / "checkpoints/step_00000004"
+        (tag / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(b"weighs")
+    else:
+        argv.append(change)
+    train_main.main(["--check", *argv])  # returns (not finished) instead of exiting 3
