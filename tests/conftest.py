@@ -22,3 +22,12 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def standins():
+    """Transformer Engine / flash-attn CPU stand-ins (tests/standins) importable and enabled in this test."""
+    from tests.gpu_standins import use_standins
+
+    with use_standins():
+        yield

@@ -15,11 +15,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from megavg.layers import fp8_autocast, fp8_blocks, rope_tables
 from megavg.layers.backends import resolve_linear
 from megavg.layers.fp8 import FP8_TOKEN_MULTIPLE
+from megavg.layers.recompute import recompute
 from megavg.models.base import MegavgModel
 from megavg.models.wan.args import Args
 from megavg.models.wan.layers import Head, ImageEmbedding, TextEmbedding, TimeEmbedding, WanBlock
@@ -85,7 +85,7 @@ class Model(MegavgModel):
         for block, fp8 in zip(self.blocks, in_fp8):
             with fp8_autocast(fp8, self.args.layers.fp8, self.fp8_group):
                 if self.args.grad_checkpointing and torch.is_grad_enabled():
-                    x = checkpoint(block, x, text, image, time_proj, rope, use_reentrant=False)
+                    x = recompute(block, x, text, image, time_proj, rope, linear=self.args.layers.linear)
                 else:
                     x = block(x, text, image, time_proj, rope)
         return x
