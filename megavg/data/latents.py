@@ -1,12 +1,14 @@
 """Latent shards for precomputed training: per sample one safetensors blob + json metadata.
 
-Sample ``<key>.safetensors`` holds ``latents`` [C, T, H, W], ``text`` [L, D] (text-encoder output) and
-optionally ``text_mask`` [L], ``teacher_latents`` [C', T', H', W'] (the base VAE's latents of the same clip,
-for AE-Adapt-V embedding alignment), and for I2V ``condition`` [4 + C, T, H, W] (mask channels, then the
-encoded first frame), ``image`` [N, D'] (CLIP image tokens) and ``teacher_condition`` [4 + C', T', H', W']
-(the base I2V model's condition, for alignment). Every tensor is stored as the DiT consumes it (latents
-scaled or normalised). ``<key>.json`` holds the caption and the shapes. Batches stack every tensor (equal
-shapes required: one shard set per resolution bucket) and pad text to the longest L with a mask.
+Sample ``<key>.safetensors`` holds ``latents`` [C, T, H, W], ``text`` [L, D] (text-encoder output, padding
+removed) and optionally ``null_text`` [L0, D] (the encoding of the empty caption, the null condition that
+text dropout substitutes), ``text_mask`` [L], ``teacher_latents`` [C', T', H', W'] (the base VAE's latents
+of the same clip, for AE-Adapt-V embedding alignment), and for I2V ``condition`` [4 + C, T, H, W] (mask
+channels, then the encoded first frame), ``image`` [N, D'] (CLIP image tokens) and ``teacher_condition`` [4
++ C', T', H', W'] (the base I2V model's condition, for alignment). Every tensor is stored as the DiT
+consumes it (latents scaled or normalised). ``<key>.json`` holds the caption and the shapes. Batches stack
+every tensor (equal shapes required: one shard set per resolution bucket) and pad text to 512 tokens with
+zeros, exactly as the sampler does (:mod:`megavg.models.wan.text`).
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from megavg.data.shards import write_shards
+from megavg.models.wan.text import pad_text
 from megavg.utils.errors import UserError
 
 REQUIRED = ("latents", "text")
 STACKED = ("image", "teacher_latents", "condition", "teacher_condition")  # optional, batched by stacking
-OPTIONAL = ("text_mask", *STACKED)
+OPTIONAL = ("text_mask", "null_text", *STACKED)
 
 
 def encode_latent_sample(sample: dict, index: int) -> dict:
@@ -50,6 +53,18 @@ def write_latent_shards(
     return write_shards(encoded, out_dir, "latent", samples_per_shard, overwrite)
 
 
+def _padded(items: list[dict], name: str) -> torch.Tensor:
+    """[B, 512, D] from each item's unpadded [L, D] ``name`` (rows its optional ``text_mask`` marks False
+    zeroed, as in shards written with one)."""
+    rows = []
+    for item in items:
+        states = item[name]
+        if name == "text" and "text_mask" in item:
+            states = states * item["text_mask"].bool()[:, None]
+        rows.append(states)
+    return pad_text(rows)
+
+
 def decode_latent_sample(raw: dict) -> dict:
     """webdataset sample -> {"latents", "text", ..., "caption"}; raises on missing or broken parts."""
     tensors = load_tensors(raw["safetensors"])
@@ -61,20 +76,16 @@ def decode_latent_sample(raw: dict) -> dict:
 
 
 def collate_latents(items: list[dict]) -> dict:
-    """Stack latents [B, C, T, H, W]; pad text to [B, L, D] with ``text_mask`` [B, L] (True = token)."""
+    """Stack latents [B, C, T, H, W]; text [B, 512, D] padded exactly as the sampler pads it
+    (:func:`megavg.models.wan.text.pad_text`), and ``null_text`` likewise when every sample carries it."""
     shapes = {tuple(item["latents"].shape) for item in items}
     if len(shapes) > 1:
         raise UserError(
             f"latent shapes differ inside one batch {sorted(shapes)}: write one shard set per bucket"
         )
-    length = max(item["text"].shape[0] for item in items)
-    text = torch.zeros(len(items), length, items[0]["text"].shape[1], dtype=items[0]["text"].dtype)
-    mask = torch.zeros(len(items), length, dtype=torch.bool)
-    for i, item in enumerate(items):
-        n = item["text"].shape[0]
-        text[i, :n] = item["text"]
-        mask[i, :n] = item["text_mask"].bool() if "text_mask" in item else True
-    batch = {"latents": torch.stack([item["latents"] for item in items]), "text": text, "text_mask": mask}
+    batch = {"latents": torch.stack([item["latents"] for item in items]), "text": _padded(items, "text")}
+    if all("null_text" in item for item in items):
+        batch["null_text"] = _padded(items, "null_text")
     for name in STACKED:
         if all(name in item for item in items):
             batch[name] = torch.stack([item[name] for item in items])

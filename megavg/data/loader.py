@@ -102,7 +102,7 @@ def build_loader(cfg: DataConfig, dp_rank: int, dp_size: int, seed: int, start_s
     rank already consumed (micro-batches), so the first batch is the one an uninterrupted run yields next.
 
     Video batches: {"video": float32 [B, 3, T, H, W] in [-1, 1], "caption": [str], "key": [str]}.
-    Latent batches: {"latents": [B, C, T, H, W], "text": [B, L, D], "text_mask": bool [B, L],
+    Latent batches: {"latents": [B, C, T, H, W], "text": [B, 512, D] (zero-padded as the sampler pads it),
     optional "image", "caption", "key"}.
     """
     return ShardLoader(cfg, dp_rank, dp_size, seed, start_step)

@@ -43,13 +43,16 @@ class CastTensor:
 
 
 def lazy_model(folder: str | Path, family: str, dtype: torch.dtype | None) -> tuple[dict, dict]:
-    """(config, lazy state) of a megavg model folder of ``family``, floating tensors cast to ``dtype``."""
+    """(config, lazy state) of a megavg model folder of ``family``, floating tensors cast to ``dtype``
+    (those the family keeps in float32 to float32)."""
     config = registry.read_config(folder)
     if config.get("family") != family:
         raise UserError(f"{folder}: a {config.get('family')} model folder, expected a {family} one")
     state = registry.load_state_dict(folder, lazy=True)
-    if dtype is not None:
-        state = {k: CastTensor(v, dtype) if v.dtype.is_floating_point else v for k, v in state.items()}
+    if dtype is not None:  # the model's keep_fp32 tensors (Wan's time path) are written in float32
+        cast = registry.model_class(family).dtype_for
+        state = {k: CastTensor(v, cast(k, dtype)) if v.dtype.is_floating_point else v
+                 for k, v in state.items()}  # fmt: skip
     return config, state
 
 

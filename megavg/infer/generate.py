@@ -48,7 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("pipeline", help="pipeline folder (export_pipeline.py) or the released DC-VideoGen folder")
     p.add_argument("--prompt", help="text prompt")
     p.add_argument("--prompt-file", help="file holding the prompt")
-    p.add_argument("--negative-prompt", default=None, help="negative prompt (default: the pipeline's)")
+    p.add_argument("--negative-prompt", default=None,
+                   help='negative prompt (default: the pipeline\'s, "": the empty caption, the null '
+                        "condition training's text dropout uses)")  # fmt: skip
     p.add_argument("--image", help="first frame (PNG/JPEG...): image-to-video")
     p.add_argument("--out", required=True, help="output MP4")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=(704, 1280),

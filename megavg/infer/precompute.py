@@ -39,6 +39,7 @@ from megavg.data.video import decode_frames, nearest_bucket, resize_crop
 from megavg.infer.conditioning import ImageEncoder, i2v_condition
 from megavg.infer.teacher_vae import TeacherVAE
 from megavg.infer.text import TextEncoder
+from megavg.models.wan.text import NULL_CAPTION
 from megavg.utils.errors import UserError, run_cli
 from megavg.utils.logging import get_logger
 
@@ -92,12 +93,14 @@ class Encoders:
 def latent_samples(enc: Encoders, videos: Iterator[dict]) -> Iterator[dict]:
     """Encode each clip (and its caption) into a latent training sample."""
     param = next(enc.vae.parameters())
+    null_text = enc.text([NULL_CAPTION])[0]  # [L0, D]: the null condition, stored with every sample
     for sample in videos:
         video = sample["video"].unsqueeze(0)  # 1, 3, T, H, W
         latents = enc.vae.encode(video.to(enc.device, param.dtype))[0].float().cpu()  # C, T', H', W'
         out = {
             "latents": latents * enc.vae.args.scaling_factor,
             "text": enc.text([sample["caption"]])[0],  # L, D
+            "null_text": null_text,
             "caption": sample["caption"],
             "key": sample["key"],
         }

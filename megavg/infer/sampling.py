@@ -18,12 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from megavg.models.wan.text import TEXT_TOKENS, pad_text
 from megavg.utils.errors import UserError
 
 NUM_TRAIN_TIMESTEPS = 1000
-TEXT_TOKENS = 512  # Wan-2.1 (and diffusers' WanPipeline) zero-pad umT5 states to 512 tokens
 SOLVERS = ("unipc", "euler")
 
 
@@ -176,29 +175,14 @@ def prepare_text(
     batch: int,
     tokens: int = TEXT_TOKENS,
 ) -> torch.Tensor:
-    """Text-encoder states as the Wan DiT sees them: [B, max(L, tokens), D], real tokens first, zeros after.
+    """Text-encoder states as the Wan DiT sees them, broadcast to ``batch``: [B, max(L, tokens), D].
 
-    ``text`` is a [B, L, D] tensor (with ``mask`` [B, L], True = real token; masked positions are zeroed)
-    or a list of B unpadded [L_i, D] tensors. This is how Wan and diffusers' WanPipeline feed umT5 output
-    (zero-padded to 512), and the zero tokens do act as cross-attention keys, so the length matters.
-    A batch of 1 is broadcast to ``batch``.
+    Padding is :func:`megavg.models.wan.text.pad_text`, the function training's batches go through too
+    (``text`` is a [B, L, D] tensor with an optional ``mask``, or a list of unpadded [L_i, D] tensors).
     """
-    if not isinstance(text, torch.Tensor):
-        if mask is not None:
-            raise UserError("sampler: text_mask goes with a padded [B, L, D] text tensor, not a list")
-        if any(t.ndim != 2 for t in text):
-            raise UserError("sampler: a text list must hold [L, D] tensors")
-        length = max(t.shape[0] for t in text)
-        text = torch.stack([F.pad(t, (0, 0, 0, length - t.shape[0])) for t in text])  # [B, L, D]
-    elif text.ndim != 3:
-        raise UserError(f"sampler: text must be [B, L, D], got {tuple(text.shape)}")
-    elif mask is not None:
-        if mask.shape != text.shape[:2]:
-            raise UserError(f"sampler: text_mask {tuple(mask.shape)} does not match text {tuple(text.shape)}")
-        text = text * mask.to(text.device, torch.bool)[..., None]
+    text = pad_text(text, mask, tokens)
     if text.shape[0] not in (1, batch):
         raise UserError(f"sampler: text batch {text.shape[0]} does not match noise batch {batch}")
-    text = F.pad(text, (0, 0, 0, max(0, tokens - text.shape[1])))  # [B, tokens, D]
     return text.expand(batch, -1, -1)
 
 
@@ -259,8 +243,9 @@ def sample(
     ``model(latents, timestep, text, image)`` is a Wan DiT predicting the velocity. Per step the model
     sees the current latents concatenated on channels with ``condition`` (I2V: [B, 4 mask + C, T, H, W]),
     the step's timestep and ``image`` (CLIP tokens [B, 257, 1280], I2V). With ``guidance > 1`` it runs a
-    conditional and an unconditional forward (``negative_text``; None: all-zero text, the null condition
-    of the trainer's text dropout) and mixes them with :func:`guide`; otherwise one forward. Text goes
+    conditional and an unconditional forward (``negative_text``: give the null condition the model was
+    trained with, the padded encoding of ``megavg.models.wan.text.NULL_CAPTION`` as ``generate`` does;
+    None means all-zero text) and mixes them with :func:`guide`; otherwise one forward. Text goes
     through :func:`prepare_text`. The model runs in its parameters' dtype; the solver in float32.
     """
     _check_inputs(noise, condition, steps, shift)

@@ -2,7 +2,7 @@
 
 encoder = TextEncoder("google/umt5-xxl")            # online; or a local folder (offline)
 embeddings = encoder(["a cat surfing"])             # list of [L_i, D], padding removed
-context = encoder.padded(["a cat surfing"])         # [B, max_length, D], zeros after each caption (Wan)
+context = encoder.padded(["a cat surfing"])         # [B, 512, D], zeros after each caption (Wan)
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import os
 
 import torch
 
+from megavg.models.wan.text import pad_text
 from megavg.utils.errors import UserError
 
 WAN_TEXT_ENCODER = "google/umt5-xxl"  # Wan-2.1 conditions on umT5-XXL, 512 tokens
@@ -56,12 +57,9 @@ class TextEncoder:
         return self
 
     def padded(self, captions: list[str]) -> torch.Tensor:
-        """[B, max_length, D] float32: each caption's states, then zeros (how Wan pads its text context;
-        the padding tokens are masked inside the encoder and zeroed here)."""
-        out = torch.zeros(len(captions), self.max_length, self.dim)
-        for i, states in enumerate(self(captions)):
-            out[i, : states.shape[0]] = states
-        return out
+        """[B, 512, D] float32: each caption's states, then zeros — :func:`megavg.models.wan.text.pad_text`,
+        the padding training batches get (the padding tokens are masked inside the encoder)."""
+        return pad_text(self(captions))
 
     @torch.no_grad()
     def __call__(self, captions: list[str]) -> list[torch.Tensor]:

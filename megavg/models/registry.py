@@ -43,6 +43,11 @@ def _family(name: str) -> ModuleType:
     return importlib.import_module(FAMILIES[name])
 
 
+def model_class(family: str) -> type[nn.Module]:
+    """The model class of ``family`` (a :class:`megavg.models.base.MegavgModel`)."""
+    return _family(family).Model
+
+
 def list_presets() -> dict[str, str]:
     """All preset names mapped to their family."""
     return {preset: fam for fam in FAMILIES for preset in _family(fam).PRESETS}
@@ -280,7 +285,7 @@ def load(folder: str | os.PathLike, device: str | torch.device = "cpu", dtype: t
     state = load_state_dict(folder)
     check_state_dict(model, state, str(folder))
     model.load_state_dict(state, strict=False, assign=True)
-    return model.to(device=device, dtype=dtype)
+    return model.to(device=device).cast(dtype)
 
 
 def check_state_dict(model: nn.Module, state: dict[str, Any], source: str) -> None:

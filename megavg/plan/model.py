@@ -11,12 +11,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from megavg.models.wan.text import TEXT_TOKENS
 from megavg.plan.trace import Trace, trace_forward
 from megavg.tasks import build_task
 from megavg.train.config import TrainConfig
 from megavg.utils.errors import UserError
 
-TEXT_TOKENS = 512  # umT5 states, zero-padded (Wan)
 IMAGE_TOKENS = 257  # CLIP ViT-H tokens (I2V)
 
 

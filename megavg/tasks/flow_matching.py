@@ -2,7 +2,10 @@
 
 x_t = (1 - sigma) x0 + sigma eps, target eps - x0; sigma = shift u / (1 + (shift - 1) u) with u uniform
 (the shifted schedule: shift 8 for T2V, 5 for I2V); timestep = 1000 sigma. A fraction ``text_dropout``
-of samples get a zero text embedding (classifier-free guidance training). Batches are
+of samples get the null condition instead of their caption (classifier-free guidance training): the
+padded encoding of the empty caption that pre-computation stores as ``null_text``, the same context
+``generate`` uses for the unconditional branch (:mod:`megavg.models.wan.text`; all zeros, with a
+warning, for shards written before ``null_text`` existed). Batches are
 ``{"latents": B,C,T,H,W, "text": B,L,D}``. An I2V model (``image_dim`` set) also needs ``condition``
 [B, 4 + C, T, H, W] (mask, then the encoded first frame), concatenated to x_t on the channel axis (DiT input
 = concat(noisy C, mask 4, condition C)), and the CLIP ``image`` tokens [B, N, D'], which are never dropped;
@@ -25,6 +28,9 @@ from megavg.infer.sampling import shift_sigmas as shifted_sigmas  # uniform u ->
 from megavg.tasks.base import StepContext, model_args
 from megavg.tasks.base import Task as BaseTask
 from megavg.utils.errors import UserError
+from megavg.utils.logging import get_logger
+
+log = get_logger("megavg.tasks.flow_matching")
 
 
 @dataclasses.dataclass
@@ -36,6 +42,7 @@ class Args:
 
 class Task(BaseTask):
     Args = Args
+    _warned_null = False  # the missing-null_text warning, once per run
 
     def parallelize(self, model: nn.Module, sp_group) -> nn.Module:
         from megavg.models.wan.parallelize import apply_ulysses
@@ -49,7 +56,7 @@ class Task(BaseTask):
         sigma = shifted_sigmas(torch.rand(b, generator=ctx.generator), self.args.shift)
         noise = torch.randn(x0.shape, generator=ctx.generator)
         keep = torch.rand(b, generator=ctx.generator) >= self.args.text_dropout
-        text = text * keep.view(b, 1, 1)
+        text = torch.where(keep.view(b, 1, 1), text, self.null_text(batch, text))
         s = sigma.view(b, 1, 1, 1, 1)
         x_t = (1 - s) * x0 + s * noise
         timestep = sigma * self.args.num_train_timesteps
@@ -59,6 +66,25 @@ class Task(BaseTask):
         pred = model(inputs.to(ctx.device, ctx.dtype), timestep, text, image=image)
         mse = F.mse_loss(pred.float(), (noise - x0).to(ctx.device))
         return {"loss": mse, "sigma_mean": sigma.mean().to(ctx.device)}
+
+    def null_text(self, batch: dict, text: torch.Tensor) -> torch.Tensor:
+        """The null condition [B, L, D] for dropped captions: the batch's ``null_text`` (the encoded empty
+        caption), or zeros for shards without one (warned once: sampling's null condition differs)."""
+        if "null_text" in batch:
+            null = batch["null_text"].float()
+            if null.shape != text.shape:
+                raise UserError(
+                    f"latent shards: null_text {tuple(null.shape)} does not match text {tuple(text.shape)}"
+                )
+            return null
+        if self.args.text_dropout > 0 and not self._warned_null:
+            log.warning(
+                "latent shards carry no null_text (written before megavg stored it): text dropout uses "
+                "all-zero text, which is not the empty-caption context generate uses for CFG; re-run "
+                "python -m megavg.infer.precompute to train with the matching null condition"
+            )
+            self._warned_null = True
+        return torch.zeros_like(text)
 
     def model_inputs(self, x_t: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The DiT's latent input and image tokens: x_t itself (T2V), or x_t + condition and CLIP (I2V)."""

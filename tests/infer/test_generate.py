@@ -67,7 +67,7 @@ def test_t2v_video_frames_and_size(pipes, tmp_path, spy):
                                                                          "decode"]  # fmt: skip
     (model, noise, text, negative), kwargs = spy[0]
     assert noise.shape == (1, 4, 2, 8, 12) and text.shape == negative.shape == (1, 512, 32)
-    assert text[0, 5:].abs().max() == 0 and text[0, :5].abs().min() > 0  # 5 words, then zero padding
+    assert text[0, 6:].abs().max() == 0 and text[0, :6].abs().min() > 0  # 5 words + EOS, then zeros
     assert kwargs["shift"] == 3.0 and kwargs["steps"] == 2 and kwargs["condition"] is None
     sampled, decoded = spy[1], spy[2]
     torch.testing.assert_close(decoded, sampled / SCALING)  # DC-AE-V decodes latents / scaling factor

@@ -106,8 +106,16 @@ def test_latent_shards_match_independent_encode(inputs):
             expected = vae.encode(video.unsqueeze(0))[0] * SCALE
             ids = tokenizer(CAPTIONS[clip.name], return_tensors="pt").input_ids
             embedding = t5(input_ids=ids).last_hidden_state[0]
+            null = t5(input_ids=tokenizer("", return_tensors="pt").input_ids).last_hidden_state[0]
         torch.testing.assert_close(batch["latents"][0], expected, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(batch["text"][0], embedding, rtol=1e-5, atol=1e-5)
+        # the caption's states, then zero rows up to Wan's 512 tokens (what the sampler feeds the DiT)
+        n, n0 = embedding.shape[0], null.shape[0]
+        assert batch["text"].shape[1] == batch["null_text"].shape[1] == 512
+        torch.testing.assert_close(batch["text"][0, :n], embedding, rtol=1e-5, atol=1e-5)
+        assert not batch["text"][0, n:].any()
+        # the null condition of text dropout: the empty caption's encoding, padded the same way
+        torch.testing.assert_close(batch["null_text"][0, :n0], null, rtol=1e-5, atol=1e-5)
+        assert not batch["null_text"][0, n0:].any()
         teacher = wan_teacher_latents(root / "wan", video)
         assert teacher.shape == (16, 3, 4, 4)  # 9 frames -> 3 latent frames, f8
         torch.testing.assert_close(batch["teacher_latents"][0], teacher, rtol=1e-4, atol=1e-4)

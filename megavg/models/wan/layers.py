@@ -1,6 +1,7 @@
 """Building blocks of the Wan-2.1 DiT: condition embeddings, attentions, feed-forward, block, output head.
 
-Precision follows Wan: LayerNorms, modulation and residual updates in float32, cast back to the
+Precision follows Wan: the time path (sinusoid, time MLP and projection, block and head modulation) in
+float32 whatever the parameters' dtype; LayerNorms and residual updates in float32, cast back to the
 activation dtype. Block linears come from :func:`megavg.layers.make_linear` (TE or torch); the embeddings,
 the I2V image key/value projections (257 CLIP tokens, not FP8-friendly) and the head stay torch linears.
 """
@@ -25,27 +26,45 @@ from megavg.models.wan.args import Args
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """[B] timesteps -> [B, dim] float32 (cos half first, then sin)."""
+    """[B] timesteps -> [B, dim] float32 (cos half first, then sin), computed in float32 as diffusers does.
+
+    Wan's original code computes the angles in float64 (at t ~ 1000 a float32 angle is off by ~6e-5 rad);
+    the DC-VideoGen transformers are diffusers models run by a diffusers pipeline, so megavg follows
+    diffusers here and stays exact to it (tests compare at 1e-5).
+    """
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     angles = t.float()[:, None] * freqs[None, :]
     return torch.cat([angles.cos(), angles.sin()], dim=-1)
 
 
+class Fp32Linear(nn.Linear):
+    """An ``nn.Linear`` that computes in float32 whatever its parameters' dtype (bf16 under DeepSpeed's bf16
+    ZeRO-3, fp32 in an exported runner): the time path's precision. Still an ``nn.Linear``, so peft's LoRA
+    wraps it and adds its update on top of this float32 output."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.float()
+        return F.linear(x.float(), self.weight.float(), bias)
+
+
 class TimeEmbedding(nn.Module):
-    """Timestep -> (embedding [B, dim] for the head, projection [B, 6, dim] for the blocks' modulation)."""
+    """Timestep -> (embedding [B, dim] for the head, projection [B, 6, dim] for the blocks' modulation),
+    both float32: the whole time path runs in float32 in training and in the runner, as in Wan (its
+    ``amp.autocast(dtype=float32)`` regions), whatever the activation dtype."""
 
     def __init__(self, freq_dim: int, dim: int):
         super().__init__()
         self.freq_dim = freq_dim
-        self.linear_1 = nn.Linear(freq_dim, dim)
-        self.linear_2 = nn.Linear(dim, dim)
-        self.proj = nn.Linear(dim, 6 * dim)
+        self.linear_1 = Fp32Linear(freq_dim, dim)
+        self.linear_2 = Fp32Linear(dim, dim)
+        self.proj = Fp32Linear(dim, 6 * dim)
 
-    def forward(self, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        freq = sinusoidal_embedding(t, self.freq_dim).to(self.linear_1.weight.dtype)
-        emb = self.linear_2(F.silu(self.linear_1(freq))).to(dtype)
-        return emb, self.proj(F.silu(emb)).unflatten(1, (6, -1))  # [B, 6, dim]
+    def forward(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(t.device.type, enabled=False):  # a caller's autocast must not lower it
+            freq = sinusoidal_embedding(t, self.freq_dim)  # [B, freq_dim]
+            emb = self.linear_2(F.silu(self.linear_1(freq))).float()
+            return emb, self.proj(F.silu(emb)).float().unflatten(1, (6, -1))  # [B, 6, dim]
 
 
 class TextEmbedding(nn.Module):
@@ -174,9 +193,8 @@ class WanBlock(nn.Module):
 
     def forward(self, x, text, image, time_proj, rope):
         """x [B, S, dim]; text [B, L, dim]; image [B, L', dim] or None; time_proj [B, 6, dim]."""
-        shift, scale, gate, ffn_shift, ffn_scale, ffn_gate = (self.modulation + time_proj.float()).chunk(
-            6, dim=1
-        )
+        modulation = self.modulation.float() + time_proj.float()  # [B, 6, dim], float32 (time path)
+        shift, scale, gate, ffn_shift, ffn_scale, ffn_gate = modulation.chunk(6, dim=1)
         h = (self.norm_self(x) * (1 + scale) + shift).type_as(x)
         x = (x.float() + self.self_attn(h, rope) * gate).type_as(x)
         x = x + self.cross_attn(x, text, image)  # its query projection holds the cross-attention norm
@@ -194,5 +212,6 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, args.dim) / args.dim**0.5)
 
     def forward(self, x: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
-        shift, scale = (self.modulation + time_emb[:, None]).chunk(2, dim=1)  # [B, 1, dim] each
+        modulation = self.modulation.float() + time_emb.float()[:, None]  # [B, 2, dim], float32
+        shift, scale = modulation.chunk(2, dim=1)  # [B, 1, dim] each
         return self.linear((self.norm(x) * (1 + scale) + shift).type_as(x))

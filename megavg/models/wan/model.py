@@ -51,6 +51,8 @@ class TokenCrop(nn.Module):
 class Model(MegavgModel):
     """Wan-2.1 DiT. ``forward(latents, timestep, text, image=None)`` -> prediction [B, C_out, T, H, W]."""
 
+    keep_fp32 = ("time_embed", "modulation")  # the time path: float32 in every inference dtype (as Wan)
+
     def __init__(self, args: Args):
         super().__init__()
         if args.layers.fp8.enabled and resolve_linear(args.layers.linear) != "te":
@@ -72,7 +74,7 @@ class Model(MegavgModel):
         grid = self._check_inputs(latents, image)
         x = self.patch_embed(latents).flatten(2).transpose(1, 2)  # [B, S, dim]
         rope = rope_tables(self.args.head_dim, grid, self.args.rope_theta, latents.device)
-        time_emb, time_proj = self.time_embed(timestep, text.dtype)
+        time_emb, time_proj = self.time_embed(timestep)  # float32 [B, dim], [B, 6, dim]
         text = self.text_embed(text)
         image = self.image_embed(image) if image is not None else None
         x = self.token_shard(x)  # [B, S_local (padded), dim]

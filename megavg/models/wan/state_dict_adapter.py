@@ -312,7 +312,7 @@ def convert(source, preset: str | None = None, config=None, dtype: torch.dtype |
         model = Model(args)
     registry.check_state_dict(model, state, str(source))
     model.load_state_dict(state, strict=True, assign=True)
-    return model.to(dtype=dtype) if dtype is not None else model
+    return model.cast(dtype)  # the time path stays float32 (Model.keep_fp32)
 
 
 DTYPES = {"keep": None, "bf16": torch.bfloat16, "fp32": torch.float32}
