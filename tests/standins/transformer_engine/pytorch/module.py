@@ -58,6 +58,12 @@ class TransformerEngineBaseModule(nn.Module):
         if inp.device != weight.device:
             raise RuntimeError(f"Expected all tensors on one device, got input on {inp.device}")
 
+    def _gemm_rows(self, inp: torch.Tensor) -> torch.Tensor:
+        """The checked input of a GEMM module as [rows, in_features] in the activation dtype."""
+        self._check_device(inp)
+        assert inp.shape[-1] == self.in_features, "GEMM not possible"
+        return inp.to(self._activation_dtype(inp)).reshape(-1, self.in_features)
+
     def _gemm(self, x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """[rows, in] -> [rows, out], in FP8 inside ``autocast(enabled=True)``."""
         if not FP8GlobalStateManager.is_fp8_enabled():
@@ -125,9 +131,7 @@ class Linear(TransformerEngineBaseModule):
         self.bias = _bias(out_features, bias, device, dtype)
 
     def forward(self, inp: torch.Tensor, is_first_microbatch: bool | None = None) -> torch.Tensor:
-        self._check_device(inp)
-        assert inp.shape[-1] == self.in_features, "GEMM not possible"
-        x = inp.to(self._activation_dtype(inp)).reshape(-1, self.in_features)  # [rows, in]
+        x = self._gemm_rows(inp)
         return self._gemm(x, self.weight, self.bias).reshape(*inp.shape[:-1], self.out_features)
 
 
@@ -187,9 +191,7 @@ class LayerNormLinear(TransformerEngineBaseModule):
         self.bias = _bias(out_features, bias, device, dtype)
 
     def forward(self, inp: torch.Tensor, is_first_microbatch: bool | None = None) -> torch.Tensor:
-        self._check_device(inp)
-        assert inp.shape[-1] == self.in_features, "GEMM not possible"
-        x = inp.to(self._activation_dtype(inp)).reshape(-1, self.in_features)  # [rows, in]
+        x = self._gemm_rows(inp)
         h = _normalize(x, self.normalization, self.layer_norm_weight, self.layer_norm_bias, self.eps)
         return self._gemm(h, self.weight, self.bias).reshape(*inp.shape[:-1], self.out_features)
 
