@@ -10,6 +10,7 @@ failed. Each check's output goes to ``<work>/<check>.log``.
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import shutil
 import subprocess
@@ -94,7 +95,7 @@ def checks(p: dict[str, Path], work: Path, gpus: int, device: str) -> list[tuple
     py, student = sys.executable, "model.preset=wan-tiny-student-t2v"
     latent = [f"data.shards={p['latents']}", "data.kind=latent", "parallel.sp_size=1", student]
     clip, pipe = str(p["clip_video"]), str(work / "pipe")
-    export = [py, "-m", "megavg.infer.export", "--transformer", str(p["t2v"]), "--vae", str(p["vae"]),
+    export = [py, "tools/export_pipeline.py", "--transformer", str(p["t2v"]), "--vae", str(p["vae"]),
               "--text-encoder", str(p["text"]), "--out", pipe]  # fmt: skip
     fox = str(work / "fox.mp4")
     generate = [py, "-m", "megavg.infer.generate", pipe, "--prompt", "a red fox in snow", "--size", "32",
@@ -128,7 +129,7 @@ def checks(p: dict[str, Path], work: Path, gpus: int, device: str) -> list[tuple
                 "--frames",
                 "8",
                 "--device",
-                "cuda",
+                device,
                 "--dtype",
                 "bf16",
             ],
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [("gpu-marked tests", *run_check("pytest", [sys.executable, "-m", "pytest", "-q", "-m", "gpu",
                                                       "tests/"], work, 3 * args.timeout))]  # fmt: skip
     for name, command in checks(paths, work, gpus, device):
-        rows.append((name, *run_check(name.split()[-1], command, work, args.timeout)))
+        rows.append((name, *run_check(re.sub(r"\W+", "_", name).strip("_"), command, work, args.timeout)))
     where = "CPU (--cpu)" if args.cpu else f"{gpus} GPU(s): {torch.cuda.get_device_name(0)}"
     print(f"\n{where}; logs in {work}")
     print(f"{'check':<26} {'result':<12} {'seconds':>8} {'peak MiB':>9}")
