@@ -29,6 +29,7 @@ from megavg.train.zero_checkpoint import ZeroCheckpoint
 from tests.distributed.launch import REPO
 from tests.gpu_standins import standin_env, use_standins
 from tests.infer.tiny_encoders import tiny_clip, tiny_text_encoder, tiny_wan_vae
+from tests.infer.tiny_pipeline import read_video, write_png
 
 FAST = ["data.kind=latent", "schedule.steps=2", "logging.tensorboard=false"]
 GPU_LAYERS = ["parallel.deepspeed=configs/deepspeed/zero3_bf16.json", "model.activation_checkpointing=true",
@@ -125,6 +126,19 @@ def _assert_merged_equals_lora(tmp_path, *inputs, **kwargs):
     assert not torch.allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)  # the EMA is not the raw
 
 
+def export_and_generate(tmp_path, *export_args, image=None):
+    """The merged folder exported as a pipeline (tiny DC-AE-V ``vae``, umT5 ``umt5``) and run by
+    ``generate`` (2 steps, bf16; layers ``auto``: TE linears and flash-attn, the stand-ins) on the CPU."""
+    pipe, first = str(tmp_path / "pipe"), ["--image", str(image)] if image else []
+    run("tools/export_pipeline.py", "--transformer", str(tmp_path / "lora-model"), "--out", pipe,
+        "--vae", str(tmp_path / "vae"), "--text-encoder", str(tmp_path / "umt5"), *export_args)  # fmt: skip
+    run("-m", "megavg.infer.generate", pipe, "--prompt", "bikes video", *first, "--size", "32", "32",
+        "--frames", "8", "--steps", "2", "--no-progress", "--out", str(tmp_path / "out.mp4"))  # fmt: skip
+    video = read_video(tmp_path / "out.mp4")
+    assert video.shape[0] == 8 and video.std() > 0  # I2V keeps the first frame's aspect, T2V is 32 x 32
+    assert image is not None or video.shape[1:3] == (32, 32)
+
+
 def test_three_phases_and_merge(tmp_path):
     torch.manual_seed(0)
     base = megavg.models.build("wan-tiny-t2v")
@@ -136,6 +150,9 @@ def test_three_phases_and_merge(tmp_path):
     run_chain(tmp_path, "wan-tiny-student-t2v", tmp_path / "latents", c_student, c_student)
     x, t, text = torch.randn(1, c_student, 2, 4, 4), torch.tensor([300.0]), torch.randn(1, 5, text_dim)
     assert_merged_equals_lora(tmp_path, x, t, text)
+    megavg.models.build("dc-ae-v-tiny", latent_channels=c_student, scaling_factor=0.5).save(tmp_path / "vae")
+    tiny_text_encoder(tmp_path / "umt5", d_model=text_dim, umt5=True)
+    export_and_generate(tmp_path)
 
 
 def precompute_i2v_shards(tmp_path, c_latent, c_base, text_dim, image_dim):
@@ -169,3 +186,5 @@ def test_i2v_three_phases_and_merge_on_precomputed_shards(tmp_path):
     x, t = torch.randn(1, args.in_channels, 2, 8, 8), torch.tensor([300.0])
     text, image = torch.randn(1, 5, args.text_dim), torch.randn(1, 5, args.image_dim)
     assert_merged_equals_lora(tmp_path, x, t, text, image=image)
+    write_png(tmp_path / "first.png", 30, 40)
+    export_and_generate(tmp_path, "--image-encoder", str(tmp_path / "clip"), image=tmp_path / "first.png")
