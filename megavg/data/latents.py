@@ -7,8 +7,10 @@ of the same clip, for AE-Adapt-V embedding alignment), and for I2V ``condition``
 channels, then the encoded first frame), ``image`` [N, D'] (CLIP image tokens) and ``teacher_condition`` [4
 + C', T', H', W'] (the base I2V model's condition, for alignment). Every tensor is stored as the DiT
 consumes it (latents scaled or normalised). ``<key>.json`` holds the caption and the shapes. Batches stack
-every tensor (equal shapes required: one shard set per resolution bucket) and pad text to 512 tokens with
-zeros, exactly as the sampler does (:mod:`megavg.models.wan.text`).
+every tensor (equal shapes required) and pad text to 512 tokens with zeros, exactly as the sampler does
+(:mod:`megavg.models.wan.text`). A shard set may hold several buckets (latent grids ``TxHxW``): each shard
+holds one, index.json records them, and the loader forms every batch from one bucket
+(:mod:`megavg.data.buckets`).
 """
 
 from __future__ import annotations
@@ -48,9 +50,19 @@ def encode_latent_sample(sample: dict, index: int) -> dict:
 def write_latent_shards(
     samples: Iterable[dict], out_dir: str | os.PathLike, samples_per_shard: int = 100, overwrite: bool = False
 ) -> list[dict]:
-    """Write latent training samples as webdataset shards (atomic folder + index.json)."""
+    """Write latent training samples as webdataset shards (atomic folder + index.json), one bucket (latent
+    grid, :func:`latent_bucket`) per shard, the samples of each bucket counted in the index."""
     encoded: Iterator[dict] = (encode_latent_sample(s, i) for i, s in enumerate(samples))
-    return write_shards(encoded, out_dir, "latent", samples_per_shard, overwrite)
+    return write_shards(encoded, out_dir, "latent", samples_per_shard, overwrite, bucket_of=_bucket_of)
+
+
+def latent_bucket(shape: Iterable[int]) -> str:
+    """Bucket name of latents [C, T, H, W]: ``"TxHxW"``."""
+    return "x".join(str(n) for n in list(shape)[1:])
+
+
+def _bucket_of(encoded: dict) -> str:
+    return latent_bucket(json.loads(encoded["json"])["shapes"]["latents"])
 
 
 def _padded(items: list[dict], name: str) -> torch.Tensor:
@@ -81,7 +93,8 @@ def collate_latents(items: list[dict]) -> dict:
     shapes = {tuple(item["latents"].shape) for item in items}
     if len(shapes) > 1:
         raise UserError(
-            f"latent shapes differ inside one batch {sorted(shapes)}: write one shard set per bucket"
+            f"latent shapes differ inside one batch {sorted(shapes)}: shards without recorded buckets "
+            "must hold one shape (rewrite them with megavg.data.latents.write_latent_shards)"
         )
     batch = {"latents": torch.stack([item["latents"] for item in items]), "text": _padded(items, "text")}
     if all("null_text" in item for item in items):

@@ -14,6 +14,11 @@ shift. Corrupt means what ``stream.SAMPLE_ERRORS`` lists (undecodable or cut-sho
 missing member); any other exception is a bug and stops the loader. The stream never ends, so every
 rank yields the same number of batches (no DDP hang); the trainer decides how many steps to take.
 
+Bucketed latent sets (:mod:`megavg.data.buckets`): the rank keeps one such stream per bucket (over its
+share of that bucket's shards) and batch s takes B slots of the stream of bucket ``order.bucket(s)``, a
+seeded global order shared by all ranks; resuming at step k skips in each bucket's stream the batches it
+gave before k. A set without recorded buckets is one bucket (the stream above, unchanged).
+
 With ``num_workers = W > 0`` the rank's shards are split over W streams and batch s comes from stream
 s mod W (torch's DataLoader returns worker batches round-robin); the batches then differ from W = 0 but
 are still deterministic and resumable for the same W.
@@ -32,9 +37,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from megavg.data.buckets import BucketOrder
 from megavg.data.config import DataConfig
 from megavg.data.latents import collate_latents, decode_latent_sample
-from megavg.data.shards import list_shards, sample_counts, split_shards
+from megavg.data.shards import list_shards, sample_counts, shard_buckets, split_shards
 from megavg.data.stream import SAMPLE_ERRORS, StreamStats, shuffled_samples
 from megavg.data.video import (
     VIDEO_EXTS,
@@ -46,6 +52,8 @@ from megavg.data.video import (
     resize_crop,
 )
 from megavg.utils.errors import UserError
+
+UNRECORDED = "-"  # the bucket of shards whose index records none (one shape, as before buckets)
 
 
 @dataclasses.dataclass
@@ -65,10 +73,23 @@ class ShardLoader:
             raise UserError(f"data-parallel rank {dp_rank} is outside [0, {dp_size})")
         if start_step < 0:
             raise UserError(f"start step must be >= 0, got {start_step}")
-        urls = split_shards(list_shards(cfg.shards, cfg.kind), dp_rank, dp_size, "data-parallel ranks")
-        split_shards(urls, 0, max(1, cfg.num_workers), f"loader workers of data-parallel rank {dp_rank}")
-        self.cfg, self.shards, self.stats = cfg, urls, LoaderStats()
-        self._dataset = RankStream(cfg, urls, sample_counts(urls), f"seed{seed}/dp{dp_rank}", start_step)
+        urls = list_shards(cfg.shards, cfg.kind)
+        sizes = dict(zip(urls, sample_counts(urls)))
+        groups: dict[str, list[str]] = {}
+        for url, bucket in zip(urls, shard_buckets(urls)):
+            groups.setdefault(UNRECORDED if bucket is None else bucket, []).append(url)
+        parts = {}
+        for bucket, group in groups.items():
+            where = "" if len(groups) == 1 else f" (bucket {bucket})"
+            mine = split_shards(group, dp_rank, dp_size, f"data-parallel ranks{where}")
+            split_shards(
+                mine, 0, max(1, cfg.num_workers), f"loader workers of data-parallel rank {dp_rank}{where}"
+            )
+            parts[bucket] = mine, [sizes[u] for u in mine]
+        order = BucketOrder({b: sum(sizes[u] for u in group) for b, group in groups.items()}, f"seed{seed}")
+        self.cfg, self.stats, self.order = cfg, LoaderStats(), order
+        self.shards = [u for mine, _ in parts.values() for u in mine]
+        self._dataset = RankStream(cfg, parts, order, f"seed{seed}/dp{dp_rank}", start_step)
 
     @property
     def skipped(self) -> int:
@@ -109,30 +130,44 @@ def build_loader(cfg: DataConfig, dp_rank: int, dp_size: int, seed: int, start_s
 
 
 class RankStream(IterableDataset):
-    """The batches of one rank (or of one loader worker of it), as a torch IterableDataset."""
+    """The batches of one rank (or of one loader worker of it), as a torch IterableDataset: one sample
+    stream per bucket (``parts``: bucket -> this rank's shards and their sizes); batch ``s`` takes
+    ``batch_size`` slots of bucket ``order.bucket(s)``'s stream."""
 
-    def __init__(self, cfg: DataConfig, urls: list[str], sizes: list[int], seed: str, start_step: int):
+    def __init__(self, cfg: DataConfig, parts: dict, order: BucketOrder, seed: str, start_step: int):
         super().__init__()
-        self.cfg, self.urls, self.sizes, self.seed, self.start_step = cfg, urls, sizes, seed, start_step
+        self.cfg, self.parts, self.order, self.seed, self.start_step = cfg, parts, order, seed, start_step
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         role = (worker + self.start_step) % workers  # stream that owns batch start_step + worker
         key = f"{self.seed}/stream{role}of{workers}"
-        stats, bufsize = StreamStats(), self.cfg.shuffle_buffer
-        urls = split_shards(self.urls, role, workers, "loader workers")
-        skip = len(range(role, self.start_step, workers)) * self.cfg.batch_size  # before start_step
-        raw = shuffled_samples(urls, self.sizes[role::workers], key, bufsize, skip, stats)
-        decode, collate = self._video_fns(key) if self.cfg.kind == "video" else (_decode_latent, _collate)
-        slots = fill_forward(enumerate(raw, start=skip), decode, stats, bufsize)
+        taken = self.order.counts_before(self.start_step, role, workers)  # batches per bucket before
+        collate = self._video_fns(key)[1] if self.cfg.kind == "video" else _collate
+        streams, stats = {}, []
+        for bucket, (urls, sizes) in self.parts.items():
+            stats.append(StreamStats())
+            bucket_key = key if len(self.parts) == 1 else f"{key}/bucket{bucket}"
+            skip = taken[bucket] * self.cfg.batch_size
+            streams[bucket] = self._slots(
+                bucket_key, urls[role::workers], sizes[role::workers], skip, stats[-1]
+            )
         reported = StreamStats()
-        while True:
-            batch = collate(list(itertools.islice(slots, self.cfg.batch_size)))
-            batch["_skipped"] = stats.skipped - reported.skipped  # new since the last batch
-            batch["_shard_errors"] = stats.shard_errors - reported.shard_errors
-            reported.skipped, reported.shard_errors = stats.skipped, stats.shard_errors
+        for step in itertools.count(self.start_step + worker, workers):
+            batch = collate(list(itertools.islice(streams[self.order.bucket(step)], self.cfg.batch_size)))
+            skipped, errors = sum(st.skipped for st in stats), sum(st.shard_errors for st in stats)
+            batch["_skipped"] = skipped - reported.skipped  # new since the last batch
+            batch["_shard_errors"] = errors - reported.shard_errors
+            reported.skipped, reported.shard_errors = skipped, errors
             yield batch
+
+    def _slots(self, key: str, urls: list[str], sizes: list[int], skip: int, stats: StreamStats) -> Iterator:
+        """Decoded samples of one stream from raw position ``skip`` on (corrupt ones filled forward)."""
+        bufsize = self.cfg.shuffle_buffer
+        raw = shuffled_samples(urls, sizes, key, bufsize, skip, stats)
+        decode = self._video_fns(key)[0] if self.cfg.kind == "video" else _decode_latent
+        return fill_forward(enumerate(raw, start=skip), decode, stats, bufsize)
 
     def _video_fns(self, key: str) -> tuple[Callable, Callable]:
         cfg, buckets = self.cfg, self.cfg.bucket_sizes

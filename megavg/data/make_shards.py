@@ -1,9 +1,12 @@
 """``tools/make_shards.py``: video files (folders, lists, CSVs with captions) -> webdataset shards.
 
-    python tools/make_shards.py INPUTS... --out DIR [--captions CSV] [--samples-per-shard N]
+    python tools/make_shards.py INPUTS... --out DIR [--captions CSV|JSONL] [--samples-per-shard N]
 
-INPUTS are video files, folders (searched recursively), ``.txt`` lists (one path a line) or ``.csv``
-files (``path,caption`` rows, optional header); relative paths in lists are relative to the list. Every
+INPUTS are video files, folders (searched recursively), ``.txt`` lists (one path a line), ``.csv``
+files (``path,caption`` rows, optional header) or ``.jsonl`` files (one ``{"path": ..., "caption": ...}``
+object a line); relative paths in lists are relative to the list. A video's caption is the one its list
+row gives, else the one ``--captions`` (CSV or JSONL) gives for its path or file name, else the text of
+a ``.txt`` sidecar next to it with the same stem (``clip.mp4`` -> ``clip.txt``), else empty. Every
 video is fully decoded with PyAV first, by the rules of ``megavg.data.video``. A missing, empty,
 undecodable, cut short (fewer frames or an earlier end than its container declares) or too short input
 stops the run with one ``error:`` line and exit 2 and writes nothing; ``--skip-bad`` warns about it and
@@ -42,6 +45,36 @@ def read_caption_csv(path: Path) -> list[tuple[Path, str]]:
     return [(path.parent / row[0].strip(), row[1] if len(row) > 1 else "") for row in rows]
 
 
+def read_caption_jsonl(path: Path) -> list[tuple[Path, str]]:
+    """One ``{"path", "caption"}`` object a line (blank lines skipped) -> [(video path, caption)]."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such caption file")
+    found = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            video, caption = row["path"], row.get("caption", "")
+            if not isinstance(video, str) or not isinstance(caption, str):
+                raise TypeError("path and caption must be strings")
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise UserError(f'{path}:{number}: not a {{"path", "caption"}} object ({err!r})') from None
+        found.append((path.parent / video.strip(), caption))
+    return found
+
+
+def read_captions(path: Path) -> list[tuple[Path, str]]:
+    """A caption list: ``.jsonl`` (path/caption objects) or CSV (``path,caption`` rows)."""
+    return read_caption_jsonl(path) if path.suffix.lower() == ".jsonl" else read_caption_csv(path)
+
+
+def sidecar_caption(video: Path) -> str:
+    """The text of ``video``'s ``.txt`` sidecar (same stem, same folder), stripped; empty when none."""
+    sidecar = video.with_suffix(".txt")
+    return sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else ""
+
+
 def discover_inputs(inputs: list[str]) -> list[tuple[Path, str]]:
     """Expand INPUTS into [(video path, caption)], in the given order (folders sorted)."""
     found: list[tuple[Path, str]] = []
@@ -53,8 +86,8 @@ def discover_inputs(inputs: list[str]) -> list[tuple[Path, str]]:
             if not videos:
                 raise UserError(f"{path}: folder holds no video file ({', '.join(VIDEO_EXTS)})")
             found += [(p, "") for p in videos]
-        elif path.suffix.lower() == ".csv":
-            found += read_caption_csv(path)
+        elif path.suffix.lower() in (".csv", ".jsonl"):
+            found += read_captions(path)
         elif path.suffix.lower() == ".txt" and path.is_file():
             lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
             found += [(path.parent / ln, "") for ln in lines if ln and not ln.startswith("#")]
@@ -85,6 +118,7 @@ def video_samples(
             continue
         seen[key] = path
         caption = caption or captions.get(str(path.resolve()), captions.get(path.name, ""))
+        caption = caption or sidecar_caption(path)
         meta = {"caption": caption, "source": path.name, **vars(info)}
         yield {"__key__": key, path.suffix.lower().lstrip("."): data, "json": json.dumps(meta).encode()}
 
@@ -93,9 +127,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("inputs", nargs="+", help="video files, folders, .txt lists or .csv (path,caption)")
+    parser.add_argument(
+        "inputs", nargs="+", help="video files, folders, .txt lists, .csv (path,caption) or .jsonl lists"
+    )
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
-    parser.add_argument("--captions", help="CSV of path,caption for inputs given as files or folders")
+    parser.add_argument(
+        "--captions",
+        help="CSV (path,caption) or JSONL ({path, caption}) for inputs given as files or folders",
+    )
     parser.add_argument("--samples-per-shard", type=int, default=100)
     parser.add_argument("--min-frames", type=int, default=8, help="shorter videos are bad input")
     parser.add_argument("--skip-bad", action="store_true", help="warn about bad videos instead of failing")
@@ -108,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     captions = {}
     if args.captions:
-        for path, caption in read_caption_csv(Path(args.captions)):
+        for path, caption in read_captions(Path(args.captions)):
             captions[str(path.resolve())] = captions[path.name] = caption
     items = discover_inputs(args.inputs)
     samples = video_samples(items, captions, args.min_frames, args.skip_bad)

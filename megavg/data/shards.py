@@ -1,18 +1,21 @@
 """webdataset shards: write them atomically, list them, split them by data-parallel rank, stream them.
 
-A shard folder holds ``shard-000000.tar ...`` plus ``index.json`` (kind, samples per shard). Inside a tar,
+A shard folder holds ``shard-000000.tar ...`` plus ``index.json`` (kind, samples per shard; for a
+bucketed latent set also each shard's bucket and the samples per bucket). Inside a tar,
 the files of one sample share a key: ``<key>.mp4`` + ``<key>.json`` (video) or ``<key>.safetensors`` +
 ``<key>.json`` (latents).
 """
 
 from __future__ import annotations
 
+import collections
 import glob
 import json
 import os
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import braceexpand
 import webdataset as wds
@@ -33,11 +36,15 @@ def write_shards(
     kind: str,
     samples_per_shard: int = 100,
     overwrite: bool = False,
+    bucket_of: Callable[[dict], str] | None = None,
 ) -> list[dict]:
     """Write ``samples`` (dicts with ``__key__`` and ``ext: bytes`` entries) as tar shards + index.json.
 
-    The folder appears complete or not at all (written under a temporary name, then renamed). An
-    existing non-empty ``out_dir`` is an error unless ``overwrite``. Returns the index's shard list.
+    With ``bucket_of`` (sample -> bucket name) every shard holds samples of one bucket only (one open
+    shard per bucket, in the order samples arrive); the index records each shard's ``bucket`` and the
+    samples per bucket (``buckets``). The folder appears complete or not at all (written under a
+    temporary name, then renamed). An existing non-empty ``out_dir`` is an error unless ``overwrite``.
+    Returns the index's shard list.
     """
     out_dir = Path(out_dir)
     if samples_per_shard < 1:
@@ -46,19 +53,30 @@ def write_shards(
         raise UserError(f"{out_dir}: output exists and is not empty (pass --overwrite to replace it)")
     shards: list[dict] = []
     with atomic_dir(out_dir) as tmp:
-        writer = None
+        open_shards: dict[str | None, tuple[wds.TarWriter, dict]] = {}  # bucket -> (writer, index entry)
         for sample in samples:
-            if writer is None or shards[-1]["samples"] == samples_per_shard:
+            bucket = bucket_of(sample) if bucket_of else None
+            writer, entry = open_shards.get(bucket, (None, {"samples": samples_per_shard}))
+            if entry["samples"] == samples_per_shard:
                 if writer is not None:
                     writer.close()
-                shards.append({"name": f"shard-{len(shards):06d}.tar", "samples": 0})
-                writer = wds.TarWriter(str(tmp / shards[-1]["name"]), mtime=0.0)
+                entry = {"name": f"shard-{len(shards):06d}.tar", "samples": 0}
+                entry.update({"bucket": bucket} if bucket_of else {})
+                shards.append(entry)
+                writer = wds.TarWriter(str(tmp / entry["name"]), mtime=0.0)
+                open_shards[bucket] = writer, entry
             writer.write(sample)
-            shards[-1]["samples"] += 1
-        if writer is None:
+            entry["samples"] += 1
+        if not shards:
             raise UserError(f"{out_dir}: no sample to write")
-        writer.close()
+        for writer, _ in open_shards.values():
+            writer.close()
         index = {"kind": kind, "samples": sum(s["samples"] for s in shards), "shards": shards}
+        if bucket_of:
+            per_bucket: collections.Counter = collections.Counter()
+            for entry in shards:
+                per_bucket[entry["bucket"]] += entry["samples"]
+            index["buckets"] = dict(per_bucket)  # samples per bucket, for the loader's bucket order
         (tmp / INDEX).write_text(json.dumps(index, indent=1) + "\n")
     return shards
 
@@ -88,7 +106,13 @@ def list_shards(spec: str, kind: str) -> list[str]:
 def _read_index(path: Path) -> dict:
     try:
         index = json.loads(path.read_text())
-        return {"kind": index["kind"], "samples": {s["name"]: int(s["samples"]) for s in index["shards"]}}
+        shards = index["shards"]
+        buckets = {s["name"]: s.get("bucket") for s in shards}
+        return {
+            "kind": index["kind"],
+            "samples": {s["name"]: int(s["samples"]) for s in shards},
+            "buckets": buckets,
+        }
     except (ValueError, KeyError, TypeError) as err:
         raise UserError(f"{path}: unreadable shard index ({err!r})") from None
 
@@ -99,14 +123,27 @@ def _check_index_kind(folder: Path, kind: str) -> None:
         raise UserError(f"{folder}: holds {declared} shards but config data.kind is {kind}")
 
 
-def sample_counts(urls: list[str]) -> list[int]:
-    """Samples in each shard: from its folder's index.json when listed there, else by reading the tar."""
-    known: dict[str, int] = {}
+def _indexed(urls: list[str], field: str) -> dict[str, Any]:
+    """``field`` (``samples`` or ``buckets``) of each url listed in its folder's index.json."""
+    known: dict[str, Any] = {}
     for folder in {os.path.dirname(u) for u in urls if os.path.isfile(u)}:
         if os.path.isfile(os.path.join(folder, INDEX)):
-            counts = _read_index(Path(folder, INDEX))["samples"]
-            known.update({os.path.join(folder, name): n for name, n in counts.items()})
+            values = _read_index(Path(folder, INDEX))[field]
+            known.update({os.path.join(folder, name): value for name, value in values.items()})
+    return known
+
+
+def sample_counts(urls: list[str]) -> list[int]:
+    """Samples in each shard: from its folder's index.json when listed there, else by reading the tar."""
+    known = _indexed(urls, "samples")
     return [known[u] if u in known else count_samples(u) for u in urls]
+
+
+def shard_buckets(urls: list[str]) -> list[str | None]:
+    """Each shard's bucket as its folder's index.json records it (``None``: not recorded, e.g. a set
+    written before buckets, or a shard outside any indexed folder)."""
+    known = _indexed(urls, "buckets")
+    return [known.get(u) for u in urls]
 
 
 def count_samples(url: str) -> int:

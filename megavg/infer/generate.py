@@ -264,11 +264,16 @@ def load_models(pipe: Pipeline, req: Request, place: Placement, dtype: torch.dty
 
 
 def load_image_encoder(pipe: Pipeline):
-    from megavg.infer.conditioning import ImageEncoder
-
     entry = pipe.component(pipe.manifest.image_encoder)
     if not entry:
         raise UserError(f"{pipe.root}: this pipeline has no image encoder (needed for --image)")
+    return load_image_encoder_from(entry)
+
+
+def load_image_encoder_from(entry: str):
+    """The CLIP image encoder at ``entry``: Wan's CLIP ``.pth`` or a transformers folder / hub id."""
+    from megavg.infer.conditioning import ImageEncoder
+
     if entry.endswith(".pth"):
         from megavg.infer.clip_weights import image_encoder_from_wan_clip
 

@@ -7,9 +7,11 @@
 Runs on one device per process. Under a launcher (``RANK``/``WORLD_SIZE`` set, or ``--part/--parts``)
 each process takes every N-th shard. Each sample takes its first ``--frames`` frames (every
 ``--frame-stride``), resized and centre-cropped to the ``--size`` bucket nearest its aspect ratio.
-Multi-resolution: **one shard set per bucket**, ``OUT/<H>x<W>/part-RRRRR/`` (an atomic folder of latent
-shards with its index), so every batch of a training run on one bucket's shards has one shape. A part
-folder that exists already is skipped (a crashed run is simply rerun) unless ``--overwrite``.
+Multi-resolution: each process writes **one bucketed shard set**, ``OUT/part-RRRRR/`` (an atomic folder
+of latent shards; every shard holds one bucket and index.json records the buckets and their sample
+counts), and the training loader forms every batch from one bucket (``data.shards='OUT/part-*/*.tar'``,
+see :mod:`megavg.data.buckets`). A part folder that exists already is skipped (a crashed run is simply
+rerun) unless ``--overwrite``.
 
 Every tensor is stored as the DiT sees it: ``latents`` = DC-AE-V latents times its scaling factor;
 ``teacher_latents`` (``--teacher-vae``) = the Wan-2.1 VAE's normalised latents of the same clip at the
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,11 +50,11 @@ log = get_logger("megavg.infer.precompute")
 
 
 def video_samples(
-    urls: list[str], frames: int, stride: int, buckets: list[tuple[int, int]], bucket: tuple[int, int]
+    urls: list[str], frames: int, stride: int, buckets: list[tuple[int, int]]
 ) -> Iterator[dict]:
-    """One pass over video shards yielding the samples of ``bucket`` (the nearest of ``buckets`` to their
-    aspect ratio): {"video": 3,T,H,W in [-1,1], "caption", "key"}. Other buckets' samples are passed over
-    before decoding; corrupt ones are skipped with a warning."""
+    """One pass over video shards yielding each sample resized and centre-cropped to the nearest of
+    ``buckets`` to its aspect ratio: {"video": 3,T,H,W in [-1,1], "caption", "key"}. Corrupt samples are
+    skipped with a warning."""
     stats = StreamStats()
     handler = shard_error_handler(stats)
     for url, size in zip(urls, sample_counts(urls)):
@@ -61,8 +64,6 @@ def video_samples(
                     raise UserError(raw["__error__"])
                 meta, data = video_sample_parts(raw)
                 native = (meta["height"], meta["width"])  # displayed size; resized below, with antialiasing
-                if nearest_bucket(*native, buckets) != bucket:
-                    continue
                 clip = decode_frames(data, 0, frames, stride, native, raw["__key__"], meta["rotation"])
             except SAMPLE_ERRORS as err:  # a broken sample is skipped; a bug in megavg is not
                 stats.skipped += 1
@@ -70,11 +71,8 @@ def video_samples(
                     raw.get("__key__", "?"), f"skipping sample {raw.get('__key__')} of {url}: {err}"
                 )
                 continue
-            yield {
-                "video": resize_crop(clip, bucket),
-                "caption": meta["caption"],
-                "key": raw["__key__"],
-            }
+            bucket = nearest_bucket(*native, buckets)
+            yield {"video": resize_crop(clip, bucket), "caption": meta["caption"], "key": raw["__key__"]}
 
 
 @dataclasses.dataclass
@@ -129,11 +127,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vae", required=True, help="megavg DC-AE-V model folder")
     parser.add_argument("--shards", required=True, help="video shards: folder, brace pattern or glob")
     parser.add_argument("--text-encoder", required=True, help="hub id (e.g. google/umt5-xxl) or folder")
-    parser.add_argument("--out", required=True, help="output folder: <H>x<W>/part-RRRRR/")
+    parser.add_argument("--out", required=True, help="output folder: part-RRRRR/ (one bucketed set each)")
     parser.add_argument("--frames", type=int, required=True)
     parser.add_argument("--frame-stride", type=int, default=1)
     parser.add_argument("--size", type=int, nargs=2, action="append", metavar=("H", "W"), required=True,
-                        help="a bucket (repeat for several: one shard set per bucket)")  # fmt: skip
+                        help="a bucket (repeat for several: one set holds them all)")  # fmt: skip
     parser.add_argument("--teacher-vae", help="Wan-2.1 VAE (diffusers folder): also write teacher_latents")
     parser.add_argument("--i2v", action="store_true", help="also write the I2V condition and CLIP tokens")
     parser.add_argument("--image-encoder", help="CLIP ViT-H/14 (transformers folder or hub id), for --i2v")
@@ -168,29 +166,28 @@ def load_encoders(args: argparse.Namespace) -> Encoders:
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
-    """Write this part's shard set of every bucket; returns the part folders written."""
+    """Write this part's bucketed shard set; returns the part folders written (none: it existed, or no
+    sample of this part decoded)."""
     args = parse_args(argv)
     check_args(args)
     urls = split_shards(list_shards(args.shards, "video"), args.part, args.parts, "processes")
+    out = Path(args.out) / f"part-{args.part:05d}"
+    if (out / INDEX).is_file() and not args.overwrite:
+        log.info("%s exists: skipped (--overwrite to redo it)", out)
+        return []
     enc = load_encoders(args)
-    buckets = [tuple(size) for size in args.size]
-    written = []
-    for bucket in dict.fromkeys(buckets):
-        out = Path(args.out) / f"{bucket[0]}x{bucket[1]}" / f"part-{args.part:05d}"
-        if (out / INDEX).is_file() and not args.overwrite:
-            log.info("%s exists: skipped (--overwrite to redo it)", out)
-            continue
-        videos = video_samples(urls, args.frames, args.frame_stride, buckets, bucket)
-        first = next(videos, None)
-        if first is None:
-            log.info("no sample of part %d falls into bucket %dx%d", args.part, *bucket)
-            continue
-        samples = latent_samples(enc, itertools.chain([first], videos))
-        shards = write_latent_shards(samples, out, args.samples_per_shard, overwrite=args.overwrite)
-        log.info("wrote %d latent samples in %d shard(s) to %s", sum(s["samples"] for s in shards),
-                 len(shards), out)  # fmt: skip
-        written.append(out)
-    return written
+    buckets = list(dict.fromkeys(tuple(size) for size in args.size))
+    videos = video_samples(urls, args.frames, args.frame_stride, buckets)
+    first = next(videos, None)
+    if first is None:
+        log.info("no sample of part %d decodes: nothing written", args.part)
+        return []
+    samples = latent_samples(enc, itertools.chain([first], videos))
+    shards = write_latent_shards(samples, out, args.samples_per_shard, overwrite=args.overwrite)
+    counts = json.loads((out / INDEX).read_text())["buckets"]
+    log.info("wrote %d latent samples in %d shard(s) to %s (buckets: %s)", sum(s["samples"] for s in shards),
+             len(shards), out, counts)  # fmt: skip
+    return [out]
 
 
 if __name__ == "__main__":

@@ -21,15 +21,20 @@ class _FusedAttention(torch.autograd.Function):
     """Meta stand-in for a fused attention kernel: output shape and the tensors it saves, nothing else."""
 
     @staticmethod
-    def forward(ctx, q, k, v):  # [B, H, S, D] each (SDPA layout)
+    def forward(ctx, q, k, v, mode, flops):  # [B, H, S, D] each (SDPA layout)
         out = q.new_empty(*q.shape[:-1], v.shape[-1])
         lse = q.new_empty(q.shape[:-1], dtype=torch.float32)  # [B, H, S]
         ctx.save_for_backward(q, k, v, out, lse)
+        ctx.mode, ctx.flops = mode, flops
         return out
 
     @staticmethod
-    def backward(ctx, grad):  # never run: the planner only traces forwards
-        raise NotImplementedError
+    def backward(ctx, grad):
+        """Shapes only; counts the backward kernel's GEMMs dV = P^T dO, dP = dO V^T, dQ = dS K, dK = dS^T Q
+        (twice the forward; flash-attention's recompute of S = Q K^T is recompute, not counted)."""
+        q, k, v, _, _ = ctx.saved_tensors
+        ctx.mode.backward_flops += 2 * ctx.flops
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), None, None
 
 
 class _AttentionAsFused(TorchFunctionMode):
@@ -38,14 +43,16 @@ class _AttentionAsFused(TorchFunctionMode):
     def __init__(self):
         super().__init__()
         self.flops = 0
+        self.backward_flops = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
             q, k, v = args[:3]
             b, h, sq, d = q.shape
-            self.flops += 2 * b * h * sq * k.shape[2] * (d + v.shape[-1])  # q k^T and p v
-            return _FusedAttention.apply(q, k, v)
+            flops = 2 * b * h * sq * k.shape[2] * (d + v.shape[-1])  # q k^T and p v
+            self.flops += flops
+            return _FusedAttention.apply(q, k, v, self, flops)
         return func(*args, **kwargs)
 
 
@@ -71,3 +78,19 @@ def trace_forward(model: nn.Module, forward: Callable[[], object]) -> Trace:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _AttentionAsFused() as attn, counter:
         forward()
     return Trace(sum(saved.values()), max(saved.values(), default=0), counter.get_total_flops() + attn.flops)
+
+
+def trace_training_flops(forward: Callable[[], torch.Tensor]) -> tuple[int, int]:
+    """(forward, backward) FLOPs of one training pass: ``forward()`` (a model call on meta inputs), then
+    a backward from its output. Matmuls and convolutions are counted as autograd runs them: a weight
+    gradient only for weights that train, an input gradient only where the input needs one; attention
+    as :class:`_FusedAttention` (backward = 2x forward). No recompute (trace a model without
+    activation checkpointing)."""
+    counter = FlopCounterMode(display=False)
+    with _AttentionAsFused() as attn, counter:
+        out = forward()
+        forward_flops = counter.get_total_flops() + attn.flops
+        if out.requires_grad:
+            out.float().sum().backward()
+    backward_flops = counter.get_total_flops() + attn.flops - forward_flops + attn.backward_flops
+    return forward_flops, backward_flops

@@ -140,6 +140,11 @@ class Task:
         """
         return {**initial(), **trained} if keys - set(trained) else trained
 
+    def flop_inputs(self, batch: dict) -> tuple | None:
+        """Shapes of the model's positional inputs for ``batch`` (None entries: an input left out), for
+        the FLOP count of :mod:`megavg.train.flops`; None: this task reports no FLOPs (default)."""
+        return None
+
     def tokens(self, batch: dict) -> int:
         """Tokens (latent positions) in ``batch``, for the tokens/s metric."""
         return 0

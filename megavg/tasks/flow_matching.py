@@ -102,6 +102,14 @@ class Task(BaseTask):
     def is_i2v(self) -> bool:
         return model_args(self.cfg.model).is_i2v
 
+    def flop_inputs(self, batch: dict) -> tuple:
+        """(latents incl. the I2V condition channels, timestep, text, image) as :meth:`loss` feeds them."""
+        b, c, *grid = batch["latents"].shape
+        if self.is_i2v:
+            c += batch["condition"].shape[1]
+        image = tuple(batch["image"].shape) if self.is_i2v else None
+        return (b, c, *grid), (b,), tuple(batch["text"].shape), image
+
     def tokens(self, batch: dict) -> int:
         b, _, t, h, w = batch["latents"].shape
         return b * t * h * w // math.prod(self.patch_size)

@@ -11,6 +11,7 @@ import warnings
 
 from megavg.data.shards import list_shards
 from megavg.tasks import build_task
+from megavg.train import validation
 from megavg.train.config import load_config
 from megavg.train.engine import deepspeed_config
 from megavg.utils.errors import run_cli
@@ -32,6 +33,7 @@ def prepare(argv: list[str] | None):
     task.validate()
     list_shards(cfg.data.shards, cfg.data.kind)  # the data path exists and holds shards
     deepspeed_config(cfg)
+    validation.check(cfg)
     return cfg, task
 
 

@@ -141,6 +141,52 @@ class LoggingConfig:
 
     every: int = 1
     tensorboard: bool = True
+    peak_tflops: float | None = None  # per-GPU dense peak for perf/mfu (default: the GPU table)
+
+    def __post_init__(self) -> None:
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise UserError(f"config logging.peak_tflops: must be > 0 (or null), got {self.peak_tflops}")
+
+
+@dataclasses.dataclass
+class ValidationConfig:
+    """Sample videos from the live model every ``every`` steps and at the end (0 = off); see
+    docs/validation.md. ``prompts``: a list, or a text file with one prompt per line. ``images``: one
+    first-frame image per prompt (I2V models). Components the DiT lacks: ``vae`` (DC-AE-V model folder)
+    and ``text_encoder`` (umT5 folder or hub id; ``tokenizer`` when not inside it; ``image_encoder`` for
+    I2V), or ``pipeline`` (an exported pipeline folder providing all of them)."""
+
+    every: int = 0
+    prompts: list[str] | str = dataclasses.field(default_factory=list)
+    images: list[str] = dataclasses.field(default_factory=list)
+    size: tuple[int, int] = (480, 832)
+    frames: int = 32
+    steps: int = 30
+    guidance: float = 5.0
+    shift: float = 5.0
+    solver: Literal["unipc", "euler"] = "unipc"
+    seed: int = 0
+    negative_prompt: str = ""
+    fps: int = 16
+    pipeline: str = ""
+    vae: str = ""
+    text_encoder: str = ""
+    tokenizer: str = ""
+    image_encoder: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("every", "seed"):
+            if getattr(self, name) < 0:
+                raise UserError(f"config validation.{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("frames", "steps", "fps"):
+            if getattr(self, name) < 1:
+                raise UserError(f"config validation.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.shift <= 0:
+            raise UserError(f"config validation.shift: must be > 0, got {self.shift}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.every > 0
 
 
 @dataclasses.dataclass
@@ -154,6 +200,7 @@ class TrainConfig:
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

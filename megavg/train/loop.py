@@ -15,11 +15,12 @@ import torch
 import torch.distributed as dist
 
 from megavg.parallel import state
-from megavg.tasks.base import StepContext, Task, set_trainable
+from megavg.tasks.base import StepContext, Task, set_trainable, unwrap
 from megavg.train import ema as ema_mod
 from megavg.train import engine as ds_engine
 from megavg.train.checkpoint import Checkpointer
 from megavg.train.config import TrainConfig, dump_config
+from megavg.train.flops import StepFlops, peak_tflops
 from megavg.train.metrics import MetricsWriter, peak_memory_gib
 from megavg.train.signals import StopFlag
 from megavg.utils.io import atomic_file
@@ -82,8 +83,15 @@ class Trainer:
         self.ema = ema_mod.build(cfg.model.ema, self.engine, self.step)
         self.loader = make_loader(cfg, self.dp_rank, self.dp_size, self.step * cfg.schedule.grad_accum)
         self.batches = iter(self.loader)
+        self.flops = StepFlops(cfg, task)
+        self.peak_tflops = peak_tflops(cfg, self.device)
         rank0 = dist.get_rank() == 0
         self.metrics = MetricsWriter(self.run_dir, rank0, cfg.logging.tensorboard, self.step)
+        self.validator = None
+        if cfg.validation.enabled:
+            from megavg.train.validation import Validator
+
+            self.validator = Validator(cfg, unwrap(self.engine), self.device)
         if rank0:
             with atomic_file(self.run_dir / "config.yaml") as tmp:
                 tmp.write_text(dump_config(cfg))
@@ -98,7 +106,7 @@ class Trainer:
         ga = self.cfg.schedule.grad_accum
         sums: dict[str, torch.Tensor] = {}
         finite = torch.ones((), dtype=torch.bool, device=self.device)
-        tokens = 0
+        tokens, flops_sum = 0, None
         for micro in range(ga):
             batch = next(self.batches)
             gen = micro_generator(self.cfg.schedule.seed, self.step * ga + micro, self.dp_rank)
@@ -112,9 +120,13 @@ class Trainer:
                 raise SystemExit(1)
             self.engine.step()
             tokens += self.task.tokens(batch)
+            flops = self.flops(batch)
+            flops_sum = None if flops is None else (flops_sum or 0) + flops
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.detach().float() / ga
         sums["tokens"] = torch.tensor(float(tokens), device=self.device)
+        if flops_sum is not None:
+            sums["flops"] = torch.tensor(float(flops_sum), device=self.device)
         return sums
 
     def log_step(self, terms: dict[str, torch.Tensor], seconds: float) -> None:
@@ -125,6 +137,7 @@ class Trainer:
         sp = self.cfg.parallel.sp_size
         tokens = mean.pop("tokens") * dist.get_world_size() / sp
         skipped = mean.pop("skipped") * dist.get_world_size() / sp
+        flops = mean.pop("flops", None)  # model FLOPs of one GPU's share of the step, averaged over GPUs
         peak = torch.tensor([peak_memory_gib()], device=self.device)
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)
         samples = self.cfg.data.batch_size * self.cfg.schedule.grad_accum * self.dp_size
@@ -138,6 +151,10 @@ class Trainer:
             "perf/peak_memory_gib": float(peak.item()),
             "data/skipped_samples": skipped,
         }
+        if flops is not None:
+            scalars["perf/tflops_per_gpu"] = flops / seconds / 1e12
+            if self.peak_tflops:
+                scalars["perf/mfu"] = scalars["perf/tflops_per_gpu"] / self.peak_tflops
         if self.ema is not None:
             scalars["train/ema_decay"] = self.ema.last_decay
         self.metrics.log(self.step, scalars)
@@ -165,6 +182,8 @@ class Trainer:
             if preempted:
                 log.info(f"stop signal: checkpoint at step {self.step} written, exiting {EXIT_PREEMPTED}")
                 return EXIT_PREEMPTED
+            if self.validator is not None and self.validator.due(self.step, self.step == cfg.schedule.steps):
+                self.validator.run(self.engine, self.step, self.metrics)
         if saved_at != self.step:
             self.save()
         return 0

@@ -108,3 +108,38 @@ def test_the_script_itself_exits_2(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {tmp_path / 'nope.mp4'}: no such file"
+
+
+def captions_by_source(out):
+    found = {}
+    for shard in json.loads((out / "index.json").read_text())["shards"]:
+        with tarfile.open(out / shard["name"]) as tar:
+            for meta in (json.load(tar.extractfile(n)) for n in tar.getnames() if n.endswith(".json")):
+                found[meta["source"]] = meta["caption"]
+    return found
+
+
+def test_jsonl_lists_and_txt_sidecars(tmp_path):
+    a, b = small_clips()
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "a.mp4").write_bytes(a.read_bytes())
+    (folder / "b.mp4").write_bytes(b.read_bytes())
+    (folder / "a.txt").write_text("from the sidecar\n")
+    (folder / "b.txt").write_text("a sidecar loses to --captions\n")
+    listing = tmp_path / "captions.jsonl"
+    listing.write_text('{"path": "videos/b.mp4", "caption": "from jsonl"}\n\n')
+    assert run([folder, "--captions", listing, "--out", tmp_path / "out"]) == 0
+    assert captions_by_source(tmp_path / "out") == {"a.mp4": "from the sidecar", "b.mp4": "from jsonl"}
+    listing.write_text('{"path": "videos/a.mp4", "caption": "the list row wins"}\n')
+    assert run([listing, "--out", tmp_path / "out2"]) == 0  # a JSONL list as input
+    assert captions_by_source(tmp_path / "out2") == {"a.mp4": "the list row wins"}
+
+
+def test_bad_jsonl_line_is_one_line_exit_2(tmp_path, capsys):
+    listing = tmp_path / "captions.jsonl"
+    listing.write_text('{"path": "a.mp4", "caption": "ok"}\n{"caption": "no path"}\n')
+    assert run([listing, "--out", tmp_path / "out"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {listing}:2: not a")
+    assert not (tmp_path / "out").exists()

@@ -5,6 +5,8 @@ Run under ``torchrun`` or ``deepspeed`` exactly like the entry point (same argum
 - ``MEGAVG_TEST_SYNTHETIC=1``: the data loader yields :func:`synthetic_batch` slices (global batch of
   micro-batch ``i`` cut by data-parallel rank), so a single-process reference can rebuild the same data.
 - ``MEGAVG_TEST_NAN_AT=k``: micro-batch ``k`` of data-parallel rank 0 is all NaN.
+- ``MEGAVG_TEST_LOG_SHAPES=1``: each rank appends {"step", "shape" (latents), "key"} of every micro-batch
+  it takes to ``$MEGAVG_TEST_OUT/shapes_rank<R>.jsonl``.
 - ``MEGAVG_TEST_BLOCK_AT=k``: fetching micro-batch ``k`` waits until ``$MEGAVG_TEST_OUT/release`` exists
   (forever when it never appears): the test then kills or signals a rank at a known step.
 
@@ -13,6 +15,7 @@ Each rank writes its pid to ``$MEGAVG_TEST_OUT/pid_rank<R>``.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -43,7 +46,12 @@ def _synthetic_loader(cfg, dp_rank: int, dp_size: int, start_batch: int):
 def _hooked(batches, start_batch: int, dp_rank: int, out: Path):
     block_at = int(os.environ.get("MEGAVG_TEST_BLOCK_AT", -1))
     nan_at = int(os.environ.get("MEGAVG_TEST_NAN_AT", -1))
+    shapes = out / f"shapes_rank{os.environ.get('RANK', '0')}.jsonl"
     for i, batch in enumerate(batches, start=start_batch):
+        if os.environ.get("MEGAVG_TEST_LOG_SHAPES"):
+            record = {"step": i, "shape": list(batch["latents"].shape), "key": batch.get("key")}
+            with open(shapes, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
         while i == block_at and not (out / "release").exists():
             time.sleep(0.05)
         if i == nan_at and dp_rank == 0:

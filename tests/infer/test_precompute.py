@@ -1,8 +1,9 @@
 """Latent pre-computation: latent shards hold exactly what an independent computation gives (PyAV frames,
 DC-AE-V encode times its scaling factor, the T5 embedding, diffusers' Wan VAE on the teacher's clip,
-normalised as Wan's pipelines do); partitions cover every shard; each bucket gets its own shard set."""
+normalised as Wan's pipelines do); partitions cover every shard; one set holds every bucket."""
 
 import itertools
+import json
 
 import av
 import numpy as np
@@ -90,10 +91,7 @@ def test_latent_shards_match_independent_encode(inputs):
         str(root / "wan"),
     ]
     parts = [p for part in range(2) for p in precompute([*common, "--part", str(part)])]
-    assert sorted(p.relative_to(root / "latents").as_posix() for p in parts) == [
-        "32x32/part-00000",
-        "32x32/part-00001",
-    ]
+    assert sorted(p.relative_to(root / "latents").as_posix() for p in parts) == ["part-00000", "part-00001"]
     vae = megavg.models.load(root / "vae").eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(root / "text")
     t5 = transformers.T5EncoderModel.from_pretrained(root / "text").eval()
@@ -167,20 +165,19 @@ def test_i2v_condition_clip_tokens_and_teacher_condition(inputs, tmp_path):
         torch.testing.assert_close(batch["teacher_condition"][0], expected, rtol=1e-4, atol=1e-4)
 
 
-def test_one_shard_set_per_bucket_and_rerun_skips(inputs, tmp_path):
+def test_one_set_holds_every_bucket_and_rerun_skips(inputs, tmp_path):
     root, _ = inputs
     args = common_args(root, tmp_path / "latents", (32, 32), (32, 64))
     parts = precompute(args)
-    assert [p.relative_to(tmp_path / "latents").as_posix() for p in parts] == [
-        "32x32/part-00000",
-        "32x64/part-00000",
-    ]
-    batches = first_batches(parts)
+    assert [p.relative_to(tmp_path / "latents").as_posix() for p in parts] == ["part-00000"]
     # 176x144 (aspect 1.22) is nearest to 1:1, 640x272 (2.35) to 2:1; DC-AE-V tiny is f4t4
-    assert batches["a car phone video"]["latents"].shape[-3:] == (2, 8, 8)
-    assert batches["bikes"]["latents"].shape[-3:] == (2, 8, 16)
-    glob = DataConfig(shards=f"{tmp_path / 'latents'}/32x64/part-*/*.tar", kind="latent")
-    assert next(iter(build_loader(glob, dp_rank=0, dp_size=1, seed=0)))["caption"] == ["bikes"]
+    index = json.loads((parts[0] / "index.json").read_text())
+    assert index["buckets"] == {"2x8x8": 1, "2x8x16": 1}
+    assert sorted(s["bucket"] for s in index["shards"]) == ["2x8x16", "2x8x8"]
+    glob = DataConfig(shards=f"{tmp_path / 'latents'}/part-*/*.tar", kind="latent", shuffle_buffer=1)
+    batches = list(itertools.islice(build_loader(glob, dp_rank=0, dp_size=1, seed=0), 8))
+    shapes = {b["caption"][0]: b["latents"].shape[-3:] for b in batches}
+    assert shapes == {"a car phone video": (2, 8, 8), "bikes": (2, 8, 16)}
     stamp = [p.stat().st_mtime_ns for p in parts]
     assert precompute(args) == []  # complete parts are kept: a crashed run is simply rerun
     assert [p.stat().st_mtime_ns for p in parts] == stamp

@@ -2,7 +2,7 @@
 a T5 text encoder + tokenizer, a Wan-2.1 VAE (diffusers) and a CLIP vision model (transformers)."""
 
 import transformers
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 WORDS = ["<pad>", "</s>", "<unk>", "a", "car", "phone", "bikes", "video"]
 
@@ -12,6 +12,10 @@ def tiny_text_encoder(folder, d_model=16, umt5=False):
     folder."""
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    # (u)mT5 tokenizers append </s>: "" encodes to one EOS row (the null condition)
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", WORDS.index("</s>"))]
+    )
     fast = transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
     )

@@ -80,9 +80,9 @@ def test_precompute_job_writes_one_latent_part_per_rank(slurm, shards, tmp_path)
             "--frames", "8", "--size", "32", "32", "--out", str(tmp_path / "latents")]  # fmt: skip
     job_id = sbatch(slurm, tmp_path, "precompute", *args)
     assert_finished(slurm.wait(job_id, timeout=180))
-    parts = sorted(p.name for p in (tmp_path / "latents" / "32x32").iterdir())
+    parts = sorted(p.name for p in (tmp_path / "latents").iterdir())
     assert parts == ["part-00000", "part-00001"]
-    assert all(list((tmp_path / "latents" / "32x32" / p).glob("*.tar")) for p in parts)
+    assert all(list((tmp_path / "latents" / p).glob("*.tar")) for p in parts)
 
 
 def test_usr1_checkpoints_requeues_and_resumes_to_the_same_weights(slurm, shards, reference, tmp_path):

@@ -8,6 +8,7 @@ the I2V image key/value projections (257 CLIP tokens, not FP8-friendly) and the 
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -48,6 +49,12 @@ class Fp32Linear(nn.Linear):
         return F.linear(x.float(), self.weight.float(), bias)
 
 
+def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast disabled on ``device``; a no-op on meta tensors (the planner's traces), for which torch
+    has no autocast (``torch.autocast("meta")`` raises "unsupported scalarType")."""
+    return contextlib.nullcontext() if device.type == "meta" else torch.autocast(device.type, enabled=False)
+
+
 class TimeEmbedding(nn.Module):
     """Timestep -> (embedding [B, dim] for the head, projection [B, 6, dim] for the blocks' modulation),
     both float32: the whole time path runs in float32 in training and in the runner, as in Wan (its
@@ -61,7 +68,7 @@ class TimeEmbedding(nn.Module):
         self.proj = Fp32Linear(dim, 6 * dim)
 
     def forward(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(t.device.type, enabled=False):  # a caller's autocast must not lower it
+        with _autocast_off(t.device):  # a caller's autocast must not lower it
             freq = sinusoidal_embedding(t, self.freq_dim)  # [B, freq_dim]
             emb = self.linear_2(F.silu(self.linear_1(freq))).float()
             return emb, self.proj(F.silu(emb)).float().unflatten(1, (6, -1))  # [B, 6, dim]

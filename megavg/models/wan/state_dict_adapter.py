@@ -139,12 +139,19 @@ def _rename(state: dict[str, Any], top, block, skip) -> tuple[dict[str, Any], li
 def to_diffusers(state: dict[str, Any]) -> dict[str, Any]:
     """Rename a megavg Wan state dict to diffusers ``WanTransformer3DModel`` keys (values untouched, so
     lazy tensors stay lazy); unknown keys are an error."""
-    top = {ours: names[0] for ours, names in TOP_KEYS.items()}
-    block = {ours: names[0] for ours, names in BLOCK_KEYS.items()}
+    return to_layout(state, "diffusers")
+
+
+def to_layout(state: dict[str, Any], layout: str) -> dict[str, Any]:
+    """Rename a megavg Wan state dict to the ``diffusers`` or ``original`` layout's keys (values
+    untouched; ``_extra_state`` entries dropped); unknown keys are an error."""
+    i = LAYOUTS.index(layout)
+    top = {ours: names[i] for ours, names in TOP_KEYS.items()}
+    block = {ours: names[i] for ours, names in BLOCK_KEYS.items()}
     out, unknown = _rename(state, top, block, skip=lambda key: key.endswith("_extra_state"))
     if unknown:
         raise UserError(
-            f"wan weights: {len(unknown)} megavg keys without a diffusers name (e.g. {unknown[0]})"
+            f"wan weights: {len(unknown)} megavg keys without a {layout} name (e.g. {unknown[0]})"
         )
     return out
 
