@@ -1,5 +1,6 @@
 """Shared test set-up: offline, deterministic, CPU by default; ``gpu`` tests skip without CUDA."""
 
+import logging
 import os
 
 import pytest
@@ -31,3 +32,24 @@ def standins():
 
     with use_standins():
         yield
+
+
+class Catcher(logging.Handler):
+    """Collects the messages of the records it handles (``level`` and above)."""
+
+    def __init__(self, level: int = logging.WARNING):
+        super().__init__(level)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def warnings_log():
+    """Collect WARNING messages of the ``megavg`` logger (which does not propagate to the root)."""
+    catcher = Catcher()
+    logger = logging.getLogger("megavg")
+    logger.addHandler(catcher)
+    yield catcher.messages
+    logger.removeHandler(catcher)

@@ -29,13 +29,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from megavg.infer.pipeline import Pipeline, open_pipeline
-from megavg.infer.video_io import VideoWriter
+from megavg.infer.video_io import CONTAINERS, VideoWriter, check_output
 from megavg.utils.errors import UserError, run_cli
-from megavg.utils.logging import get_logger
+from megavg.utils.logging import disable_library_bars, get_logger
 from megavg.utils.memory import peak_rss_mib, reset_peak_rss
 
 log = get_logger("megavg.infer.generate")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+GPU_DEFAULTS = {"size": (704, 1280), "frames": 80}  # and the pipeline's steps (50 for the release)
+SMALL_RUN = "--size 256 448 --frames 16 --steps 20"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,10 +54,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help='negative prompt (default: the pipeline\'s, "": the empty caption, the null '
                         "condition training's text dropout uses)")  # fmt: skip
     p.add_argument("--image", help="first frame (PNG/JPEG...): image-to-video")
-    p.add_argument("--out", required=True, help="output MP4")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=(704, 1280),
-                   help="frame size; with --image the area, the image's aspect is kept")  # fmt: skip
-    p.add_argument("--frames", type=int, default=80, help="frames (rounded down to the 4x temporal grid)")
+    p.add_argument("--out", required=True, help=f"output video: {', '.join(CONTAINERS)} (by the extension)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=GPU_DEFAULTS["size"],
+                   help="frame size; with --image the area: the image's aspect is kept, rounded to the "
+                        "model's grid (said before sampling)")  # fmt: skip
+    p.add_argument("--frames", type=int, default=GPU_DEFAULTS["frames"],
+                   help="frames, rounded down to a multiple of the model's temporal grid (4), at least one "
+                        "multiple: 3 becomes 4, 10 becomes 8 (said before sampling)")  # fmt: skip
     p.add_argument("--steps", type=int, help="denoising steps (default: the pipeline's, 50)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 5.0)")
     p.add_argument("--shift", type=float, help="flow shift (default 5.0)")
@@ -126,8 +131,22 @@ def grid_frames(frames: int, multiple: int) -> int:
         raise UserError(f"--frames {frames}: must be positive")
     rounded = max(multiple, frames // multiple * multiple)
     if rounded != frames:
-        log.info("--frames %d is not a multiple of %d: generating %d frames", frames, multiple, rounded)
+        log.warning("--frames %d is not a multiple of %d: generating %d frames", frames, multiple, rounded)
     return rounded
+
+
+def warn_cpu_defaults(args: argparse.Namespace, steps: int) -> None:
+    """One warning when a CPU run keeps any of the GPU-sized defaults (size, frames, the pipeline's steps)."""
+    if torch.device(args.device).type != "cpu":
+        return
+    kept = [f"--size {args.size[0]} {args.size[1]}"] if tuple(args.size) == GPU_DEFAULTS["size"] else []
+    kept += [f"--frames {args.frames}"] if args.frames == GPU_DEFAULTS["frames"] else []
+    kept += [f"--steps {steps}"] if args.steps is None else []
+    if kept:
+        log.warning(
+            "generate on CPU with GPU-sized defaults (%s: minutes on an H100, hours here); a small CPU "
+            "run looks like %s (over 100x less work)", ", ".join(kept), SMALL_RUN
+        )  # fmt: skip
 
 
 @dataclass
@@ -157,12 +176,16 @@ def check_device(name: str) -> None:
 
 def build_request(args: argparse.Namespace, pipe: Pipeline) -> Request:
     check_device(args.device)
+    check_output(args.out)
     prompt = read_prompt(args)
     image = load_image(args.image) if args.image else None
     dit, vae = pipe.transformer_args(i2v=image is not None), pipe.vae_args()
     multiple = vae.spatial_compression * dit.patch_size[1]
     if image is not None:
         size = image_size_for(tuple(image.shape[-2:]), tuple(args.size), multiple)
+        if size != tuple(args.size):
+            log.warning("--size %d %d with --image: generating %dx%d (the image's %dx%d aspect at that area, "
+                        "multiples of %d)", *args.size, *size, *image.shape[-2:], multiple)  # fmt: skip
     else:
         size = tuple(args.size)
         if any(n <= 0 or n % multiple for n in size):
@@ -173,6 +196,7 @@ def build_request(args: argparse.Namespace, pipe: Pipeline) -> Request:
     steps = args.steps if args.steps is not None else d.steps
     if steps < 1:
         raise UserError(f"--steps {steps}: must be at least 1")
+    warn_cpu_defaults(args, steps)
     return Request(
         prompt=prompt,
         negative=d.negative_prompt if args.negative_prompt is None else args.negative_prompt,
@@ -336,6 +360,8 @@ def run(args: argparse.Namespace) -> dict:
 
     pipe = open_pipeline(args.pipeline)
     req = build_request(args, pipe)
+    if args.no_progress:
+        disable_library_bars()
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     place, stages = Placement(device, args.offload), StageLog(device)
     with stages.stage("load"):

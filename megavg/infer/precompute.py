@@ -44,7 +44,7 @@ from megavg.infer.teacher_vae import TeacherVAE
 from megavg.infer.text import TextEncoder
 from megavg.models.wan.text import NULL_CAPTION
 from megavg.utils.errors import UserError, run_cli
-from megavg.utils.logging import get_logger
+from megavg.utils.logging import get_logger, progress
 
 log = get_logger("megavg.infer.precompute")
 
@@ -92,21 +92,29 @@ def latent_samples(enc: Encoders, videos: Iterator[dict]) -> Iterator[dict]:
     """Encode each clip (and its caption) into a latent training sample."""
     param = next(enc.vae.parameters())
     null_text = enc.text([NULL_CAPTION])[0]  # [L0, D]: the null condition, stored with every sample
-    for sample in videos:
-        video = sample["video"].unsqueeze(0)  # 1, 3, T, H, W
-        latents = enc.vae.encode(video.to(enc.device, param.dtype))[0].float().cpu()  # C, T', H', W'
-        out = {
-            "latents": latents * enc.vae.args.scaling_factor,
-            "text": enc.text([sample["caption"]])[0],  # L, D
-            "null_text": null_text,
-            "caption": sample["caption"],
-            "key": sample["key"],
-        }
-        if enc.teacher is not None:
-            out["teacher_latents"] = enc.teacher.latents(video)[0]  # 16, T'+1, 4H', 4W' (f32 vs f8)
-        if enc.image is not None:
-            out.update(i2v_tensors(enc, video))
-        yield out
+    with progress(None, "precompute", "sample") as bar:
+        for sample in videos:
+            yield _latent_sample(enc, sample, param.dtype, null_text)
+            bar.update()
+
+
+@torch.no_grad()
+def _latent_sample(enc: Encoders, sample: dict, dtype: torch.dtype, null_text: torch.Tensor) -> dict:
+    """One clip (and its caption) -> its latent training sample."""
+    video = sample["video"].unsqueeze(0)  # 1, 3, T, H, W
+    latents = enc.vae.encode(video.to(enc.device, dtype))[0].float().cpu()  # C, T', H', W'
+    out = {
+        "latents": latents * enc.vae.args.scaling_factor,
+        "text": enc.text([sample["caption"]])[0],  # L, D
+        "null_text": null_text,
+        "caption": sample["caption"],
+        "key": sample["key"],
+    }
+    if enc.teacher is not None:
+        out["teacher_latents"] = enc.teacher.latents(video)[0]  # 16, T'+1, 4H', 4W' (f32 vs f8)
+    if enc.image is not None:
+        out.update(i2v_tensors(enc, video))
+    return out
 
 
 def i2v_tensors(enc: Encoders, video: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -20,10 +20,10 @@ from collections.abc import Iterator
 import torch
 
 import megavg.models
-from megavg.infer.video_io import VideoWriter, read_pieces, video_timing
+from megavg.infer.video_io import VideoWriter, check_output, declared_frames, read_pieces, video_timing
 from megavg.models.dcaev.streaming import StreamingDecoder, StreamingEncoder
 from megavg.utils.errors import UserError, run_cli
-from megavg.utils.logging import get_logger
+from megavg.utils.logging import get_logger, progress
 
 log = get_logger("megavg.infer.reconstruct")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("input", help="video file")
     parser.add_argument("--model", required=True, help="megavg DC-AE-V model folder")
-    parser.add_argument("--out", required=True, help="output MP4")
+    parser.add_argument("--out", required=True, help="output video: .mp4, .webm or .gif (by the extension)")
     parser.add_argument("--frames", type=int, default=None, help="stop after this many frames")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
@@ -74,18 +74,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    check_output(args.out)
     fps, time_base = video_timing(args.input)  # bad input fails before the model loads
     model = megavg.models.load(args.model, device=args.device, dtype=DTYPES[args.dtype]).eval()
     if not hasattr(model, "frame_chunk"):
         raise UserError(f"{args.model}: not a DC-AE-V model folder")
     start, frames, sq_err, values = time.perf_counter(), 0, 0.0, 0
     times: list = []  # input frame times, filled as frames are read
-    with VideoWriter(args.out, fps, time_base=time_base) as writer:
+    total = min(filter(None, (args.frames, declared_frames(args.input))), default=None)
+    bar = progress(total, "reconstruct", "frame")
+    with VideoWriter(args.out, fps, time_base=time_base) as writer, bar:
         pieces = read_pieces(args.input, model.frame_chunk, args.frames, times)
         for inputs, outputs in reconstruct_stream(model, pieces):
             writer.write(outputs, times[frames : frames + outputs.shape[2]])
             sq_err += float(((outputs - inputs) ** 2).sum())
             frames, values = frames + inputs.shape[2], values + inputs.numel()
+            bar.update(inputs.shape[2])
     seconds = time.perf_counter() - start
     result = {"frames": frames, "psnr_db": psnr(sq_err / max(values, 1)), "fps": frames / seconds}
     log.info(

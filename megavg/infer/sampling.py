@@ -21,6 +21,7 @@ import torch
 
 from megavg.models.wan.text import TEXT_TOKENS, pad_text
 from megavg.utils.errors import UserError
+from megavg.utils.logging import progress
 
 NUM_TRAIN_TIMESTEPS = 1000
 SOLVERS = ("unipc", "euler")
@@ -203,14 +204,8 @@ def _check_inputs(noise: torch.Tensor, condition: torch.Tensor | None, steps: in
 
 
 def _progress(total: int, enabled: bool) -> Callable[[int], None]:
-    """A per-step callback: a tqdm bar when tqdm is installed, else one plain line per step."""
-    if not enabled:
-        return lambda i: None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return lambda i: print(f"sampling step {i + 1}/{total}", flush=True)
-    bar = tqdm(total=total, desc="sampling", unit="step")
+    """A per-step callback: a tqdm bar on a terminal, else a log line every 10 s (``progress``)."""
+    bar = progress(total, "sampling", "step", enabled=enabled)
 
     def update(i: int) -> None:
         bar.update(1)

@@ -8,6 +8,9 @@ declared end, frames turned upright). Writing keeps the input's size and timing:
 - H.264 in 4:2:0 (``yuv420p``) needs even sizes. An odd width or height is written in 4:4:4
   (``yuv444p``, which takes any size) rather than cropped or padded, announced in one log line:
   the frames keep every pixel, but some hardware players cannot play 4:4:4.
+- The output's extension picks the container and codec (:data:`CONTAINERS`): ``.mp4`` H.264, ``.webm``
+  VP9 (4:2:0, any size), ``.gif`` GIF (ffmpeg's fixed 256-colour ``rgb8`` palette, 1/100 s timestamps);
+  any other extension is one clear error (:func:`check_output`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,19 @@ from megavg.utils.logging import get_logger
 
 log = get_logger(__name__)
 DEFAULT_FPS = Fraction(25)  # for a video whose container gives no rate
+
+
+CONTAINERS = {".mp4": ("mp4", "libx264"), ".webm": ("webm", "libvpx-vp9"), ".gif": ("gif", "gif")}
+
+
+def check_output(path: str | os.PathLike, flag: str = "--out") -> tuple[str, str]:
+    """The (container format, codec) that the extension of ``path`` selects; UserError for any other."""
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext not in CONTAINERS:
+        raise UserError(
+            f"{flag} {path}: unsupported video extension {ext or '(none)'!r} (use {', '.join(CONTAINERS)})"
+        )
+    return CONTAINERS[ext]
 
 
 def _check_file(path: str | os.PathLike) -> None:
@@ -62,6 +78,14 @@ def read_pieces(
         raise UserError(f"{path}: no decodable video frame")
 
 
+def declared_frames(path: str | os.PathLike) -> int | None:
+    """Frame count the container declares for the video at ``path`` (None when it declares none)."""
+    from megavg.data.video import _declared_frames, open_video
+
+    with open_video(path, str(path)) as container:
+        return _declared_frames(container.streams.video[0]) or None
+
+
 def video_timing(path: str | os.PathLike) -> tuple[Fraction, Fraction | None]:
     """(average frame rate, time base) of the video at ``path``; the rate is 25 when the container does
     not say. Also the up-front check of an input: a missing, empty or undecodable file is a UserError."""
@@ -79,7 +103,8 @@ def _to_tensor(frames: list[np.ndarray]) -> torch.Tensor:
 
 
 class VideoWriter:
-    """Write 1,3,n,H,W pieces in [-1, 1] to an H.264 MP4; the file appears only when the writer closes.
+    """Write 1,3,n,H,W pieces in [-1, 1] to ``path`` (MP4, WebM or GIF by its extension, see
+    :func:`check_output`); the file appears only when the writer closes. ``crf``: H.264/VP9 quality.
 
     ``time_base`` (seconds per tick) is the unit of the timestamps given to :meth:`write`; without it
     (or for frames without a time) frames follow each other at ``fps``.
@@ -89,25 +114,34 @@ class VideoWriter:
         self, path: str | os.PathLike, fps: Fraction, crf: int = 18, time_base: Fraction | None = None
     ):
         self.path, self.fps, self.crf = path, fps, crf
+        self.format, self.codec = check_output(path)
         self.time_base = time_base or 1 / Fraction(fps)
         self._atomic = atomic_file(path)
         self._tmp = self._atomic.__enter__()
-        self._container = av.open(str(self._tmp), mode="w", format="mp4")
+        self._container = av.open(str(self._tmp), mode="w", format=self.format)
         self._stream = None
         self._step = max(1, round(1 / (Fraction(fps) * self.time_base)))  # one frame period, in ticks
         self._last_pts: int | None = None
 
+    def _pixel_format(self, height: int, width: int) -> str:
+        if self.codec == "gif":
+            return "rgb8"
+        if self.codec == "libx264" and (height % 2 or width % 2):
+            return "yuv444p"
+        return "yuv420p"
+
     def _open_stream(self, height: int, width: int) -> None:
-        self._stream = self._container.add_stream("libx264", rate=self.fps)
+        self._stream = self._container.add_stream(self.codec, rate=self.fps)
         self._stream.height, self._stream.width = height, width
-        self._stream.pix_fmt = "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p"
+        self._stream.pix_fmt = self._pixel_format(height, width)
         if self._stream.pix_fmt == "yuv444p":
             log.info(
                 "%s: odd frame size %dx%d written as H.264 4:4:4 (4:2:0 needs even sizes; "
                 "some hardware players cannot play 4:4:4)", self.path, width, height
             )  # fmt: skip
         self._stream.codec_context.time_base = self.time_base
-        self._stream.options = {"crf": str(self.crf)}
+        if self.codec != "gif":
+            self._stream.options = {"crf": str(self.crf), "b": "0"}  # constant quality (VP9: needs b=0)
 
     def write(self, piece: torch.Tensor, times: list | None = None) -> None:
         """Encode a 1,3,n,H,W piece; ``times`` gives each frame's time in seconds (None: the next slot)."""

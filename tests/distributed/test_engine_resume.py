@@ -30,7 +30,9 @@ def launch(target: list[str], args: list[str], out: Path, **env: str) -> subproc
     """``deepspeed --num_gpus 2`` on ``target`` (a script, or ``--module megavg.train``)."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "MEGAVG_TEST_OUT": str(out), **env}
     full_env["PYTHONPATH"] = f"{REPO}{os.pathsep}{full_env.get('PYTHONPATH', '')}"
-    cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), *target, *args]
+    full_env.setdefault("DS_ACCELERATOR", "cpu")  # as tools/demo.sh launches on a CPU machine
+    cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), "--log_level", "warning"]
+    cmd += [*target, *args]
     log = open(out.with_suffix(".log"), "w")  # noqa: SIM115 - closed by the OS when the test ends
     return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -58,6 +60,19 @@ def latest(run: Path) -> str:
     return path.read_text().strip() if path.is_file() else ""
 
 
+def assert_quiet_start(console: str) -> None:
+    """The demo's launch flags on CPU: none of DeepSpeed's accelerator lines (auto-detection warning, or
+    the override's INFO) nor ``CUDA_VISIBLE_DEVICES``; rank 0's own start-up lines come in order, the first
+    before DeepSpeed is even imported (so it shows within seconds of the launch)."""
+    lines = console.splitlines()
+    assert not [x for x in lines if "accelerator" in x or "CUDA_VISIBLE_DEVICES" in x], console
+    ours = [x for x in lines if " INFO megavg" in x]
+    order = ["config OK", "DeepSpeed imported", "building the model", "DeepSpeed initialize"]
+    order += ["starting at step", "first step done", "step 1 | loss"]
+    first = [next(i for i, x in enumerate(ours) if phase in x) for phase in order]
+    assert first == sorted(first) and first[0] == 0, ours
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> str:
     """Four real clips and one corrupt sample, one sample per shard (5 shards over 2 ranks)."""
@@ -80,6 +95,7 @@ def test_kill9_and_sigusr1_resume_equal_straight_run(tmp_path, shards):
     assert straight.wait(timeout=300) == 0, (tmp_path / "a_out.log").read_text()
     log_a = (tmp_path / "a_out.log").read_text()
     assert sum("bad" in line and "WARNING" in line for line in log_a.splitlines()) == 1, log_a
+    assert_quiet_start(log_a)
     assert logged_losses(run_a).keys() == set(range(1, 7))
 
     args_b = [*common, f"run.dir={run_b}"]

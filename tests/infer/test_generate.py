@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import av
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ import megavg.infer.sampling
 import megavg.models
 from megavg.infer import generate
 from megavg.infer.export import main as export
+from megavg.infer.pipeline import open_pipeline
 from megavg.utils.errors import run_cli
 from tests.distributed.launch import REPO
 from tests.infer.tiny_pipeline import SCALING, read_video, write_png
@@ -157,3 +159,46 @@ print("LOADED", loaded)
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "LOADED []" in proc.stdout, proc.stdout
+
+
+def test_out_container_and_rounding_said_before_sampling(pipes, tmp_path, monkeypatch, warnings_log):
+    root, _ = pipes
+    seen_at_sampling = []
+    real = megavg.infer.sampling.sample
+
+    def sample(*args, **kwargs):
+        seen_at_sampling.extend(warnings_log)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(megavg.infer.sampling, "sample", sample)
+    out = tmp_path / "fox.gif"
+    generate.main([str(root / "t2v"), "--prompt", "a fox", "--out", str(out), "--frames", "3", *FAST])
+    with av.open(str(out)) as container:
+        assert container.streams.video[0].codec_context.name == "gif"
+    assert read_video(out).shape == (4, 32, 48, 3)  # 3 frames: at least one multiple of 4
+    assert any("--frames 3" in m and "generating 4 frames" in m for m in seen_at_sampling), warnings_log
+
+    args = generate.parse_args([str(root / "i2v"), "--prompt", "a", "--image", str(root / "first.png"),
+                                "--out", str(tmp_path / "i2v.webm"), *FAST])  # fmt: skip
+    assert generate.build_request(args, open_pipeline(args.pipeline)).size == (32, 44)
+    assert any("--size 32 48 with --image: generating 32x44" in m for m in warnings_log), warnings_log
+
+
+def test_cpu_warns_once_about_gpu_sized_defaults(warnings_log):
+    generate.warn_cpu_defaults(generate.parse_args(["p", "--prompt", "a", "--out", "o.mp4"]), 50)
+    assert len(warnings_log) == 1
+    assert all(s in warnings_log[0] for s in ("--size 704 1280", "--frames 80", "--steps 50", "--size 256"))
+    generate.warn_cpu_defaults(
+        generate.parse_args(["p", "--prompt", "a", "--out", "o.mp4", "--frames", "8", *FAST]), 2
+    )
+    gpu = ["p", "--prompt", "a", "--out", "o.mp4", "--device", "meta"]  # the defaults, not on a CPU
+    generate.warn_cpu_defaults(generate.parse_args(gpu), 50)
+    assert len(warnings_log) == 1  # small runs, and non-CPU devices, are not warned about
+
+
+def test_unsupported_out_extension(pipes, tmp_path, capsys):
+    root, _ = pipes
+    out = tmp_path / "out" / "v.avi"
+    out.parent.mkdir()
+    msg = bad([str(root / "t2v"), "--prompt", "a", "--out", str(out), *FAST], capsys, out)
+    assert "v.avi" in msg and "'.avi'" in msg and ".mp4, .webm, .gif" in msg

@@ -42,6 +42,7 @@ def trainer(tmp_path, losses: list[float]) -> loop.Trainer:
     t.task, t.engine = ConstantTask(losses), CountingEngine()
     t.batches, t.step, t.dp_rank = iter([{}] * 3), 0, 0
     t.device, t.dtype, t.sp_group = torch.device("cpu"), torch.float32, None
+    t.flops = lambda batch: None  # no FLOP trace (no model)
     return t
 
 
