@@ -17,6 +17,7 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
+from megavg.layers.linear import is_linear
 from megavg.models import registry
 from megavg.parallel import zero_load
 from megavg.tasks import flow_matching
@@ -32,11 +33,13 @@ class Args(flow_matching.Args):
 
 
 def lora_targets(model: nn.Module, exclude: list[str]) -> list[str]:
-    """Names of the linear layers to adapt: every nn.Linear whose dotted name has no ``exclude`` part."""
+    """Names of the linear layers to adapt: every plain linear of either backend (``nn.Linear`` or
+    ``te.Linear``, :func:`megavg.layers.linear.is_linear`; peft wraps both, its ``TeLinear`` for TE)
+    whose dotted name has no ``exclude`` part. The same names whichever backend built the model."""
     return [
         name
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and not any(f".{word}." in f".{name}." for word in exclude)
+        if is_linear(module) and not any(f".{word}." in f".{name}." for word in exclude)
     ]
 
 
