@@ -25,6 +25,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def standins():
+    """Transformer Engine / flash-attn CPU stand-ins (tests/standins) importable and enabled in this test."""
+    from tests.gpu_standins import use_standins
+
+    with use_standins():
+        yield
+
+
 class Catcher(logging.Handler):
     """Collects the messages of the records it handles (``level`` and above)."""
 

@@ -16,6 +16,9 @@ from megavg.layers.config import Fp8Config
 
 EXTRA_STATE_SUFFIX = "_extra_state"
 FP8_TOKEN_MULTIPLE = 16  # FP8 GEMMs need row counts divisible by 8-16: token sequences are padded to it
+# TE's assert_dim_for_fp8_exec (transformer_engine/pytorch/utils.py): an FP8 GEMM input needs the product
+# of its leading dimensions divisible by 8 (and its last by 16, a model dimension)
+FP8_ROW_MULTIPLE = 8
 
 
 def fp8_blocks(num_blocks: int, cfg: Fp8Config) -> list[bool]:

@@ -17,6 +17,7 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
+from megavg.layers.linear import is_linear
 from megavg.models import registry
 from megavg.parallel import zero_load
 from megavg.tasks import flow_matching
@@ -32,11 +33,13 @@ class Args(flow_matching.Args):
 
 
 def lora_targets(model: nn.Module, exclude: list[str]) -> list[str]:
-    """Names of the linear layers to adapt: every nn.Linear whose dotted name has no ``exclude`` part."""
+    """Names of the linear layers to adapt: every plain linear of either backend (``nn.Linear`` or
+    ``te.Linear``, :func:`megavg.layers.linear.is_linear`; peft wraps both, its ``TeLinear`` for TE)
+    whose dotted name has no ``exclude`` part. The same names whichever backend built the model."""
     return [
         name
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and not any(f".{word}." in f".{name}." for word in exclude)
+        if is_linear(module) and not any(f".{word}." in f".{name}." for word in exclude)
     ]
 
 
@@ -83,14 +86,23 @@ class Task(flow_matching.Task):
         if not targets:
             raise UserError("task adapt_lora: no linear layer left to adapt after task.args.exclude")
         model = inject_lora(model, targets, self.args.rank, self.args.alpha)
-        prefixes = tuple(p + "." for p in self.args.train_fully)
         for name, param in model.named_parameters():
-            param.requires_grad_(".lora_" in name or name.startswith(prefixes))
+            param.requires_grad_(self.trains(name))
         return model
 
+    def trains(self, name: str) -> bool:
+        """Whether parameter ``name`` (peft naming) is trained: an adapter or a ``train_fully`` layer."""
+        return ".lora_" in name or name.startswith(tuple(p + "." for p in self.args.train_fully))
+
     def export_state(self, trained: dict, initial, keys: set[str]) -> dict:
-        """The LoRA merged into the starting weights: a plain model without adapters."""
-        return merge_lora(initial(), trained, lora_scale(self.args))
+        """The LoRA merged into the starting weights: a plain model without adapters.
+
+        Only trained tensors are taken from the checkpoint. The frozen ones it may also hold
+        (``checkpoint.exclude_frozen=false``, ``base_layer`` included) are the starting weights rounded to
+        the training dtype under bf16 ZeRO-3: the exact starting weights (``initial``) are used instead.
+        """
+        learned = {k: v for k, v in trained.items() if self.trains(k)}
+        return merge_lora(initial(), learned, lora_scale(self.args))
 
 
 @dataclasses.dataclass(frozen=True)

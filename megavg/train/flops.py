@@ -104,10 +104,20 @@ class StepFlops:
                 cfg = dataclasses.replace(cfg, model=model_cfg)
             else:
                 cfg = with_layers(cfg, layers)
-            model = build_meta(cfg)
+            model = build_meta(_torch_layers(cfg))
             set_trainable(model, cfg.model.trainable)
             self.models[layers] = model
         return self.models[layers]
+
+
+def _torch_layers(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with torch linears and SDPA (no FP8) for the meta trace: the same GEMMs and attention as
+    TE / flash-attn, which refuse the trace's float32 meta inputs (flash-attn: fp16/bf16 only)."""
+    if not hasattr(model_args(cfg.model), "layers"):
+        return cfg
+    model_cfg = dataclasses.replace(cfg.model)
+    model_cfg.args = {**model_cfg.args, "layers": {"linear": "torch", "attention": "sdpa"}}
+    return dataclasses.replace(cfg, model=model_cfg)
 
 
 def _without_init(cfg: TrainConfig) -> TrainConfig:

@@ -2,8 +2,13 @@
 student -> phase 1 (alignment) -> phase 2 (patch/head) -> phase 3 (LoRA) -> merged model folder.
 Checks what each phase may and may not change, and that the merged folder reproduces the LoRA model.
 T2V runs on hand-made latent shards; I2V (68-in layout: noisy + mask + condition) on shards written by
-``megavg.infer.precompute --teacher-vae --i2v`` from real clips with tiny DC-AE-V, Wan VAE, CLIP and umT5."""
+``megavg.infer.precompute --teacher-vae --i2v`` from real clips with tiny DC-AE-V, Wan VAE, CLIP and umT5.
 
+The phases train on the GPU layer paths - Transformer Engine linears with FP8 (every block), flash-attn,
+activation checkpointing, bf16 - through the strict CPU stand-ins of TE and flash-attn (tests/standins,
+docs/gpu.md); the torch/SDPA paths of the same tasks run in tests/tasks/test_adapt.py."""
+
+import dataclasses
 import subprocess
 import sys
 
@@ -14,6 +19,7 @@ from megavg.data import write_latent_shards
 from megavg.data.make_shards import main as make_shards
 from megavg.data.samples import real_clips
 from megavg.infer.precompute import main as precompute
+from megavg.layers import LayerConfig
 from megavg.models import registry
 from megavg.tasks import build_task
 from megavg.tasks.adapt_lora import lora_targets
@@ -21,20 +27,30 @@ from megavg.train.checkpoint import read_latest
 from megavg.train.config import load_config
 from megavg.train.zero_checkpoint import ZeroCheckpoint
 from tests.distributed.launch import REPO
+from tests.gpu_standins import standin_env, use_standins
 from tests.infer.tiny_encoders import tiny_clip, tiny_text_encoder, tiny_wan_vae
+from tests.infer.tiny_pipeline import read_video, write_png
 
-FAST = ["data.kind=latent", "schedule.steps=2", "parallel.deepspeed=configs/deepspeed/zero3_fp32.json",
-        "logging.tensorboard=false"]  # fmt: skip
+FAST = ["data.kind=latent", "schedule.steps=2", "logging.tensorboard=false"]
+GPU_LAYERS = ["parallel.deepspeed=configs/deepspeed/zero3_bf16.json", "model.activation_checkpointing=true",
+              "model.args.layers.linear=te", "model.args.layers.attention=flash",
+              "model.args.layers.fp8.enabled=true", "model.args.layers.fp8.bf16_first_blocks=0",
+              "model.args.layers.fp8.bf16_last_blocks=0"]  # fmt: skip
+EXACT = LayerConfig(linear="te")  # merged vs LoRA forward: TE linears without FP8, float32 attention
+EXACT_OVERRIDES = ["model.args.layers.linear=te", "model.args.layers.attention=auto",
+                   "model.args.layers.fp8.enabled=false"]  # fmt: skip
 NEW = {"patch_embed.weight", "patch_embed.bias", "head.linear.weight", "head.linear.bias"}
 
 
 def run(*args):
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300, env=standin_env()
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def train_and_export(tmp_path, name, config, shards, *overrides):
-    run("-m", "megavg.train", "--config", f"configs/train/{config}.yaml", *FAST, *overrides,
+    run("-m", "megavg.train", "--config", f"configs/train/{config}.yaml", *FAST, *GPU_LAYERS, *overrides,
         f"run.dir={tmp_path / name}", f"data.shards={shards}")  # fmt: skip
     run("tools/consolidate.py", str(tmp_path / name), "--out", str(tmp_path / f"{name}-model"))
     return registry.load_state_dict(tmp_path / f"{name}-model")
@@ -72,24 +88,38 @@ def run_chain(tmp_path, preset, shards, c_in, c_out, *lora_overrides):
         for name in lora_targets(megavg.models.build(preset), ["cross_attn", "text_embed", "head"])
     }
     assert set(merged) == set(head)
-    assert changed(head, merged) - NEW <= targets
-    assert changed(head, merged) & targets  # the LoRA moved the adapted weights
+    assert changed(head, merged) - NEW == targets  # the LoRA moved every adapted weight, nothing else
+
+
+def load_with_layers(folder, layers):
+    """Model folder ``folder`` built with ``layers`` (TE's ``_extra_state`` entries are never stored)."""
+    args = dataclasses.replace(registry.config_args(registry.read_config(folder)), layers=layers)
+    model = registry.build(args)
+    result = model.load_state_dict(registry.load_state_dict(folder), strict=False)
+    assert not result.unexpected_keys and all(k.endswith("_extra_state") for k in result.missing_keys)
+    return model
 
 
 def assert_merged_equals_lora(tmp_path, *inputs, **kwargs):
-    """The merged folder equals the LoRA model (peft forward) with the checkpoint's EMA adapters loaded
-    (``model.ema``, as adapt_3_lora.yaml ships it); the ``--raw`` folder, with the trained adapters."""
+    """The merged folder equals the LoRA model (peft forward, its TE wrapper) with the checkpoint's EMA
+    adapters loaded (``model.ema``, as adapt_3_lora.yaml ships it); the ``--raw`` folder, with the trained
+    adapters. Both in float32 on TE linears without FP8 (FP8 would round W + BA and W differently)."""
+    with use_standins():
+        _assert_merged_equals_lora(tmp_path, *inputs, **kwargs)
+
+
+def _assert_merged_equals_lora(tmp_path, *inputs, **kwargs):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     ckpt_dir = tmp_path / "lora" / "checkpoints"
     raw = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), exclude_frozen_parameters=True)
     ema = ZeroCheckpoint(ckpt_dir / read_latest(ckpt_dir)).state_dict("ema")
-    cfg = load_config(tmp_path / "lora" / "config.yaml")
+    cfg = load_config(tmp_path / "lora" / "config.yaml", EXACT_OVERRIDES)
     outputs = []
     for adapters, folder in ((ema, "lora-model"), (raw, "lora-raw")):
         lora_model = build_task(cfg).build_model()
         lora_model.load_state_dict({k: registry.materialize(v) for k, v in adapters.items()}, strict=False)
-        plain = megavg.models.load(tmp_path / folder)
+        plain = load_with_layers(tmp_path / folder, EXACT)
         with torch.no_grad():
             outputs.append(plain(*inputs, **kwargs))
             torch.testing.assert_close(outputs[-1], lora_model(*inputs, **kwargs), rtol=1e-5, atol=1e-5)
@@ -116,6 +146,19 @@ def assert_raw_merge_is_w_plus_scaled_ba(tmp_path, scale: float):
         torch.testing.assert_close(merged[f"{prefix}.weight"].double(), expected, rtol=1e-5, atol=1e-6)
 
 
+def export_and_generate(tmp_path, *export_args, image=None):
+    """The merged folder exported as a pipeline (tiny DC-AE-V ``vae``, umT5 ``umt5``) and run by
+    ``generate`` (2 steps, bf16; layers ``auto``: TE linears and flash-attn, the stand-ins) on the CPU."""
+    pipe, first = str(tmp_path / "pipe"), ["--image", str(image)] if image else []
+    run("tools/export_pipeline.py", "--transformer", str(tmp_path / "lora-model"), "--out", pipe,
+        "--vae", str(tmp_path / "vae"), "--text-encoder", str(tmp_path / "umt5"), *export_args)  # fmt: skip
+    run("-m", "megavg.infer.generate", pipe, "--prompt", "bikes video", *first, "--size", "32", "32",
+        "--frames", "8", "--steps", "2", "--no-progress", "--out", str(tmp_path / "out.mp4"))  # fmt: skip
+    video = read_video(tmp_path / "out.mp4")
+    assert video.shape[0] == 8 and video.std() > 0  # I2V keeps the first frame's aspect, T2V is 32 x 32
+    assert image is not None or video.shape[1:3] == (32, 32)
+
+
 def test_three_phases_and_merge(tmp_path):
     torch.manual_seed(0)
     base = megavg.models.build("wan-tiny-t2v")
@@ -130,6 +173,9 @@ def test_three_phases_and_merge(tmp_path):
     assert_raw_merge_is_w_plus_scaled_ba(tmp_path, scale=8 / 4)
     x, t, text = torch.randn(1, c_student, 2, 4, 4), torch.tensor([300.0]), torch.randn(1, 5, text_dim)
     assert_merged_equals_lora(tmp_path, x, t, text)
+    megavg.models.build("dc-ae-v-tiny", latent_channels=c_student, scaling_factor=0.5).save(tmp_path / "vae")
+    tiny_text_encoder(tmp_path / "umt5", d_model=text_dim, umt5=True)
+    export_and_generate(tmp_path)
 
 
 def precompute_i2v_shards(tmp_path, c_latent, c_base, text_dim, image_dim):
@@ -163,3 +209,5 @@ def test_i2v_three_phases_and_merge_on_precomputed_shards(tmp_path):
     x, t = torch.randn(1, args.in_channels, 2, 8, 8), torch.tensor([300.0])
     text, image = torch.randn(1, 5, args.text_dim), torch.randn(1, 5, args.image_dim)
     assert_merged_equals_lora(tmp_path, x, t, text, image=image)
+    write_png(tmp_path / "first.png", 30, 40)
+    export_and_generate(tmp_path, "--image-encoder", str(tmp_path / "clip"), image=tmp_path / "first.png")

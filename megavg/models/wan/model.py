@@ -15,11 +15,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from megavg.layers import fp8_autocast, fp8_blocks, rope_tables
 from megavg.layers.backends import resolve_linear
 from megavg.layers.fp8 import FP8_TOKEN_MULTIPLE
+from megavg.layers.recompute import recompute
 from megavg.models.base import MegavgModel
 from megavg.models.wan.args import Args
 from megavg.models.wan.layers import Head, ImageEmbedding, TextEmbedding, TimeEmbedding, WanBlock
@@ -107,7 +107,7 @@ class Model(MegavgModel):
             block, kv = self.blocks[i], None if context is None else context[i]
             with fp8_autocast(in_fp8[i], self.args.layers.fp8, self.fp8_group):
                 if self.args.grad_checkpointing and torch.is_grad_enabled():
-                    x = checkpoint(block, x, text, image, time_proj, rope, kv, use_reentrant=False)
+                    x = recompute(block, x, text, image, time_proj, rope, kv, linear=self.args.layers.linear)
                 else:
                     x = block(x, text, image, time_proj, rope, kv)
         return x
