@@ -154,8 +154,8 @@ def _bash(args: tuple[str, ...]) -> list[Check]:
     if script == "tools/demo.sh":
         checks.append(Check("config", DEMO_CONFIG, rest))
     elif script == "tools/test.sh":
-        checks += [Check("error", f"tools/test.sh does not handle {a}") for a in rest if a == "--quick" and
-                   "--quick" not in (REPO / script).read_text()]  # fmt: skip
+        checks += [Check("error", f"tools/test.sh does not handle {a}") for a in rest
+                   if a in ("--quick", "--all") and a not in (REPO / script).read_text()]  # fmt: skip
     elif rest:
         checks.append(Check("error", f"{script} takes no arguments"))
     return checks
