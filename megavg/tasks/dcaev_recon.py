@@ -185,5 +185,11 @@ class Task(BaseTask):
             run = lambda video: self.reconstruct(model, video.to(self.dtype), sp_group)  # noqa: E731
             self.evaluator.run(run, step, metrics, self.device)
 
+    def flop_inputs(self, batch: dict) -> tuple:
+        """The autoencoder's input (``video`` [B, 3, T, H, W]): the step FLOPs count DC-AE-V's encode +
+        decode (forward and backward); the perceptual network and the discriminator of the later
+        phases are not model FLOPs and are not counted."""
+        return (tuple(batch["video"].shape),)
+
     def tokens(self, batch: dict) -> int:
         return batch["video"][:, 0].numel()  # pixels x frames

@@ -8,8 +8,11 @@ weight-gradient GEMM only for trained weights (frozen layers: none). Attention: 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+import megavg.models
 from megavg.tasks import build_task
 from megavg.train.config import load_config
 from megavg.train.flops import StepFlops, table_peak
@@ -109,3 +112,30 @@ def test_peak_table():
     assert table_peak("NVIDIA A100-SXM4-80GB", fp8=False) == 312.0
     assert table_peak("NVIDIA B200", fp8=False) == 2250.0
     assert table_peak("NVIDIA GeForce RTX 4090", fp8=False) is None
+
+
+def conv_flops_by_hooks(model, video) -> tuple[int, int]:
+    """(all Conv3d forward FLOPs, the first conv's), counted on a real forward: 2 x output elements x
+    in_channels / groups x kernel volume per convolution."""
+    counts = []
+
+    def hook(module, inputs, output):
+        kernel = module.in_channels // module.groups * math.prod(module.kernel_size)
+        counts.append(2 * output.numel() * kernel)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
+    with torch.no_grad():
+        model(video)
+    for handle in handles:
+        handle.remove()
+    return sum(counts), counts[0]
+
+
+def test_dcaev_step_flops_match_a_hand_count_of_its_convolutions():
+    """DC-AE-V (the demo's task) trains every weight: each conv costs forward + weight gradient + input
+    gradient, except that the first conv's input (the video) needs no gradient."""
+    cfg = load_config(REPO / "configs/train/dcaev_tiny_test.yaml")
+    task = build_task(cfg)
+    batch = {"video": torch.zeros(2, 3, 8, 32, 32)}
+    forward, first = conv_flops_by_hooks(megavg.models.build("dc-ae-v-tiny"), batch["video"])
+    assert StepFlops(cfg, task)(batch) == 3 * forward - first
