@@ -39,16 +39,19 @@ SAME_RUN = ("task", "model", "parallel")  # config sections a resumed run must s
 
 
 def steps_done(cfg) -> int:
-    """The step of the run's latest checkpoint when a rerun of ``cfg`` would simply resume from it: the
-    tag is intact and was written with the same task, model and parallel settings (0 otherwise; the
-    normal start-up then decides, and reports a damaged or mismatched checkpoint)."""
+    """The step of the run's latest checkpoint. A tag that would finish the run counts only when a rerun
+    of ``cfg`` would simply resume from it: intact, and written with the same task, model and parallel
+    settings (0 otherwise; the normal start-up then decides, and reports a damaged or mismatched
+    checkpoint). An unfinished run's tag is not hashed here: the normal start-up verifies it once."""
     from megavg.train.checkpoint import read_latest, step_of
     from megavg.train.ckpt_integrity import problems
     from megavg.utils.schema import to_dict
 
     ckpt_dir = Path(cfg.run.dir) / "checkpoints"
     tag = read_latest(ckpt_dir)
-    if not tag or problems(ckpt_dir / tag):
+    if not tag or step_of(tag) < cfg.schedule.steps:
+        return step_of(tag) if tag else 0
+    if problems(ckpt_dir / tag):
         return 0
     try:
         saved = load_config(ckpt_dir / tag / "config.yaml")

@@ -52,7 +52,6 @@ def test_finished_run_says_so_without_training(finished_run, monkeypatch):
     assert infos[-1].endswith("4 of 8 steps done"), infos
 
 
-
 @pytest.mark.parametrize("change", ["damaged", "model.args.latent_channels=8"], ids=["damaged", "other"])
 def test_damaged_or_mismatched_checkpoint_is_not_called_finished(finished_run, change):
     """The normal start-up must see these: it falls back to an older tag, or names the mismatch."""
@@ -63,3 +62,20 @@ def test_damaged_or_mismatched_checkpoint_is_not_called_finished(finished_run, c
     else:
         argv.append(change)
     train_main.main(["--check", *argv])  # returns (not finished) instead of exiting 3
+
+
+def test_unfinished_run_is_not_hashed_before_launch(finished_run, monkeypatch):
+    """Every rank runs this check at launch: an unfinished run's tag (hundreds of GB at 14B) must not be
+    hashed here too; the normal start-up verifies it once."""
+    from megavg.train import ckpt_integrity
+
+    def hashing(*args, **kwargs):
+        raise AssertionError("the latest tag was hashed before launch")
+
+    monkeypatch.setattr(ckpt_integrity, "problems", hashing)
+    assert (
+        train_main.steps_done(
+            train_main.load_config(finished_run[1], [*finished_run[2:], "schedule.steps=8"])
+        )
+        == 4
+    )
