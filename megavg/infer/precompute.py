@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 import megavg.models
+from megavg.conditioning.text import NULL_CAPTION
 from megavg.data.latents import write_latent_shards
 from megavg.data.loader import video_sample_parts
 from megavg.data.shards import INDEX, list_shards, sample_counts, split_shards
@@ -42,7 +43,6 @@ from megavg.data.video import decode_frames, nearest_bucket, resize_crop
 from megavg.infer.conditioning import ImageEncoder, i2v_condition
 from megavg.infer.teacher_vae import TeacherVAE
 from megavg.infer.text import TextEncoder
-from megavg.models.wan.text import NULL_CAPTION
 from megavg.utils.device import resolve_device
 from megavg.utils.errors import UserError, run_cli
 from megavg.utils.logging import get_logger, progress

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from megavg.models.wan.text import TEXT_TOKENS
+from megavg.conditioning.text import TEXT_TOKENS
 from megavg.plan.trace import Trace, trace_forward
 from megavg.tasks import build_task
 from megavg.train.config import TrainConfig
