@@ -22,6 +22,7 @@ from megavg.infer.pipeline import Manifest, SamplerDefaults, open_pipeline, writ
 from megavg.models import registry
 from megavg.utils.errors import UserError
 from megavg.utils.io import atomic_dir
+from megavg.utils.lazy import CastTensor
 from megavg.utils.schema import to_dict
 
 DTYPES = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -36,7 +37,7 @@ def lazy_model(folder: str | Path, family: str, dtype: torch.dtype | None) -> tu
     state = registry.load_state_dict(folder, lazy=True)
     if dtype is not None:  # the model's keep_fp32 tensors (Wan's time path) are written in float32
         cast = registry.model_class(family).dtype_for
-        state = {k: registry.CastTensor(v, cast(k, dtype)) if v.dtype.is_floating_point else v
+        state = {k: CastTensor(v, cast(k, dtype)) if v.dtype.is_floating_point else v
                  for k, v in state.items()}  # fmt: skip
     return config, state
 

@@ -43,6 +43,7 @@ from megavg.train.checkpoint import read_latest
 from megavg.train.consolidate import checkpoint_config, initial_state, trained_state
 from megavg.utils.errors import UserError, run_cli
 from megavg.utils.io import atomic_dir, atomic_file
+from megavg.utils.lazy import materialize
 
 FORMATS = ("diffusers", "wan", "peft")
 DIFFUSERS_PREFIX = "transformer"  # diffusers' default prefix of the transformer's LoRA keys
@@ -70,10 +71,10 @@ def collect_adapters(trained: dict[str, Any], initial: Callable[[], dict], task_
         if ".lora_A." in key:
             module, adapter = key.split(".lora_A.")
             up = trained[f"{module}.lora_B.{adapter}"]
-            pairs[module] = registry.materialize(value).float(), registry.materialize(up).float()
+            pairs[module] = materialize(value).float(), materialize(up).float()
         elif key.startswith(prefixes) and ".lora_B." not in key:
             plain, start = key.replace(".base_layer.", "."), start or initial()
-            full[plain] = registry.materialize(value).float(), registry.materialize(start[plain]).float()
+            full[plain] = materialize(value).float(), materialize(start[plain]).float()
     if not pairs:
         raise UserError("the checkpoint holds no LoRA adapter (lora_A/lora_B tensors): not a LoRA run?")
     return Adapters(pairs, full, task_args.rank, float(task_args.alpha))

@@ -24,6 +24,7 @@ from megavg.models.wan.state_dict_adapter import to_diffusers, to_megavg
 from megavg.tasks.adapt_lora import Args, inject_lora, lora_targets, merge_lora
 from megavg.train.export_lora import collect_adapters, write
 from megavg.utils.errors import UserError
+from megavg.utils.lazy import materialize
 from tests.distributed.launch import REPO
 from tests.models.wan_reference import diffusers_config, inputs
 from tests.tasks.test_adapt_chain import FAST
@@ -55,7 +56,7 @@ def megavg_output(base, trained, x):
     """megavg's merged model (base + alpha / rank * B @ A, fully trained layers copied) on ``x``."""
     model = megavg.models.build(PRESET).eval()
     merged = merge_lora(base, trained, ALPHA / RANK)  # lazy: one merged weight at a time
-    model.load_state_dict({k: registry.materialize(v) for k, v in merged.items()})
+    model.load_state_dict({k: materialize(v) for k, v in merged.items()})
     with torch.no_grad():
         return model(*x)
 
