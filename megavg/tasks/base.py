@@ -30,6 +30,15 @@ class StepContext:
     sp_group: Any = None
 
 
+def compute_dtype(ds: dict) -> torch.dtype:
+    """The dtype a DeepSpeed config ``ds`` computes in: bf16, fp16, else float32."""
+    if ds.get("bf16", {}).get("enabled"):
+        return torch.bfloat16
+    if ds.get("fp16", {}).get("enabled"):
+        return torch.float16
+    return torch.float32
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The user's module inside a DeepSpeed engine (or the module itself)."""
     return getattr(model, "module", model)
