@@ -17,6 +17,7 @@ gpus="$(megavg_visible_gpus)"
 nproc="${MEGAVG_NPROC:-$([ "${gpus:-0}" -gt 0 ] && echo "$gpus" || echo 1)}"
 [ "$MEGAVG_SINGLE" = 1 ] && nproc=1
 megavg_comm_env "${gpus:-0}"
+megavg_preflight "$nproc"
 port="${MEGAVG_MASTER_PORT:-$("$MEGAVG_PYTHON" -c 'import socket; s=socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')}"
 
 if [ "$nproc" -eq 1 ]; then

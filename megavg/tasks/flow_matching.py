@@ -44,6 +44,11 @@ class Task(BaseTask):
     Args = Args
     _warned_null = False  # the missing-null_text warning, once per run
 
+    def check_parallel(self, sp_size: int) -> None:
+        from megavg.models.wan.parallelize import check_sp_size
+
+        check_sp_size(model_args(self.cfg.model).num_heads, sp_size)
+
     def parallelize(self, model: nn.Module, sp_group) -> nn.Module:
         from megavg.models.wan.parallelize import apply_ulysses
 

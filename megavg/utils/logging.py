@@ -59,6 +59,12 @@ class TqdmAwareHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+def plural(count: int, word: str, words: str = "") -> str:
+    """``"1 process"``, ``"4 processes"``: the count and the word in the number it takes (``words``: the
+    plural when it is not ``word + "s"``)."""
+    return f"{count} {word if count == 1 else words or word + 's'}"
+
+
 def get_logger(name: str = "megavg") -> logging.Logger:
     """Return the megavg logger (configured once, INFO level, rank prefix when distributed)."""
     root = logging.getLogger("megavg")
