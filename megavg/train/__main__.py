@@ -18,10 +18,11 @@ from pathlib import Path
 from megavg.data.loader import check_shards
 from megavg.tasks import build_task
 from megavg.train import validation
-from megavg.train.config import load_config
+from megavg.train.config import TrainConfig, load_config
 from megavg.train.engine import deepspeed_config
 from megavg.utils.errors import UserError, run_cli
 from megavg.utils.logging import get_logger, plural
+from megavg.utils.schema import describe
 
 log = get_logger("megavg.train")
 EXIT_FINISHED = 3
@@ -29,7 +30,8 @@ EXIT_BAD_INPUT = 2  # run_cli's code for a UserError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m megavg.train", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m megavg.train", description=__doc__, epilog=config_keys(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--config", help="YAML file (lists only what differs from the defaults)")
     parser.add_argument("--check", action="store_true",
                         help="only validate and say the run's state: exit 0 if steps remain, "
@@ -40,6 +42,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by `deepspeed`
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     return parser.parse_intermixed_args(argv)  # overrides may come before or after the options
+
+
+def config_keys() -> str:
+    """The config tree's keys with their types and defaults (from the dataclass schema), for ``--help``."""
+    rows = describe(TrainConfig)
+    width = max(len(key) for key, _, _ in rows) + 2
+    kind = max(len(tp) for _, tp, _ in rows) + 2
+    lines = ["config keys (YAML sections, or section.key=value overrides), type, default:"]
+    lines += [f"  {key:<{width}}{tp:<{kind}}{default}" for key, tp, default in rows]
+    lines.append("task.args and model.args take the task's and the model's own options (docs/training.md).")
+    return "\n".join(lines)
 
 
 SAME_RUN = ("task", "model", "parallel")  # config sections a resumed run must share with its checkpoint

@@ -86,13 +86,15 @@ class LogProgress:
     def __init__(self, total: int | None, desc: str, unit: str, every_s: float, log: logging.Logger):
         self.total, self.desc, self.unit, self.every_s, self.log = total, desc, unit, every_s, log
         self.n, self.start = 0, time.perf_counter()
-        self.last = self.start
+        self.last, self.logged = self.start, 0  # when the last line was written, and at which count
 
     def _line(self, now: float) -> None:
         of = f"/{self.total}" if self.total else ""
         rate = self.n / max(now - self.start, 1e-9)
-        self.log.info("%s: %d%s %s (%.1f s, %.2f %s/s)", self.desc, self.n, of, self.unit, now - self.start,
+        unit = plural(self.total or self.n, self.unit).partition(" ")[2]
+        self.log.info("%s: %d%s %s (%.1f s, %.2f %s/s)", self.desc, self.n, of, unit, now - self.start,
                       rate, self.unit)  # fmt: skip
+        self.logged = self.n
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -102,9 +104,9 @@ class LogProgress:
             self._line(now)
 
     def close(self) -> None:
-        if self.n:
+        if self.n != self.logged:  # the last update may have written this very line already
             self._line(time.perf_counter())
-        self.n = 0
+        self.n = self.logged = 0
 
     def __enter__(self) -> LogProgress:
         return self

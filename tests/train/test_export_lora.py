@@ -8,6 +8,8 @@ merged model too."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -132,6 +134,18 @@ def test_wan_file_round_trips_and_applies_as_comfyui_does(run, tmp_path):
     model.load_state_dict(applied)
     with torch.no_grad():
         assert_rel_close(model(*run.x), megavg_output(run.base, {**run.lora, **run.full}, run.x))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_exported_files_honour_the_umask(run, tmp_path, umask):
+    """Like every other megavg output (safetensors alone creates 0600 files)."""
+    old = os.umask(umask)
+    try:
+        files = [export(run, "wan", tmp_path / "lora.safetensors")]
+        files.append(export(run, "peft", tmp_path / "peft") / "adapter_model.safetensors")
+    finally:
+        os.umask(old)
+    assert [stat.S_IMODE(f.stat().st_mode) for f in files] == [0o666 & ~umask] * 2
 
 
 def test_peft_folder_loads_with_peft_and_equals_the_merged_model(run, tmp_path):

@@ -140,3 +140,26 @@ def test_ranks_other_than_0_exit_2_silently(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(UserError, match="cannot feed 2 data-parallel ranks"):
         main(["--config", DEMO, f"data.shards={shards}"])
+
+
+def test_help_lists_every_config_key_with_type_and_default(capsys):
+    from megavg.train.__main__ import parse_args
+    from megavg.train.config import TrainConfig
+    from megavg.utils.schema import to_dict
+
+    def leaves(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict) and value and key not in ("args", "deepspeed_overrides"):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    listed = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()
+              if line.startswith("  ") and "." in line.split()[0]}  # fmt: skip
+    assert set(leaves(to_dict(TrainConfig()))) <= set(listed)
+    assert listed["schedule.steps"] == ["int", "1000"]
+    assert listed["validation.solver"] == ["unipc|euler", "unipc"]
+    assert listed["model.ema.decay"] == ["float", "|", "null", "null"]
+    assert listed["checkpoint.exclude_frozen"] == ["bool", "true"]
