@@ -6,7 +6,7 @@
   seconds and one at the end (a bar's carriage returns make unreadable logs).
 - :func:`quiet_third_party`: drops known noise of the libraries megavg drives (installed once with the
   logger): DeepSpeed's accelerator auto-detection line on CPU machines (printed by every process that
-  imports DeepSpeed, 4x per 2-process launch).
+  imports DeepSpeed, 4x per 2-process launch), and Hugging Face's progress bars.
 """
 
 from __future__ import annotations
@@ -35,7 +35,14 @@ class NoiseFilter(logging.Filter):
 
 def quiet_third_party() -> None:
     """Install the :data:`NOISE` filters (idempotent). Works before the library is imported: its logger
-    object is created here and the library configures that same object later."""
+    object is created here and the library configures that same object later. Hugging Face progress bars
+    (transformers' weight loading) are off unless ``HF_HUB_DISABLE_PROGRESS_BARS`` says otherwise: they
+    would interleave with megavg's own progress lines."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers is imported
+    if "transformers" in sys.modules and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     for name, pattern in NOISE.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, NoiseFilter) for f in logger.filters):
