@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-MARK = re.compile(r"<!-- figures: (?P<cmd>.*?) :: (?P<figures>.*?) -->", re.S)
+MARK = re.compile(r"<!-- figures:\s+(?P<cmd>.*?)\s+::\s+(?P<figures>.*?)\s*-->", re.S)
 STEP = re.compile(r"(?P<key>\w+)(\[(?P<pick>[^\]]*)\])?")
 
 
@@ -33,7 +33,7 @@ def marks() -> list[tuple[str, str, str, dict[str, str]]]:
             start = text.rfind("\n#", 0, m.start())
             end = text.find("\n#", m.end())
             section = text[start : end if end >= 0 else len(text)].replace(m.group(0), "")
-            figures = dict(f.split("=", 1) for f in m.group("figures").split())
+            figures = dict(f.rsplit("=", 1) for f in m.group("figures").split())
             found.append((page.name, section, " ".join(m.group("cmd").split()), figures))
     return found
 
