@@ -26,7 +26,7 @@ if [ ! -f "$SHARDS/index.json" ]; then
 fi
 
 ARGS=(--config configs/train/dcaev_demo.yaml data.shards="$SHARDS" run.dir="$RUN" "$@")
-status=0; $PY -m megavg.train --check "${ARGS[@]}" || status=$?
+status=0; $PY -m megavg.train --check --world-size 2 "${ARGS[@]}" || status=$?
 if [ "$status" = 3 ]; then  # already finished (the line above said so): nothing to launch
   echo "demo already finished; to train longer: bash tools/demo.sh schedule.steps=300   (docs/demo.md)"
   [ -z "${VIRTUAL_ENV:-}" ] && echo "to use megavg in this shell (once per new shell):  source .venv/bin/activate"

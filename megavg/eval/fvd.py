@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> dict:
     real, fake = list_videos(args.real), list_videos(args.fake)
     for folder, refs in ((args.real, real), (args.fake, fake)):
         if len(refs) < 2:
+            for ref in refs:  # a file that is no video says so by name, not as a short count
+                read_video(ref, 1)
             raise UserError(f"{folder}: FVD needs at least 2 videos, found {len(refs)}")
     model = load_i3d(args.i3d).to(ranks.device())
     feats = [folder_features(r, model, args.frames, args.resize, args.batch) for r in (real, fake)]

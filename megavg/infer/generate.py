@@ -33,7 +33,7 @@ from megavg.infer.pipeline import Pipeline, open_pipeline
 from megavg.infer.step_cache import METHODS as CACHE_METHODS
 from megavg.infer.video_io import CONTAINERS, VideoWriter, check_output
 from megavg.utils.errors import UserError, run_cli
-from megavg.utils.logging import disable_library_bars, get_logger
+from megavg.utils.logging import disable_library_bars, get_logger, plural
 from megavg.utils.memory import peak_rss_mib, reset_peak_rss
 
 log = get_logger("megavg.infer.generate")
@@ -254,9 +254,20 @@ class StageLog:
 
     def report(self) -> str:
         kind = "GPU allocated" if self.device.type == "cuda" else "host RSS"
-        lines = [f"{'stage':<14}{'seconds':>10}{'peak MiB':>12}  ({kind})"]
-        lines += [f"{name:<14}{sec:>10.2f}{peak:>12.0f}" for name, sec, peak in self.rows]
+        width = max([len("stage"), *(len(name) for name, _, _ in self.rows)]) + 2
+        lines = [f"{'stage':<{width}}{'seconds':>10}{'peak MiB':>12}  ({kind})"]
+        lines += [f"{name:<{width}}{sec:>10.2f}{peak:>12.0f}" for name, sec, peak in self.rows]
         return "\n".join(lines)
+
+
+def denoise_summary(stage_s: float, steps: int, stats: dict, compiled: bool = False) -> str:
+    """The denoise stage split into its step loop (first step, then the mean of the others) and what ran
+    around the loop (moving the DiT, preparing the text, the final cast): the parts add up to the stage."""
+    loop = stats["first_step_s"] + stats["step_s"] * (steps - 1)
+    first = f"first {stats['first_step_s']:.3f} s{', compile included' if compiled else ''}"
+    then = f", then {stats['step_s']:.3f} s each" if steps > 1 else ""
+    return (f"denoise {stage_s:.2f} s = {plural(steps, 'step')} {loop:.2f} s ({first}{then}) "
+            f"+ {stage_s - loop:.2f} s around the steps; CFG {stats['mode']}")  # fmt: skip
 
 
 class Placement:
@@ -441,12 +452,12 @@ def _generate(args: argparse.Namespace, pipe: Pipeline, req: Request, layout: La
     latents = latents.float() / pipe.manifest.scaling_factor
     with stages.stage("decode"), place.use(models.vae):
         frames = decode(models, latents, req, args, layout)
-    per_step = next(sec for name, sec, _ in stages.rows if name == "denoise") / req.steps
+    denoise_s = next(sec for name, sec, _ in stages.rows if name == "denoise")
+    per_step = denoise_s / req.steps
     if layout.is_main:
-        log.info("wrote %s: %d frames %dx%d, %d steps on %d process(es)\n%s\ndenoise per step: %.3f s "
-                 "(first step %.3f s%s, then %.3f s each; CFG %s)", args.out, frames, req.size[0],
-                 req.size[1], req.steps, layout.world, stages.report(), per_step, stats["first_step_s"],
-                 ", compile included" if args.compile else "", stats["step_s"], stats["mode"])  # fmt: skip
+        log.info("wrote %s: %s %dx%d, %s on %s\n%s\n%s", args.out, plural(frames, "frame"), req.size[0],
+                 req.size[1], plural(req.steps, "step"), plural(layout.world, "process", "processes"),
+                 stages.report(), denoise_summary(denoise_s, req.steps, stats, args.compile))  # fmt: skip
     timing = {k: stats[k] for k in ("first_step_s", "step_s", "skipped", "calls")}
     return {"frames": frames, "size": req.size, "stages": stages.rows, "seconds_per_step": per_step,
             "latents": latents, **timing}  # fmt: skip

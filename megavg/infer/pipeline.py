@@ -104,10 +104,14 @@ class Pipeline:
         return path if path.is_absolute() else self.root / path
 
     def component(self, entry: str) -> str:
-        """A local path (relative entries resolved) or, when nothing is there, the entry as a hub id."""
+        """A local path (relative entries resolved against the pipeline folder; absolute ones, as older
+        exports wrote them, as they are) or, when nothing is there, the entry as a hub id."""
         if not entry:
             return ""
         path = self.locate(entry)
+        if not path.exists() and entry.startswith("."):
+            raise UserError(f"{self.root / MANIFEST}: {entry} (relative to the pipeline folder) does not "
+                            "exist: move the folder with its encoders, or edit the entry")  # fmt: skip
         return str(path) if path.exists() or Path(entry).is_absolute() else entry
 
     def load_transformer(self, i2v: bool, dtype: torch.dtype | None = None):

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 import megavg.models
+from megavg.conditioning.text import NULL_CAPTION
 from megavg.data.latents import write_latent_shards
 from megavg.data.loader import video_sample_parts
 from megavg.data.shards import INDEX, list_shards, sample_counts, split_shards
@@ -42,10 +43,9 @@ from megavg.data.video import decode_frames, nearest_bucket, resize_crop
 from megavg.infer.conditioning import ImageEncoder, i2v_condition
 from megavg.infer.teacher_vae import TeacherVAE
 from megavg.infer.text import TextEncoder
-from megavg.models.wan.text import NULL_CAPTION
 from megavg.utils.device import resolve_device
 from megavg.utils.errors import UserError, run_cli
-from megavg.utils.logging import get_logger, progress
+from megavg.utils.logging import get_logger, plural, progress
 
 log = get_logger("megavg.infer.precompute")
 
@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     samples = latent_samples(enc, itertools.chain([first], videos))
     shards = write_latent_shards(samples, out, args.samples_per_shard, overwrite=args.overwrite)
     counts = json.loads((out / INDEX).read_text())["buckets"]
-    log.info("wrote %d latent samples in %d shard(s) to %s (buckets: %s)", sum(s["samples"] for s in shards),
-             len(shards), out, counts)  # fmt: skip
+    log.info("wrote %s in %s to %s (buckets: %s)", plural(sum(s["samples"] for s in shards), "latent sample"),
+             plural(len(shards), "shard"), out, counts)  # fmt: skip
     return [out]
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 from megavg.models.registry import list_presets
 from megavg.plan import cost, memory, model
 from megavg.plan.spec import Layout, Run, offloads
+from megavg.tasks.base import compute_dtype
 from megavg.train.config import TrainConfig, load_config
-from megavg.train.engine import compute_dtype, deepspeed_config
+from megavg.train.engine import deepspeed_config
 from megavg.utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]

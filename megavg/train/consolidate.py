@@ -45,7 +45,7 @@ log = get_logger(__name__)
 
 def trained_state(ckpt_dir: Path, tag: str, raw: bool = False) -> dict[str, Any]:
     """fp32 weights of checkpoint ``tag`` (without ``_extra_state``) as lazy tensors
-    (:func:`megavg.models.registry.materialize`) that read only the rank partitions holding them: the
+    (:func:`megavg.utils.lazy.materialize`) that read only the rank partitions holding them: the
     EMA of the trainable weights when the checkpoint holds one (``model.ema``) unless ``raw``, else the
     weights themselves. Every rank file is opened (memory-mapped, nothing read) here, so a damaged one is
     reported before writing."""

@@ -131,7 +131,11 @@ def check(cfg: TrainConfig) -> None:
     comps = components(v)
     if dit.is_i2v and not comps.image_encoder:
         raise UserError("config validation.image_encoder: needed for an I2V model (or a pipeline with one)")
-    multiple = comps.vae_args().spatial_compression * dit.patch_size[1]
+    vae = comps.vae_args()
+    if vae.latent_channels != dit.out_channels:
+        raise UserError(f"config validation: the VAE ({comps.vae}) has {vae.latent_channels} latent "
+                        f"channels, the DiT predicts {dit.out_channels}")  # fmt: skip
+    multiple = vae.spatial_compression * dit.patch_size[1]
     if not v.images and any(n <= 0 or n % multiple for n in v.size):
         raise UserError(f"config validation.size: {list(v.size)} must be positive multiples of {multiple}")
 

@@ -61,14 +61,16 @@ def test_fvd_self_zero_and_pair_matches_independent_computation(video_dirs, caps
 
 def test_bad_input_is_one_error_line(video_dirs, tmp_path, capsys):
     real, _ = video_dirs
-    empty, broken = tmp_path / "empty", tmp_path / "broken"
-    empty.mkdir(), broken.mkdir()
+    empty, broken, single = tmp_path / "empty", tmp_path / "broken", tmp_path / "single"
+    empty.mkdir(), broken.mkdir(), single.mkdir()
+    (single / "notes.mp4").write_text("not a video")
     for i in range(2):
         (broken / f"b{i}.mp4").write_bytes((real / f"v{i}.mp4").read_bytes()[:400])  # cut short
     wrong = tmp_path / "wrong.pt"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7, 7)}, wrong)
     cases = {
         "no videos in it": ["fvd", str(empty), str(real), *ARGS],
+        "single/notes.mp4": ["fvd", str(single), str(real), *ARGS],
         "b0.mp4": ["fvd", str(broken), str(real), *ARGS],
         f"has {FRAMES} frames, the evaluation needs {FRAMES + 1}": [
             "fvd",

@@ -1,5 +1,5 @@
 """``python -m megavg.eval recon``: per-video PSNR (numpy formula on PyAV-decoded frames) and SSIM
-(megavg.tasks.video_metrics on the same frames), matched by name; unmatched names are one error line."""
+(megavg.metrics.video on the same frames), matched by name; unmatched names are one error line."""
 
 import json
 
@@ -9,7 +9,7 @@ import torch
 
 from megavg.data.shards import write_shards
 from megavg.eval.__main__ import main
-from megavg.tasks.video_metrics import ssim
+from megavg.metrics.video import ssim
 from megavg.utils.errors import run_cli
 from tests.eval.conftest import COUNT
 from tests.infer.tiny_pipeline import read_video as decode

@@ -217,3 +217,23 @@ def test_unsupported_out_extension(pipes, tmp_path, capsys):
     out.parent.mkdir()
     msg = bad([str(root / "t2v"), "--prompt", "a", "--out", str(out), *FAST], capsys, out)
     assert "v.avi" in msg and "'.avi'" in msg and ".mp4, .webm, .gif" in msg
+
+
+def test_stage_table_columns_line_up_whatever_the_stage_names():
+    stages = generate.StageLog(torch.device("cpu"))
+    stages.rows = [("load", 1.5, 400.0), ("load transformer", 12.25, 512.0), ("denoise", 3.0, 600.0)]
+    lines = stages.report().splitlines()
+    seconds = [line.index("seconds") + len("seconds") for line in lines[:1]]
+    ends = [len(line) - 12 for line in lines[1:]]  # each row: name, seconds (10 wide), peak MiB (12 wide)
+    assert set(ends) == set(seconds), stages.report()
+    assert lines[2].startswith("load transformer ")
+
+
+def test_denoise_summary_parts_add_up_to_the_stage():
+    """4 steps: first 0.5 s, the other three 0.4 s each = 1.7 s in the loop; the stage took 2 s."""
+    stats = {"first_step_s": 0.5, "step_s": 0.4, "mode": "batched"}
+    line = generate.denoise_summary(2.0, 4, stats)
+    assert line == ("denoise 2.00 s = 4 steps 1.70 s (first 0.500 s, then 0.400 s each) + 0.30 s around "
+                    "the steps; CFG batched")  # fmt: skip
+    one = generate.denoise_summary(0.5, 1, {"first_step_s": 0.4, "step_s": 0.4, "mode": "off"})
+    assert one == "denoise 0.50 s = 1 step 0.40 s (first 0.400 s) + 0.10 s around the steps; CFG off"

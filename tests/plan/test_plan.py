@@ -13,8 +13,8 @@ from megavg.models import build
 from megavg.plan import layouts, model
 from megavg.plan.__main__ import main as plan_main
 from megavg.plan.layouts import Request
-from megavg.plan.trace import trace_forward
 from megavg.utils.errors import run_cli
+from megavg.utils.meta_trace import trace_forward
 from tests.distributed.launch import REPO
 
 

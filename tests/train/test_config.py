@@ -11,9 +11,10 @@ import pytest
 import torch
 import yaml
 
+from megavg.tasks.base import compute_dtype
 from megavg.train.__main__ import prepare
 from megavg.train.config import TrainConfig, dump_config, load_config
-from megavg.train.engine import compute_dtype, deepspeed_config, lr_lambda
+from megavg.train.engine import deepspeed_config, lr_lambda
 from megavg.utils.errors import UserError
 from megavg.utils.schema import to_dict
 
