@@ -170,9 +170,9 @@ def convert(flat: dict[str, np.ndarray], model: nn.Module, name: str) -> dict[st
         if stored and len(stored) == 5:
             array = array.permute(4, 3, 0, 1, 2)  # kd,kh,kw,in,out -> out,in,kd,kh,kw
         state[key] = array.reshape(shape).contiguous()
-    for key in model.state_dict():
+    for key, value in model.state_dict().items():
         if key.endswith(".bn.weight"):
-            state[key] = torch.ones(model.state_dict()[key].shape)  # use_scale=False: no learned scale
+            state[key] = torch.ones(value.shape)  # use_scale=False: no learned scale
     return state
 
 
