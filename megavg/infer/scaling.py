@@ -105,16 +105,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     """Measure (and with ``--write`` store) the scaling factor; prints and returns the numbers."""
-    from megavg.infer.precompute import video_samples  # webdataset: the [train] extra, as precompute
-
     args = parse_args(argv)
     if args.frames < 1 or (args.clips is not None and args.clips < 1):
         raise UserError("--frames and --clips must be >= 1")
+    family = read_config(args.model).get("family")
+    if family != "dcaev":
+        raise UserError(f"{args.model}: a {family!r} model folder, not a DC-AE-V")
     urls = list_shards(args.shards, "video")
+    from megavg.infer.precompute import video_samples  # webdataset: the [train] extra, as precompute
+
     device = str(resolve_device(args.device))
     vae = megavg.models.load(args.model, device=device).eval()
-    if not hasattr(vae, "encode"):
-        raise UserError(f"{args.model}: not a DC-AE-V model folder")
     buckets = list(dict.fromkeys(tuple(size) for size in args.size))
     clips = video_samples(urls, args.frames, args.frame_stride, buckets)
     moments, used = latent_moments(vae, clips, device, args.clips)
