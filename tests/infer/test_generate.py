@@ -13,9 +13,9 @@ import torch
 
 import megavg.infer.sampling
 import megavg.models
-from megavg.infer import generate
+from megavg.infer import generate, stages
 from megavg.infer.export import main as export
-from megavg.infer.pipeline import open_pipeline
+from megavg.infer.runner import Pipeline
 from megavg.utils.errors import run_cli
 from tests.distributed.launch import REPO
 from tests.infer.tiny_pipeline import SCALING, read_video, write_png
@@ -52,9 +52,9 @@ def spy(monkeypatch):
         calls.append(latents)
         return real_decode(vae, latents, *rest)
 
-    real_decode = generate.decode_to_video
+    real_decode = stages.decode_to_video
     monkeypatch.setattr(megavg.infer.sampling, "sample", recording)
-    monkeypatch.setattr(generate, "decode_to_video", decoding)
+    monkeypatch.setattr(stages, "decode_to_video", decoding)
     return calls
 
 
@@ -101,9 +101,9 @@ def test_i2v_condition_is_encoded_before_the_dit_is_loaded(pipes, tmp_path, monk
 
     root, _ = pipes
     events = []
-    encode, load = conditioning.i2v_condition, generate.load_transformer
+    encode, load = conditioning.i2v_condition, stages.load_transformer
     monkeypatch.setattr(conditioning, "i2v_condition", lambda *a: (events.append("condition"), encode(*a))[1])
-    monkeypatch.setattr(generate, "load_transformer", lambda *a: (events.append("dit"), load(*a))[1])
+    monkeypatch.setattr(stages, "load_transformer", lambda *a: (events.append("dit"), load(*a))[1])
     generate.main([str(root / "i2v"), "--prompt", "a fox", "--image", str(root / "first.png"),
                    "--out", str(tmp_path / "v.mp4"), "--frames", "8", "--guidance", "1", *FAST])  # fmt: skip
     assert events == ["condition", "dit"]
@@ -195,7 +195,7 @@ def test_out_container_and_rounding_said_before_sampling(pipes, tmp_path, monkey
 
     args = generate.parse_args([str(root / "i2v"), "--prompt", "a", "--image", str(root / "first.png"),
                                 "--out", str(tmp_path / "i2v.webm"), *FAST])  # fmt: skip
-    assert generate.build_request(args, open_pipeline(args.pipeline)).size == (32, 44)
+    assert generate.build_request(args, Pipeline.from_pretrained(args.pipeline, "cpu")).size == (32, 44)
     assert any("--size 32 48 with --image: generating 32x44" in m for m in warnings_log), warnings_log
 
 
