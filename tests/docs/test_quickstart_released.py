@@ -30,7 +30,7 @@ from megavg.data import real_clips
 from tests.distributed.launch import free_port
 from tests.docs.doc_commands import REPO, commands
 from tests.infer.test_released import HEADS, write_release
-from tests.infer.tiny_pipeline import CLIP_DIM, read_video, write_png
+from tests.infer.tiny_pipeline import CLIP_DIM, build_components, read_video, write_png
 
 PAGE = REPO / "docs/quickstart_released.md"
 NOT_RUN = ("hf download", "python -m megavg.plan", "--num_gpus 8", "sbatch")
@@ -63,11 +63,11 @@ def python_block(text: str) -> str:
 
 
 @pytest.fixture
-def workdir(tmp_path, tiny_parts):
+def workdir(tmp_path):
     """A checkout-like folder holding the release stand-in, the user's clips and first.png."""
     for name in ("tools", "tests", "configs", "megavg", "launchers"):
         (tmp_path / name).symlink_to(REPO / name)
-    write_release(tmp_path / "DC-VideoGen-Wan2.1-14B", tiny_parts)
+    write_release(tmp_path / "DC-VideoGen-Wan2.1-14B", build_components(tmp_path / "parts"))
     (tmp_path / "my_clips").mkdir()
     for clip in real_clips():
         if clip.name in CAPTIONS:
