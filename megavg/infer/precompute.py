@@ -41,6 +41,7 @@ from megavg.data.shards import INDEX, list_shards, sample_counts, split_shards
 from megavg.data.stream import SAMPLE_ERRORS, StreamStats, read_shard, shard_error_handler
 from megavg.data.video import decode_frames, nearest_bucket, resize_crop
 from megavg.infer.conditioning import ImageEncoder, i2v_condition
+from megavg.infer.stages import load_image_encoder_from
 from megavg.infer.teacher_vae import TeacherVAE
 from megavg.infer.text import TextEncoder
 from megavg.utils.device import resolve_device
@@ -136,6 +137,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vae", required=True, help="megavg DC-AE-V model folder")
     parser.add_argument("--shards", required=True, help="video shards: folder, brace pattern or glob")
     parser.add_argument("--text-encoder", required=True, help="hub id (e.g. google/umt5-xxl) or folder")
+    parser.add_argument("--tokenizer", help="tokenizer folder or hub id (default: the text encoder's)")
     parser.add_argument("--out", required=True, help="output folder: part-RRRRR/ (one bucketed set each)")
     parser.add_argument("--frames", type=int, required=True)
     parser.add_argument("--frame-stride", type=int, default=1)
@@ -143,7 +145,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a bucket (repeat for several: one set holds them all)")  # fmt: skip
     parser.add_argument("--teacher-vae", help="Wan-2.1 VAE (diffusers folder): also write teacher_latents")
     parser.add_argument("--i2v", action="store_true", help="also write the I2V condition and CLIP tokens")
-    parser.add_argument("--image-encoder", help="CLIP ViT-H/14 (transformers folder or hub id), for --i2v")
+    parser.add_argument("--image-encoder", help="CLIP ViT-H/14 for --i2v: folder, hub id, Wan's .pth")
     parser.add_argument("--samples-per-shard", type=int, default=100)
     parser.add_argument("--part", type=int, default=int(os.environ.get("RANK", 0)))
     parser.add_argument("--parts", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
@@ -169,11 +171,12 @@ def load_encoders(args: argparse.Namespace) -> Encoders:
     vae = megavg.models.load(args.vae, device=args.device).eval()
     if not hasattr(vae, "encode"):
         raise UserError(f"{args.vae}: not a DC-AE-V model folder")
-    enc = Encoders(vae, TextEncoder(args.text_encoder, device=args.device), args.device)
+    text = TextEncoder(args.text_encoder, device=args.device, tokenizer=args.tokenizer)
+    enc = Encoders(vae, text, args.device)
     if args.teacher_vae:
         enc.teacher = TeacherVAE(args.teacher_vae, device=args.device)
     if args.i2v:
-        enc.image = ImageEncoder(args.image_encoder, device=args.device)
+        enc.image = load_image_encoder_from(args.image_encoder).to(args.device)
     return enc
 
 
