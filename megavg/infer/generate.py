@@ -21,7 +21,7 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -425,14 +425,32 @@ def run(args: argparse.Namespace) -> dict:
         teardown(layout)
 
 
-def _generate(args: argparse.Namespace, pipe: Pipeline, req: Request, layout: Layout) -> dict:
+def load_all(pipe: Pipeline, req: Request, args: argparse.Namespace, device: torch.device) -> Models:
+    """Every model ``req`` needs, loaded at once and kept (several videos in one process: ``eval
+    generate``); pass it to :func:`generate_loaded` per video."""
+    place, dtype = Placement(torch.device(device), args.offload), DTYPES[args.dtype]
+    models = load_models(pipe, req, place, dtype)
+    models.dit = load_transformer(pipe, req, place, dtype)
+    return models
+
+
+def generate_loaded(args: argparse.Namespace, pipe: Pipeline, models: Models) -> dict:
+    """One video as ``args`` say (single process) with the models of :func:`load_all`, which stay loaded."""
+    return _generate(args, pipe, build_request(args, pipe), Layout(device=torch.device(args.device)), models)
+
+
+def _generate(args, pipe: Pipeline, req: Request, layout: Layout, loaded: Models | None = None) -> dict:
     device, dtype = layout.device, DTYPES[args.dtype]
     place, stages = Placement(device, args.offload), StageLog(device)
-    with stages.stage("load"):
-        models = load_models(pipe, req, place, dtype)
+    if loaded is None:
+        with stages.stage("load"):
+            models = load_models(pipe, req, place, dtype)
+    else:  # this video's own view: the stages drop its references to models they are done with
+        models = replace(loaded)
     encoded = encode_inputs(models, req, place, stages)
-    with stages.stage("load transformer"):
-        models.dit = load_transformer(pipe, req, place, dtype)
+    if models.dit is None:
+        with stages.stage("load transformer"):
+            models.dit = load_transformer(pipe, req, place, dtype)
     inputs = {k: v.to(device) if v is not None else None for k, v in encoded.items()}
     noise = initial_noise(models, req, args.seed).to(device)
     with stages.stage("denoise"), place.use(models.dit), torch.no_grad():
