@@ -53,6 +53,7 @@ def test_prompt_list_videos_and_manifest(tiny_parts, tmp_path, capsys, monkeypat
     assert not np.array_equal(read_video(out / "fox in snow-0.mp4"), read_video(alone))
 
 
+@pytest.mark.slow  # ~1.5 min on 2 busy cores (suite budget)
 @pytest.mark.distributed
 def test_two_ranks_share_the_videos_of_one(tiny_parts, tmp_path, monkeypatch):
     """``torchrun --nproc-per-node 2 -m megavg.eval generate``: the ranks split the videos (rank 0 the 1st
