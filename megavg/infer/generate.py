@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from megavg.infer.distributed import setup, teardown
+from megavg.infer.distributed import Layout, setup, teardown
 from megavg.infer.request import DEFAULT_FRAMES, DEFAULT_SIZE, Request, load_image
 from megavg.infer.runner import DTYPES, Pipeline
 from megavg.infer.stage_log import denoise_summary
@@ -154,11 +154,17 @@ def run(args: argparse.Namespace) -> dict:
         disable_library_bars()
     layout = setup(args.sp, args.cfg_parallel, args.device)
     try:
-        writing = VideoWriter(args.out, req.fps) if layout.is_main else contextlib.nullcontext()
-        with writing as writer:
-            result = pipe.run(req, writer, args.seed, run_options(args), layout)
+        return write_video(args, pipe, req, layout)
     finally:
         teardown(layout)
+
+
+def write_video(args: argparse.Namespace, pipe: Pipeline, req: Request, layout: Layout) -> dict:
+    """``req`` generated with an open ``pipe`` and written to ``args.out`` (by the main rank); ``eval
+    generate`` calls it once per video with one pipeline that keeps its models loaded."""
+    writing = VideoWriter(args.out, req.fps) if layout.is_main else contextlib.nullcontext()
+    with writing as writer:
+        result = pipe.run(req, writer, args.seed, run_options(args), layout)
     if layout.is_main:
         log.info(
             "wrote %s: %s %dx%d, %s on %s\n%s\n%s", args.out, plural(result["frames"], "frame"), req.size[0],

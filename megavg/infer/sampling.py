@@ -25,6 +25,7 @@ import torch
 from megavg.conditioning.text import TEXT_TOKENS, pad_text
 from megavg.infer.step_cache import METHODS as CACHE_METHODS
 from megavg.infer.step_cache import StepCache
+from megavg.utils.device import agree
 from megavg.utils.errors import UserError
 from megavg.utils.logging import progress
 
@@ -226,15 +227,21 @@ def _progress(total: int, enabled: bool) -> Callable[[int], None]:
 def cfg_fits_batched(model: torch.nn.Module, noise: torch.Tensor, text_tokens: int = TEXT_TOKENS) -> bool:
     """Whether cond + uncond fit as one batch: always on the CPU; on CUDA when the extra activations of
     the doubled batch (per block: residual, normed copy, q, k, v, attention out, FFN hidden; plus the
-    cross-attention keys/values) take under 80 % of the free memory."""
-    if noise.device.type != "cuda":
+    cross-attention keys/values) take under 80 % of the free memory. Per rank: the free memory differs
+    between ranks, so multi-process callers agree the answer (:func:`_cfg_mode`)."""
+    free = free_memory(noise.device)
+    if free is None:
         return True
     args = model.args
     tokens = model.num_tokens(noise.shape) * noise.shape[0]
     size = next(model.parameters()).element_size()
     extra = (tokens * (6 * args.dim + args.ffn_dim) + 2 * text_tokens * args.dim * args.num_layers) * size
-    free, _ = torch.cuda.mem_get_info(noise.device)
     return extra < 0.8 * free
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Free bytes on a CUDA ``device`` (the caching allocator's idle blocks count as used); None elsewhere."""
+    return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
 
 
 @contextlib.contextmanager
@@ -324,7 +331,10 @@ def _twice(x: torch.Tensor | None) -> torch.Tensor | None:
     return None if x is None else torch.cat([x, x])
 
 
-def _cfg_mode(guidance: float, cfg_batch: bool | None, cfg_group, model, noise) -> str:
+def _cfg_mode(guidance: float, cfg_batch: bool | None, cfg_group, model, noise, model_group=None) -> str:
+    """The CFG mode; an automatic batched/sequential choice is agreed over ``model_group`` (the ranks that
+    run each model call together: one batched call and two sequential ones issue different ZeRO-3
+    gathers and Ulysses all-to-alls), batched only when it fits on every rank."""
     if guidance <= 1:
         return "single"
     if cfg_group is not None:
@@ -333,6 +343,8 @@ def _cfg_mode(guidance: float, cfg_batch: bool | None, cfg_group, model, noise) 
         return "parallel"
     if cfg_batch is None:
         cfg_batch = cfg_fits_batched(model, noise)
+        if model_group is not None:
+            cfg_batch = agree(cfg_batch, every=True, group=model_group, device=noise.device)
     return "batched" if cfg_batch else "sequential"
 
 
@@ -360,6 +372,7 @@ def sample(
     cache_threshold: float = 0.05,
     cfg_group=None,
     sp_group=None,
+    model_group=None,
     stats: dict | None = None,
 ) -> torch.Tensor:
     """Integrate the flow from ``noise`` [B, C, T, H, W] (sigma 1) to clean latents (float32).
@@ -378,7 +391,9 @@ def sample(
     ``cache`` in ``none``/``fbcache``/``teacache`` with ``cache_threshold`` skips the block stack on
     steps that barely change (:mod:`megavg.infer.step_cache`; approximate). Multi-process: a model
     under ``apply_ulysses`` (``sp_group``: its group, for the cache's decisions) and/or ``cfg_group``
-    (two ranks, one CFG branch each). ``stats`` (a dict) receives ``first_step_s`` (includes compiling),
+    (two ranks, one CFG branch each); ``model_group``: the ranks that run each model call together
+    (default ``sp_group``; ZeRO-3: the ranks that gather the parameters), over which an automatic
+    ``cfg_batch`` is agreed. ``stats`` (a dict) receives ``first_step_s`` (includes compiling),
     ``step_s`` (mean of the others), ``mode``, ``skipped`` and ``calls``.
     """
     _check_inputs(noise, condition, steps, shift)
@@ -397,7 +412,7 @@ def sample(
         )
     extra = None if condition is None else condition.to(device, dtype)
     image = None if image is None else image.to(device, dtype)
-    mode = _cfg_mode(guidance, cfg_batch, cfg_group, model, noise)
+    mode = _cfg_mode(guidance, cfg_batch, cfg_group, model, noise, model_group or sp_group)
     velocity = GuidedVelocity(model, cond, uncond, image, extra, guidance, mode, cfg_group)
     velocity.prepare(reuse_context, cache, cache_threshold, sp_group)
     with regional_compile(model, compile):

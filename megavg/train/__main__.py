@@ -117,6 +117,27 @@ def check_layout(cfg, task, world: int, told: bool = True) -> None:
     check_shards(cfg.data, world // sp)
 
 
+def agreed_steps_done(cfg) -> int:
+    """:func:`steps_done` under a launcher (collective: starts the process group): rank 0 alone reads
+    and hashes, every rank gets its answer. Each rank deciding for itself hashed the whole checkpoint W
+    times, and a rank whose read failed went on to train while the others had exited."""
+    import torch.distributed as dist
+
+    from megavg.train.engine import init_distributed
+
+    init_distributed(cfg.parallel.backend, cfg.parallel.timeout_minutes)
+    answer: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            answer[0] = steps_done(cfg)
+        except UserError as err:  # e.g. a `latest` naming no folder: every rank reports it
+            answer[0] = err
+    dist.broadcast_object_list(answer, src=0)
+    if isinstance(answer[0], UserError):
+        raise answer[0]
+    return answer[0]
+
+
 def main(argv: list[str] | None = None) -> None:
     rank0 = os.environ.get("RANK", "0") == "0"
     try:
@@ -125,14 +146,15 @@ def main(argv: list[str] | None = None) -> None:
         if rank0:
             raise
         raise SystemExit(EXIT_BAD_INPUT) from None  # every rank finds it; rank 0 alone says it
-    done = steps_done(cfg)
-    if done >= cfg.schedule.steps:  # before the slow imports: a finished run answers at once
-        if rank0:
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.check
+    if not launched:  # one process: before the slow imports, a finished run answers at once
+        done = steps_done(cfg)
+        if done >= cfg.schedule.steps:
             log.info(finished_line(cfg, done))
-        raise SystemExit(EXIT_FINISHED if args.check else 0)
-    if args.check:
-        log.info("%s: %d of %d steps done", cfg.run.dir, done, cfg.schedule.steps)
-        return
+            raise SystemExit(EXIT_FINISHED if args.check else 0)
+        if args.check:
+            log.info("%s: %d of %d steps done", cfg.run.dir, done, cfg.schedule.steps)
+            return
     if rank0:  # the run's first line, before the slow imports (DeepSpeed: ~10 s on a busy CPU)
         world = os.environ.get("WORLD_SIZE", "1")
         log.info("%s: config OK (%s, %s, %s) -> %s; importing DeepSpeed", cfg.task.name,
@@ -147,6 +169,13 @@ def main(argv: list[str] | None = None) -> None:
 
     if rank0:
         log.info("DeepSpeed imported (%.1f s)", time.perf_counter() - start)
+    if launched and (done := agreed_steps_done(cfg)) >= cfg.schedule.steps:
+        if rank0:
+            log.info(finished_line(cfg, done))
+        from megavg.parallel import state
+
+        state.shutdown()
+        raise SystemExit(0)
 
     code = train(cfg, task)
     if code:

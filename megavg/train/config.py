@@ -108,17 +108,23 @@ class ParallelConfig:
     clipping come from this tree and must not appear in the JSON. ``backend`` ``auto`` is NCCL on GPU,
     gloo on CPU. ``zero_init``: build the model under ``deepspeed.zero.Init`` so that no rank ever holds
     all weights, and read only this rank's partitions of ``model.init`` (needed for the 14B DiT, set in
-    the AE-Adapt-V configs; ZeRO stage 3 only)."""
+    the AE-Adapt-V configs; ZeRO stage 3 only). ``timeout_minutes``: how long any collective may wait for
+    the slowest rank before the run fails (``deepspeed.init_distributed(timeout=...)``; DeepSpeed's own
+    default is 10 minutes, too short for a rank that loads or hashes a 14B checkpoint while the others
+    wait)."""
 
     sp_size: int = 1
     zero_init: bool = False
     deepspeed: str = "configs/deepspeed/zero3_bf16.json"
     deepspeed_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     backend: Literal["auto", "nccl", "gloo"] = "auto"
+    timeout_minutes: float = 30.0
 
     def __post_init__(self) -> None:
         if self.sp_size < 1:
             raise UserError(f"config parallel.sp_size: must be >= 1, got {self.sp_size}")
+        if not self.timeout_minutes > 0:
+            raise UserError(f"config parallel.timeout_minutes: must be > 0, got {self.timeout_minutes}")
 
 
 @dataclasses.dataclass

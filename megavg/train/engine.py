@@ -8,6 +8,7 @@ written into the DeepSpeed config here (setting them in the JSON is an error, so
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import math
 import os
@@ -107,8 +108,9 @@ def lr_lambda(cfg: TrainConfig):
     return factor
 
 
-def init_distributed(backend: str) -> None:
-    """Start torch.distributed through DeepSpeed: NCCL on GPU, gloo on CPU (``backend="auto"``)."""
+def init_distributed(backend: str, timeout_minutes: float = 30.0) -> None:
+    """Start torch.distributed through DeepSpeed: NCCL on GPU, gloo on CPU (``backend="auto"``); any
+    collective fails after waiting ``timeout_minutes`` (``parallel.timeout_minutes``) for a rank."""
     import deepspeed
 
     if "RANK" not in os.environ:  # plain `python -m megavg.train`: a world of one
@@ -120,7 +122,7 @@ def init_distributed(backend: str) -> None:
         # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce (about a minute of C++ on the
         # first launch) that only its inference all-reduce uses; training collectives go through gloo.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend=backend)
+    deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
 
 
 def _free_port() -> int:

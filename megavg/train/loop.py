@@ -23,6 +23,7 @@ from megavg.train.config import TrainConfig, dump_config
 from megavg.train.flops import StepFlops, peak_tflops
 from megavg.train.metrics import MetricsWriter, peak_memory_gib
 from megavg.train.signals import StopFlag
+from megavg.utils.device import agree
 from megavg.utils.io import atomic_file
 from megavg.utils.logging import get_logger
 
@@ -45,9 +46,7 @@ def micro_generator(seed: int, micro_index: int, dp_rank: int) -> torch.Generato
 
 def _all_finite(finite: torch.Tensor) -> bool:
     """Whether ``finite`` (a bool tensor) holds on every rank: one all-reduce, one host sync."""
-    flag = finite.float().reshape(1)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+    return agree(finite, every=True)
 
 
 def _phase_logger(enabled: bool):
@@ -203,8 +202,13 @@ class Trainer:
             if preempted:
                 log.info(f"stop signal: checkpoint at step {self.step} written, exiting {EXIT_PREEMPTED}")
                 return EXIT_PREEMPTED
-            if self.validator is not None and self.validator.due(self.step, self.step == cfg.schedule.steps):
-                self.validator.run(self.engine, self.step, self.metrics)
+            last = self.step == cfg.schedule.steps
+            if self.validator is not None and self.validator.due(self.step, last):
+                if not self.validator.run(self.engine, self.step, self.metrics, stop):
+                    if saved_at != self.step:
+                        self.save()
+                    log.info(f"stop signal: checkpoint at step {self.step} written, exiting {EXIT_PREEMPTED}")
+                    return EXIT_PREEMPTED
         if saved_at != self.step:
             self.save()
         return 0
@@ -216,7 +220,7 @@ class Trainer:
 def train(cfg: TrainConfig, task: Task) -> int:
     """Run training under the current launcher (deepspeed / torchrun / single process)."""
     stop = StopFlag().install()
-    ds_engine.init_distributed(cfg.parallel.backend)
+    ds_engine.init_distributed(cfg.parallel.backend, cfg.parallel.timeout_minutes)
     state.initialize(cfg.parallel.sp_size)
     trainer = Trainer(cfg, task)
     try:

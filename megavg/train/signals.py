@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import signal
 
-import torch
-import torch.distributed as dist
-
-from megavg.utils.device import collective_device
+from megavg.utils.device import agree
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
@@ -32,7 +29,4 @@ class StopFlag:
 
     def agreed(self) -> bool:
         """True on every rank when any rank has received a stop signal (collective)."""
-        flag = torch.tensor([1.0 if self.signum is not None else 0.0], device=collective_device())
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return agree(self.signum is not None, every=False)

@@ -8,8 +8,9 @@ streamed DC-AE-V decode :func:`~megavg.infer.st.decode_to_video`. Rank 0 writes
 ``run.dir/validation/step_NNNNNNN/<index>.mp4`` (atomically) and a tensorboard entry per prompt.
 
 - Conditioning is computed once, on rank 0 and on the CPU (the text encoder never reaches the GPU and is
-  freed right after), and stored with the initial noise in ``run.dir/validation/inputs.pt``; every rank
-  reads that file, and a resumed run reuses it (recomputed only when the validation inputs changed).
+  freed right after), in a background thread while training runs (:class:`StoredInputs`), and stored with
+  the initial noise in ``run.dir/validation/inputs.pt``; every rank reads that file at the first
+  validation, and a resumed run reuses it (recomputed only when the validation inputs changed).
 - All ranks run every forward (ZeRO-3 parameter gathers and Ulysses all-to-alls are collectives), on the
   same full inputs; only rank 0 decodes and writes.
 - The noise of prompt ``i`` is drawn on the CPU from ``validation.seed + i`` alone, so a prompt gives the
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from megavg.infer import stages as st
 from megavg.infer.stage_log import StageLog
 from megavg.infer.video_io import VideoWriter
 from megavg.train.config import TrainConfig, ValidationConfig
+from megavg.utils.device import agree
 from megavg.utils.errors import UserError
 from megavg.utils.io import atomic_file
 from megavg.utils.logging import get_logger
@@ -186,21 +189,51 @@ def inputs_key(cfg: ValidationConfig) -> dict:
     return key | {"prompt_list": read_prompts(cfg)}
 
 
-def load_or_encode(cfg: ValidationConfig, comps: Components, dit, vae, path: Path) -> list[dict]:
-    """The stored inputs when they match ``cfg``, else encoded now (rank 0) and stored; all ranks read."""
-    key = inputs_key(cfg)
-    if dist.get_rank() == 0:
+class StoredInputs:
+    """The validation inputs in ``path``: read when they match ``cfg``, else encoded by rank 0 *while
+    training runs* (a background thread) and stored.
+
+    Encoding (umT5-XXL in fp32 on the CPU, ~23 GB; for I2V a DC-AE-V encode per prompt) takes minutes at
+    14B; the other ranks do not wait for it: they train. :meth:`items`, called by every rank at the first
+    validation, joins the thread on rank 0 and agrees over the ranks that the file is ready (one
+    all-reduce: a failure raises on every rank instead of leaving the others in a collective), then every
+    rank reads the file. A resumed run with unchanged settings reads the stored file at once.
+    """
+
+    def __init__(self, cfg: ValidationConfig, comps: Components, dit, vae, path: Path) -> None:
+        self.path, self.error, self.thread, self._items = path, None, None, None
+        if dist.get_rank() != 0:
+            return
+        key = inputs_key(cfg)
         stored = torch.load(path, weights_only=False) if path.is_file() else None
         if stored is None or stored["key"] != key:
+            self.thread = threading.Thread(target=self._encode, args=(cfg, comps, dit, vae, key), daemon=True)
+            self.thread.start()
+
+    def _encode(self, cfg, comps, dit, vae, key) -> None:
+        try:
             start = time.perf_counter()
-            stored = {"key": key, "items": encode_all(cfg, comps, dit, vae)}
-            with atomic_file(path) as tmp:
+            with torch.no_grad():  # grad mode is per thread
+                stored = {"key": key, "items": encode_all(cfg, comps, dit, vae)}
+            with atomic_file(self.path) as tmp:
                 torch.save(stored, tmp)
-            log.info(
-                f"validation: {len(stored['items'])} prompts encoded in {time.perf_counter() - start:.1f} s"
-            )
-    dist.barrier()
-    return torch.load(path, weights_only=False)["items"]
+            seconds = time.perf_counter() - start
+            count = len(stored["items"])
+            log.info(f"validation: {count} prompts encoded in {seconds:.1f} s (rank 0, while training)")
+        except BaseException as err:  # reported (on every rank) when the inputs are needed
+            self.error = err
+
+    def items(self) -> list[dict]:
+        """The encoded inputs (collective on first use)."""
+        if self._items is None:
+            if self.thread is not None:
+                self.thread.join()
+            if not agree(self.error is None, every=True):
+                if self.error is not None:
+                    raise self.error
+                raise UserError("validation: rank 0 could not encode the validation inputs (see its log)")
+            self._items = torch.load(self.path, weights_only=False)["items"]
+        return self._items
 
 
 # ---- the validation pass ----------------------------------------------------------------------------
@@ -227,29 +260,34 @@ class Validator:
         comps = components(self.cfg)
         self.vae = comps.load_vae() if self.rank0 else None  # decoding is rank 0's; CPU between passes
         self.scaling = comps.scaling_factor or (self.vae.args.scaling_factor if self.vae else 1.0)
-        self.items = load_or_encode(self.cfg, comps, dit, self.vae, self.dir / "inputs.pt")
+        self.inputs = StoredInputs(self.cfg, comps, dit, self.vae, self.dir / "inputs.pt")
 
     def due(self, step: int, last: bool) -> bool:
         return step % self.cfg.every == 0 or last
 
-    def run(self, engine, step: int, metrics) -> float:
-        """Generate every prompt with the live model; rank 0 writes the videos. Returns the seconds."""
+    def run(self, engine, step: int, metrics, stop=None) -> bool:
+        """Generate every prompt with the live model; rank 0 writes the videos. With ``stop`` (a
+        :class:`~megavg.train.signals.StopFlag`) the ranks agree before every model call whether a stop
+        signal came, and end the pass early if so (returns False; True when every prompt was done)."""
         start = time.perf_counter()
         module = getattr(engine, "module", engine)
         training = module.training
         module.eval()
         devices = [self.device] if self.device.type == "cuda" else []
+        model = engine if stop is None else _Interruptible(engine, stop)
         try:
             with torch.random.fork_rng(devices=devices), torch.no_grad():
-                for index, item in enumerate(self.items):
-                    latents = self.sample(engine, item)
+                for index, item in enumerate(self.inputs.items()):
+                    latents = self.sample(model, item)
                     if self.rank0:
                         self.write(latents, item, step, index, metrics)
+        except _Stopped:
+            log.info(f"stop signal during validation at step {step}: its videos are incomplete")
+            return False
         finally:
             module.train(training)
-        seconds = time.perf_counter() - start
-        metrics.log(step, {"validation/seconds": seconds})
-        return seconds
+        metrics.log(step, {"validation/seconds": time.perf_counter() - start})
+        return True
 
     def sample(self, engine, item: dict) -> torch.Tensor:
         from megavg.infer.sampling import sample
@@ -259,7 +297,7 @@ class Validator:
         return sample(
             engine, item["noise"].to(self.device), move["text"], move["negative_text"], steps=self.cfg.steps,
             guidance=self.cfg.guidance, shift=self.cfg.shift, solver=self.cfg.solver,
-            condition=move["condition"], image=move["image"], progress=False,
+            condition=move["condition"], image=move["image"], progress=False, model_group=dist.group.WORLD,
         )  # fmt: skip
 
     def write(self, latents: torch.Tensor, item: dict, step: int, index: int, metrics) -> None:
@@ -274,6 +312,26 @@ class Validator:
         if metrics.tb is not None:
             video = torch.cat(collect.pieces, dim=2)[0]  # 3, T, H, W in [-1, 1]
             add_tensorboard_video(metrics.tb, f"validation/{index}", video, step, req.fps)
+
+
+class _Stopped(Exception):
+    """The ranks agreed to stop in the middle of a validation pass."""
+
+
+class _Interruptible:
+    """The model as the sampler sees it, asking ``stop`` (agreed over all ranks: a collective each rank
+    issues before the same model call) whether to go on before every call."""
+
+    def __init__(self, model, stop) -> None:
+        self.model, self.stop = model, stop
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def __call__(self, *args, **kwargs):
+        if self.stop.agreed():
+            raise _Stopped
+        return self.model(*args, **kwargs)
 
 
 @contextlib.contextmanager

@@ -122,3 +122,18 @@ def collective_device() -> torch.device:
     if dist.is_initialized() and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def agree(flag: bool | torch.Tensor, *, every: bool, group=None, device: torch.device | None = None) -> bool:
+    """One decision for every rank of ``group`` (default: all ranks) from each rank's own ``flag``: True when
+    it holds on ``every`` rank (a MIN all-reduce) or, ``every=False``, on any rank (MAX). Collective: every
+    rank of the group calls it at the same point; a decision that changes which collectives follow (CFG
+    batched or sequential, stop now, skip a step) must go through it. A tensor ``flag`` is reduced on its
+    own device; a bool on ``device`` (default :func:`collective_device`). One host sync."""
+    if isinstance(flag, torch.Tensor):
+        value = flag.float().reshape(1)
+    else:
+        value = torch.tensor([1.0 if flag else 0.0], device=device or collective_device())
+    if dist.is_initialized() and dist.get_world_size(group) > 1:
+        dist.all_reduce(value, op=dist.ReduceOp.MIN if every else dist.ReduceOp.MAX, group=group)
+    return bool(value.item())

@@ -16,11 +16,13 @@ import torch
 from megavg.infer import generate, stages
 from megavg.infer.export import main as export
 from megavg.infer.video_io import VideoWriter
+from tests import collectives
 from tests.distributed.generate_worker import record_pixels
 from tests.distributed.launch import REPO, torchrun
 from tests.infer.tiny_pipeline import read_video
 
 WORKER = REPO / "tests/distributed/generate_worker.py"
+RECORDED = REPO / "tests/distributed/recorded.py"
 # 24 frames -> 6 latent frames (3 decoder chunks of the tiny DC-AE-V) of 8x12: 576 tokens (patch 1)
 RUN = ["--prompt", "a red fox in snow", "--dtype", "fp32", "--steps", "3", "--no-progress", "--size", "32",
        "48", "--frames", "24", "--device", "cpu", "--seed", "3"]  # fmt: skip
@@ -81,3 +83,25 @@ def test_wrong_process_count_is_one_error_line(single, tmp_path):
     with pytest.raises(generate.UserError, match="needs 2 processes, this run has 1: launch with torchrun"):
         generate.main([str(pipe), *RUN, "--out", str(tmp_path / "x.mp4"), "--sp", "2"])
     assert not (tmp_path / "x.mp4").exists()
+
+
+@pytest.mark.distributed
+def test_sp_ranks_agree_on_the_cfg_mode(single, tmp_path, monkeypatch):
+    """``--cfg-batch auto`` under ``--sp 2`` when the ranks read different free GPU memory (rank 1 too little
+    for the doubled batch, rank 0 plenty): both must run the same CFG mode, else rank 0's batched all-to-alls
+    meet rank 1's sequential ones (another size). Every rank's recorded collectives are the same, in the
+    same order and sizes; the video is still the single-process one."""
+    pipe, reference, _, _ = single
+    out = tmp_path / "out"
+    monkeypatch.setenv(collectives.ENV, str(tmp_path / "collectives"))
+    monkeypatch.setenv("MEGAVG_TEST_FAULT", "free_memory")
+    args = [str(WORKER), str(pipe), *RUN, "--out", str(out / "v.mp4"), "--sp", "2"]
+    collectives.checked_run(
+        lambda: torchrun(RECORDED, 2, out, *args, timeout=600), tmp_path / "collectives", 2
+    )
+    records = collectives.read_records(tmp_path / "collectives")
+    assert any(c["op"] == "all_to_all_single" for c in records[0])  # Ulysses ran (and was recorded)
+    scale = reference["latents"].abs().max()
+    for rank in range(2):
+        got = torch.load(out / f"rank{rank}.pt")["latents"]
+        assert (got - reference["latents"]).abs().max() <= 1e-5 * scale

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import pytest
@@ -143,3 +144,41 @@ def test_compiled_blocks_match_and_are_restored():
     assert_rel_close(compiled, eager)
     assert all(block._compiled_call_impl is None for block in model.blocks)
     assert stats["first_step_s"] > stats["step_s"]  # compiling happened in the first step
+
+
+class _Branches(_Diffusers):
+    """diffusers' transformer under its First-Block Cache, each CFG branch in its own cache context (as
+    WanPipeline runs it: ``cache_context("cond")`` / ``("uncond")``): the reference loop calls cond, then
+    uncond, every step."""
+
+    def __init__(self, ref):
+        super().__init__(ref)
+        self.calls = 0
+
+    def forward(self, latents, timestep, text, image=None):
+        name = ("cond", "uncond")[self.calls % 2]
+        self.calls += 1
+        with self.ref.cache_context(name):
+            return super().forward(latents, timestep, text, image)
+
+
+@pytest.mark.parametrize("cfg_batch", [True, False], ids=["batched", "sequential"])
+def test_fbcache_keeps_each_branch_residual_like_diffusers(pair, cfg_batch):
+    """fbcache with a threshold that skips every step after the first: each CFG branch adds *its own*
+    cached residual (cond's, uncond's), as diffusers' FirstBlockCache with one cache context per branch
+    does; within 1e-5 relative of it, batched (one cache over both rows) and sequential (one per call)."""
+    from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
+
+    ref, model, (noise, text, negative, condition, image) = pair
+    if image is not None:
+        pytest.skip("T2V only (suite budget)")
+    cached = copy.deepcopy(ref)
+    apply_first_block_cache(cached, FirstBlockCacheConfig(threshold=1e9))
+    expected = reference(_Branches(cached), unipc(SHIFT), noise, text, negative, GUIDANCE, STEPS)
+    stats: dict = {}
+    actual = sampling.sample(
+        model, noise, text, negative, steps=STEPS, guidance=GUIDANCE, shift=SHIFT, progress=False,
+        cfg_batch=cfg_batch, cache="fbcache", cache_threshold=1e9, stats=stats,
+    )  # fmt: skip
+    assert stats["skipped"] == (STEPS - 1) * (1 if cfg_batch else 2)
+    assert_rel_close(actual, expected)

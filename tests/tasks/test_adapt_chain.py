@@ -54,6 +54,11 @@ def train_and_export(tmp_path, name, config, shards, *overrides):
     run("-m", "megavg.train", "--config", f"configs/train/{config}.yaml", *FAST, *GPU_LAYERS, *overrides,
         f"run.dir={tmp_path / name}", f"data.shards={shards}")  # fmt: skip
     run("tools/consolidate.py", str(tmp_path / name), "--out", str(tmp_path / f"{name}-model"))
+    # the run trained with TE, flash-attn, FP8 and recompute; the model folder is for the runner
+    args = registry.read_config(tmp_path / f"{name}-model")["args"]
+    layers = args["layers"]
+    assert (layers["linear"], layers["attention"], layers["fp8"]["enabled"]) == ("auto", "auto", False)
+    assert args.get("grad_checkpointing", False) is False
     return registry.load_state_dict(tmp_path / f"{name}-model")
 
 

@@ -19,10 +19,12 @@ from megavg.infer.generate import main as generate
 from megavg.train.config import load_config
 from megavg.train.validation import check, read_prompts
 from megavg.utils.errors import UserError
+from tests import collectives
 from tests.distributed.launch import REPO, torchrun
 from tests.infer.tiny_pipeline import TEXT_DIM, build_components, read_video
 
 PROMPTS = ["a red fox in snow", "a fox"]
+RECORDED = REPO / "tests/distributed/recorded.py"
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +157,63 @@ def test_config_errors(tiny, tmp_path):
     for override, message in bad.items():
         with pytest.raises(UserError, match=message):
             check(load_config(REPO / "configs/train/adapt_3_lora.yaml", [*base, override]))
+
+
+def recorded_train(root, name, args, tmp_path_factory, fault, fault_rank=1):
+    """Two ranks of ``python -m megavg.train`` with every collective recorded and ``fault`` on one rank
+    (tests/distributed/recorded.py); returns (the launch's exit code, its output). The records must be
+    the same on both ranks (the comparison names the first difference when a run failed)."""
+    records = tmp_path_factory.mktemp(f"collectives_{name}")
+    env = {
+        collectives.ENV: str(records),
+        "MEGAVG_TEST_FAULT": fault,
+        "MEGAVG_TEST_FAULT_RANK": str(fault_rank),
+    }
+    config = ["--config", "configs/train/adapt_3_lora.yaml", *args, "parallel.timeout_minutes=1"]
+
+    def launch():
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in env.items():
+                mp.setenv(key, value)
+            try:
+                proc = torchrun(RECORDED, 2, root, "-m", "megavg.train", *config, timeout=600)
+                return 0, proc.stdout + proc.stderr
+            except AssertionError as err:
+                if "failed (75)" in str(err) or "exitcode: 75" in str(err):
+                    return 75, str(err)
+                raise
+
+    return collectives.checked_run(launch, records, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ranks_agree_on_cfg_mode_and_a_finished_run_with_one_failing_read(tiny, tmp_path_factory):
+    """Two ZeRO-3 ranks with validation: rank 1 reads too little free memory for batched CFG, rank 0
+    plenty. Both must sample the same way (else their parameter gathers differ). Then the finished run is
+    relaunched while rank 1 cannot read the checkpoint: rank 0 alone decides that the run is finished, and
+    both ranks exit 0 without training (before, rank 1 went on to train alone while rank 0 exited)."""
+    root, paths = tiny
+    args = overrides(root, paths, "agree_cfg")
+    code, _ = recorded_train(root, "cfg", args, tmp_path_factory, "free_memory")
+    assert code == 0 and video(root / "agree_cfg", 4).shape == (8, 16, 16, 3)
+    before = losses(root / "agree_cfg")
+    code, output = recorded_train(root, "finished", args, tmp_path_factory, "read_fail")
+    assert code == 0 and "already finished (step 4" in output
+    assert losses(root / "agree_cfg") == before  # nothing trained
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_stop_signal_during_validation_saves_and_exits(tiny, tmp_path_factory):
+    """SIGUSR1 reaches rank 1 right after its first validation sample at step 2: the ranks agree before
+    the next model call, write the step-2 checkpoint and exit 75 (the second prompt's video is not made);
+    the relaunch resumes at step 2 and finishes with the straight run's losses."""
+    root, paths = tiny
+    args = overrides(root, paths, "stopped", 4, True, "checkpoint.every=0")
+    code, _ = recorded_train(root, "stop", args, tmp_path_factory, "stop_in_validation")
+    run = root / "stopped"
+    assert code == 75 and (run / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+    assert sorted(p.name for p in (run / "validation" / "step_0000002").iterdir()) == ["0.mp4"]
+    code, _ = recorded_train(root, "resume", args, tmp_path_factory, "")
+    assert code == 0 and [s for s, _ in losses(run)] == [1, 2, 3, 4]

@@ -1,0 +1,74 @@
+"""torchrun worker: run ``-m MODULE ARGS`` or ``SCRIPT ARGS`` with every collective recorded
+(:mod:`tests.collectives`) into ``$MEGAVG_TEST_COLLECTIVES``, optionally with a fault on one rank.
+
+``MEGAVG_TEST_FAULT`` (on rank ``MEGAVG_TEST_FAULT_RANK``, default 1; comma-separated for several):
+
+- ``free_memory``: the GPU free-memory reading the sampler's CFG decision uses
+  (:func:`megavg.infer.sampling.free_memory`) is 0 bytes on that rank and 1 TiB on the others, as after
+  bucketed steps left one rank's caching allocator fuller;
+- ``read_fail``: reading a checkpoint file to hash it (:func:`megavg.train.ckpt_integrity.describe`)
+  fails with EIO on that rank (a flaky shared filesystem);
+- ``stop_in_validation``: that rank receives SIGUSR1 right after its first validation sample.
+
+``MEGAVG_TEST_PG_TIMEOUT`` (seconds, default 60) bounds every collective of the run.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import runpy
+import signal
+import sys
+
+from tests.collectives import ENV, TIMEOUT_ENV, recording
+
+TIB = 2**40
+
+
+def install_faults() -> None:
+    faults = [f for f in os.environ.get("MEGAVG_TEST_FAULT", "").split(",") if f]
+    if int(os.environ.get("RANK", "0")) != int(os.environ.get("MEGAVG_TEST_FAULT_RANK", "1")):
+        faults = [f for f in faults if f == "free_memory"]  # the other ranks read plenty of memory
+        mine = False
+    else:
+        mine = True
+    for fault in faults:
+        if fault == "free_memory":
+            from megavg.infer import sampling
+
+            sampling.free_memory = lambda device: 0 if mine else TIB
+        elif fault == "read_fail":
+            from megavg.train import ckpt_integrity
+
+            def describe(tag_dir, names):
+                raise OSError(errno.EIO, "Input/output error (injected)", str(tag_dir))
+
+            ckpt_integrity.describe = describe
+        elif fault == "stop_in_validation":
+            from megavg.train import validation
+
+            def sample(self, engine, item, real=validation.Validator.sample):
+                out = real(self, engine, item)
+                os.kill(os.getpid(), signal.SIGUSR1)
+                return out
+
+            validation.Validator.sample = sample
+        else:
+            raise SystemExit(f"recorded.py: unknown fault {fault!r}")
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    install_faults()
+    with recording(os.environ[ENV], float(os.environ.get(TIMEOUT_ENV, "60"))):
+        if argv[0] == "-m":
+            sys.argv = [argv[1], *argv[2:]]
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = argv
+            runpy.run_path(argv[0], run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
