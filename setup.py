@@ -21,7 +21,7 @@ setup(
     ],
     extras_require={
         "train": [
-            "deepspeed>=0.16",
+            "deepspeed>=0.19.3",  # megavg.train.engine.MIN_DEEPSPEED (DeepSpeed PR #8148)
             "peft>=0.13",
             "webdataset>=0.2.100",
             "tensorboard>=2.14",
