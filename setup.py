@@ -2,7 +2,8 @@ from setuptools import find_packages, setup
 
 # pip install megavg            -> the standalone single-GPU runner (generate, reconstruct, export)
 # pip install "megavg[train]"   -> + distributed training (DeepSpeed ZeRO-3, LoRA, webdataset, tensorboard)
-# pip install "megavg[gpu]"     -> + flash-attn and Transformer Engine (CUDA machines)
+# pip install --no-build-isolation "megavg[gpu]"  -> + flash-attn and Transformer Engine (CUDA machines;
+#     both build against the installed torch: install setuptools wheel ninja packaging psutil first)
 # pip install "megavg[dev]"     -> + test tools (and diffusers, the tests' independent reference)
 setup(
     name="megavg",
