@@ -47,11 +47,6 @@ def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torc
     Each pair (x_2i, x_2i+1) is one complex number times cos + i sin: one complex multiply over a
     contiguous view (the same products and sums as the real-valued formula, bitwise, on CPU). The
     real-valued form on strided even/odd slices ran ~18x slower on CPU (strided, unvectorised loops)."""
-    if torch.compiler.is_compiling():  # inductor fuses this form; it generates no complex kernels
-        cos, sin = rope[0][None, :, None, :], rope[1][None, :, None, :]  # [1, S, 1, D/2]
-        pairs = x.float().unflatten(-1, (-1, 2))  # [B, S, H, D/2, 2]
-        even, odd = pairs[..., 0], pairs[..., 1]
-        return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2).type_as(x)
     rotation = torch.complex(rope[0], rope[1])[None, :, None, :]  # [1, S, 1, D/2]
     x32 = x.float()
     if x32.stride(-1) != 1 or any(stride % 2 for stride in x32.stride()[:-1]):
