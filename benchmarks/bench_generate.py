@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python benchmarks/bench_generate.py                     # CPU, tiny components
     PYTHONPATH=. python benchmarks/bench_generate.py --device cuda --dtype bf16 --size 256 384 --frames 32
-    PYTHONPATH=. python benchmarks/bench_generate.py --vs-diffusers        # vs diffusers' loop, same weights
+    PYTHONPATH=. OMP_NUM_THREADS=2 python benchmarks/bench_generate.py --vs-diffusers   # vs diffusers' loop
 
 Measured: the tiny DiT / DC-AE-V / umT5 / CLIP of the tests (``tests/infer/tiny_pipeline.py``) exported
 with ``tools/export_pipeline.py`` and run through ``megavg.infer.generate`` for T2V and I2V; each stage's
@@ -126,17 +126,21 @@ def main() -> None:
     parser.add_argument("--skip-measured", action="store_true")
     parser.add_argument("--vs-diffusers", action="store_true",
                         help="only: vs diffusers' loop on the same weights (vs_diffusers.py)")  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=3, help="--vs-diffusers: interleaved rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="--vs-diffusers: alternating rounds (>= 5)")
     parser.add_argument(
         "--cache-threshold", type=float, default=0.05, help="--vs-diffusers: FBCache threshold"
     )
     parser.add_argument("--no-sp", action="store_true", help="--vs-diffusers: skip the 2-process SP run")
     parser.add_argument("--no-compile", action="store_true", help="--vs-diffusers: skip the compiled run")
+    parser.add_argument("--core", action="store_true",
+                        help="--vs-diffusers: only diffusers, megavg exact and megavg compiled")  # fmt: skip
     opts = parser.parse_args()
     if opts.vs_diffusers:
         from vs_diffusers import compare
 
-        compare(opts.device, opts.rounds, opts.cache_threshold, not opts.no_sp, not opts.no_compile)
+        compare(
+            opts.device, opts.rounds, opts.cache_threshold, not opts.no_sp, not opts.no_compile, opts.core
+        )
         return
     analytic()
     if not opts.skip_measured:

@@ -4,7 +4,11 @@
 Shape (the issue's reference): 4 layers, dim 384 (6 heads), FFN 1536, umT5-width text (4096, 512
 tokens), latents 16 x 6 x 26 x 50 with patch 1x2x2 = 1,950 tokens, 6 UniPC steps, CFG 5, shift 5.
 Weights: a random diffusers ``WanTransformer3DModel``, converted to megavg with ``to_megavg``.
-Variants, interleaved round by round (the machine is shared; medians are reported):
+Method (so that a figure reproduces): the contenders alternate round by round (every round runs each
+once, in the same order), each variant's figure is the **minimum** over at least 5 rounds (noise from
+other jobs only ever adds time), ``OMP_NUM_THREADS`` must be set (the thread count is part of the
+figure), and the load average (1/5/15 min, before and after) is printed with the table: a figure is
+meaningful only when the load average stayed below the number of cores. Variants:
 
 - ``diffusers``: diffusers' transformer in the loop of ``WanPipeline.__call__`` (cond forward, uncond
   forward, CFG, ``UniPCMultistepScheduler.step``);
@@ -14,9 +18,9 @@ Variants, interleaved round by round (the machine is shared; medians are reporte
 - ``megavg fbcache``: plus ``cache="fbcache"`` at ``--cache-threshold`` (approximate);
 - ``megavg SP 2``: ``sample()`` under ``apply_ulysses`` on 2 local processes (torchrun; gloo on CPU).
 
-Printed: seconds per step (median over rounds; the first step of each run excluded so compiling does
-not count), speed-up over diffusers, peak memory (GPU allocated, or host RSS of the process), and the
-largest difference from diffusers' output relative to its largest value.
+Printed: seconds per step (minimum over rounds of each run's mean step; the first step of each run
+excluded so compiling does not count), speed-up over diffusers, peak memory (GPU allocated, or host RSS
+of the process), and the largest difference from diffusers' output relative to its largest value.
 """
 
 from __future__ import annotations
@@ -148,7 +152,21 @@ def run_sp(rounds: int) -> tuple[list, torch.Tensor]:
         return json.loads(line.split(" ", 1)[1]), torch.load(f"{tmp}/out.pt")
 
 
-def compare(device: str, rounds: int, threshold: float, with_sp: bool, with_compile: bool = True) -> None:
+MIN_ROUNDS = 5
+
+
+def compare(
+    device: str, rounds: int, threshold: float, with_sp: bool, with_compile: bool = True, core: bool = False
+) -> None:
+    """Run the variants alternating for ``rounds`` rounds and print the table; ``core``: only diffusers,
+    megavg exact and megavg compiled."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        raise SystemExit(
+            "error: set OMP_NUM_THREADS (e.g. OMP_NUM_THREADS=2): the thread count is part of the figure"
+        )
+    if rounds < MIN_ROUNDS:
+        raise SystemExit(f"error: --rounds {rounds}: at least {MIN_ROUNDS} (the table reports the minimum)")
+    load_before = os.getloadavg()
     device = torch.device(device)
     ref, model = make_models(device)
     noise, text, negative = make_inputs(device)
@@ -165,6 +183,10 @@ def compare(device: str, rounds: int, threshold: float, with_sp: bool, with_comp
     }
     if not with_compile:
         del variants["megavg compiled"]
+    if core:
+        variants = {
+            k: v for k, v in variants.items() if k in ("diffusers", "megavg exact", "megavg compiled")
+        }
     steps: dict[str, list[float]] = {name: [] for name in variants}
     first, peak, outputs, skipped = {}, {}, {}, {}
     for _ in range(rounds):
@@ -181,21 +203,24 @@ def compare(device: str, rounds: int, threshold: float, with_sp: bool, with_comp
         steps["megavg SP 2 (2 processes)"] = [r[0] for r in results]
         peak["megavg SP 2 (2 processes)"] = max(r[1] for r in results)
         first["megavg SP 2 (2 processes)"] = float("nan")
-    report(device, rounds, steps, first, peak, outputs, skipped)
+    report(device, rounds, steps, first, peak, outputs, skipped, (load_before, os.getloadavg()))
 
 
-def report(device, rounds, steps, first, peak, outputs, skipped) -> None:
-    base = statistics.median(steps["diffusers"])
+def report(device, rounds, steps, first, peak, outputs, skipped, loads) -> None:
+    base = min(steps["diffusers"])
     scale = outputs["diffusers"].abs().max().item()
     kind = "GPU allocated" if device.type == "cuda" else "host RSS, per process"
+    load = " -> ".join("/".join(f"{x:.1f}" for x in avg) for avg in loads)
     print(
-        f"\nvs diffusers on {device.type} ({torch.get_num_threads()} threads), fp32, 4 layers, dim 384, "
-        f"1,950 tokens, {STEPS} UniPC steps, CFG {GUIDANCE:g}; median of {rounds} interleaved rounds\n"
+        f"\nvs diffusers on {device.type} (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, "
+        f"{torch.get_num_threads()} torch threads, {os.cpu_count()} cores), fp32, 4 layers, dim 384, "
+        f"1,950 tokens, {STEPS} UniPC steps, CFG {GUIDANCE:g}; minimum of {rounds} alternating rounds; "
+        f"load average (1/5/15 min) {load}\n"
     )
     print(f"| variant | s/step | speed-up vs diffusers | first step s | peak MiB ({kind}) | max rel. diff |")
     print("|---|---|---|---|---|---|")
     for name, values in steps.items():
-        med = statistics.median(values)
+        med = min(values)
         diff = (outputs[name] - outputs["diffusers"]).abs().max().item() / scale
         note = (
             f" (skipped {skipped[name]} of {STEPS})"

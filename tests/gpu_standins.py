@@ -29,11 +29,13 @@ def standin_env(env: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def _forget_libraries() -> None:
+    from megavg.layers import backends
     from megavg.layers.linear import te_layer_classes
 
     for name in [m for m in sys.modules if m.split(".")[0] in LIBRARIES]:
         del sys.modules[name]
     te_layer_classes.cache_clear()  # its classes subclass the module objects just forgotten
+    backends.clear_cache()  # which libraries import depends on sys.path
 
 
 def _redetect_in_peft(present: bool) -> None:

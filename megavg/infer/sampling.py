@@ -25,6 +25,7 @@ import torch
 from megavg.conditioning.text import TEXT_TOKENS, pad_text
 from megavg.infer.step_cache import METHODS as CACHE_METHODS
 from megavg.infer.step_cache import StepCache
+from megavg.layers.linear import uses_transformer_engine
 from megavg.utils.device import agree
 from megavg.utils.errors import UserError
 from megavg.utils.logging import progress
@@ -246,7 +247,16 @@ def free_memory(device: torch.device) -> int | None:
 
 @contextlib.contextmanager
 def regional_compile(model: torch.nn.Module, enabled: bool):
-    """``torch.compile`` each transformer block (static shapes) while inside; the model is restored after."""
+    """``torch.compile`` each transformer block (static shapes) while inside; the model is restored after.
+
+    Refused for Transformer Engine linears: TE keeps its modules' ``forward`` out of dynamo
+    (``no_torch_dynamo``), so each block would split into one graph per linear with nothing fused."""
+    if enabled and uses_transformer_engine(model.blocks[0]):
+        raise UserError(
+            "--compile: this DiT runs Transformer Engine linears, which TE keeps out of torch.compile "
+            "(each block would split into one graph per linear); run without --compile, or on an "
+            "environment without Transformer Engine (torch linears, the same weights)"
+        )
     blocks = list(model.blocks) if enabled else []
     saved = [block._compiled_call_impl for block in blocks]
     for block in blocks:

@@ -11,9 +11,13 @@ from megavg.utils.errors import UserError
 FLASH_DTYPES = (torch.float16, torch.bfloat16)
 
 
+@torch.compiler.assume_constant_result  # dynamo runs it once per trace: no graph break per call
 def _backend_for(dtype: torch.dtype, backend: str) -> str:
     """``flash`` or ``sdpa`` for inputs of ``dtype``: flash-attn takes only fp16/bf16, so ``auto`` gives
-    float32 inputs (exact fp32 runs on GPU) to SDPA, and an explicit ``flash`` refuses them."""
+    float32 inputs (exact fp32 runs on GPU) to SDPA, and an explicit ``flash`` refuses them.
+
+    Under ``torch.compile`` its result is a trace-time constant: the resolution (cached library
+    detection, a one-time log line) would otherwise break the graph at every attention call."""
     chosen = resolve_attention(backend)
     if chosen == "flash" and dtype not in FLASH_DTYPES:
         if backend != "auto":

@@ -16,9 +16,13 @@ from megavg.layers.config import Fp8Config
 
 EXTRA_STATE_SUFFIX = "_extra_state"
 FP8_TOKEN_MULTIPLE = 16  # FP8 GEMMs need row counts divisible by 8-16: token sequences are padded to it
-# TE's assert_dim_for_fp8_exec (transformer_engine/pytorch/utils.py): an FP8 GEMM input needs the product
-# of its leading dimensions divisible by 8 (and its last by 16, a model dimension)
-FP8_ROW_MULTIPLE = 8
+# Rows (tokens) of an FP8 GEMM input are padded to this. Forward: TE's assert_dim_for_fp8_exec
+# (transformer_engine/pytorch/utils.py) wants the product of the leading dimensions divisible by 8. Backward:
+# Hopper runs FP8 GEMMs in TN layout only, so the weight-gradient GEMM dW = dY^T X contracts over the rows
+# with both operands transposed, and CanonicalizeGemmInput (transformer_engine/common/gemm/
+# cublaslt_gemm.cu) checks lda % 16 == 0 and ldb % 16 == 0 there ("Leading dimension requirement on A
+# for FP8 GEMM. Caller must pad."): rows must be a multiple of 16 for training.
+FP8_ROW_MULTIPLE = 16
 
 
 def fp8_blocks(num_blocks: int, cfg: Fp8Config) -> list[bool]:

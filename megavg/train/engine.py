@@ -108,10 +108,31 @@ def lr_lambda(cfg: TrainConfig):
     return factor
 
 
+# ZeRO-3 with non-reentrant activation checkpointing and frozen parameters (the AE-Adapt-V stages: LoRA,
+# a frozen teacher) fails in backward before this release ("Recomputed values ... have different
+# metadata": the recompute re-partitions a frozen weight torch's checkpoint still references; DeepSpeed
+# PR #8148). setup.py's `train` extra has the same floor.
+MIN_DEEPSPEED = "0.19.3"
+
+
+def check_deepspeed_version(version: str) -> None:
+    """Refuse a DeepSpeed older than :data:`MIN_DEEPSPEED` with one clear error."""
+    from packaging.version import Version
+
+    if Version(version) < Version(MIN_DEEPSPEED):
+        raise UserError(
+            f"deepspeed {version} is too old: megavg needs deepspeed>={MIN_DEEPSPEED} (ZeRO-3 with "
+            "non-reentrant activation checkpointing and frozen parameters fails before it, DeepSpeed "
+            f"PR #8148); pip install 'deepspeed>={MIN_DEEPSPEED}'"
+        )
+
+
 def init_distributed(backend: str, timeout_minutes: float = 30.0) -> None:
     """Start torch.distributed through DeepSpeed: NCCL on GPU, gloo on CPU (``backend="auto"``); any
     collective fails after waiting ``timeout_minutes`` (``parallel.timeout_minutes``) for a rank."""
     import deepspeed
+
+    check_deepspeed_version(deepspeed.__version__)
 
     if "RANK" not in os.environ:  # plain `python -m megavg.train`: a world of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")

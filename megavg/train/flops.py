@@ -11,7 +11,8 @@ per distinct batch shape (cached); Wan models are traced with 1 and 2 blocks and
 block is the same).
 
 Per GPU: a micro-batch's FLOPs divided by ``parallel.sp_size`` (SP ranks share one sample), summed over
-the step's micro-batches, averaged over ranks. MFU = TFLOP/s per GPU / dense peak per GPU.
+the step's micro-batches, averaged over ranks. MFU = TFLOP/s per GPU / dense bf16 peak per GPU (FP8 runs:
+also ``perf/mfu_fp8_peak``, against the FP8 peak).
 """
 
 from __future__ import annotations
@@ -51,16 +52,25 @@ def table_peak(device_name: str, fp8: bool) -> float | None:
     return None
 
 
-def peak_tflops(cfg: TrainConfig, device: torch.device) -> float | None:
-    """``logging.peak_tflops``, else the table's peak for this GPU (FP8 when the model's linears run in
-    FP8, else bf16; fp32 runs are measured against bf16 too); None on CPU or an unknown GPU."""
-    if cfg.logging.peak_tflops is not None:
-        return cfg.logging.peak_tflops
-    if device.type != "cuda":
-        return None
+def mfu_peaks(cfg: TrainConfig, device_name: str | None) -> dict[str, float]:
+    """Per MFU metric, the per-GPU dense peak TFLOP/s it divides by; ``device_name``: the CUDA device's
+    name, None on CPU. ``perf/mfu``: the bf16 peak, also for FP8 runs (as other frameworks report MFU, so
+    it compares across precisions; fp32 runs too), or ``logging.peak_tflops`` when set. FP8 runs also get
+    ``perf/mfu_fp8_peak`` against the FP8 dense peak. Empty on CPU or an unknown GPU without the override."""
+    peaks: dict[str, float] = {}
+    bf16 = table_peak(device_name, fp8=False) if device_name else None
+    if cfg.logging.peak_tflops is not None or bf16 is not None:
+        peaks["perf/mfu"] = cfg.logging.peak_tflops if cfg.logging.peak_tflops is not None else bf16
     layers = getattr(model_args(cfg.model), "layers", None)
-    fp8 = bool(layers is not None and layers.fp8.enabled)
-    return table_peak(torch.cuda.get_device_name(device), fp8)
+    fp8 = table_peak(device_name, fp8=True) if device_name else None
+    if layers is not None and layers.fp8.enabled and fp8 is not None:
+        peaks["perf/mfu_fp8_peak"] = fp8
+    return peaks
+
+
+def peak_tflops(cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+    """:func:`mfu_peaks` for this run's device."""
+    return mfu_peaks(cfg, torch.cuda.get_device_name(device) if device.type == "cuda" else None)
 
 
 def build_meta(cfg: TrainConfig) -> nn.Module:

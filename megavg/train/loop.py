@@ -103,7 +103,7 @@ class Trainer:
         self.loader = make_loader(cfg, self.dp_rank, self.dp_size, self.step * cfg.schedule.grad_accum)
         self.batches = iter(self.loader)
         self.flops = StepFlops(cfg, task)
-        self.peak_tflops = peak_tflops(cfg, self.device)
+        self.mfu_peaks = peak_tflops(cfg, self.device)  # {metric: peak TFLOP/s}
         self.metrics = MetricsWriter(self.run_dir, rank0, cfg.logging.tensorboard, self.step)
         self.validator = None
         if cfg.validation.enabled:
@@ -171,8 +171,8 @@ class Trainer:
         }
         if flops is not None:
             scalars["perf/tflops_per_gpu"] = flops / seconds / 1e12
-            if self.peak_tflops:
-                scalars["perf/mfu"] = scalars["perf/tflops_per_gpu"] / self.peak_tflops
+            for metric, peak in self.mfu_peaks.items():
+                scalars[metric] = scalars["perf/tflops_per_gpu"] / peak
         if self.ema is not None:
             scalars["train/ema_decay"] = self.ema.last_decay
         self.metrics.log(self.step, scalars)

@@ -159,6 +159,10 @@ def _bash(args: tuple[str, ...]) -> list[Check]:
     elif script == "tools/test.sh":
         checks += [Check("error", f"tools/test.sh does not handle {a}") for a in rest
                    if a in ("--quick", "--all") and a not in (REPO / script).read_text()]  # fmt: skip
+    elif script == "tools/gpu_check.sh":  # its own options, or tools/gpu_check.py's (it forwards them)
+        known = (REPO / script).read_text() + (REPO / "tools/gpu_check.py").read_text()
+        checks += [Check("error", f"{script} does not handle {a}") for a in rest
+                   if a.startswith("--") and f'"{a}"' not in known and f"{a})" not in known]  # fmt: skip
     elif rest:
         checks.append(Check("error", f"{script} takes no arguments"))
     return checks

@@ -49,6 +49,23 @@ def test_fp8_gemm_shape_rule(rows, in_features, ok):
                 layer(x)
 
 
+@pytest.mark.parametrize(("rows", "frozen", "ok"), [(32, False, True), (24, False, False), (24, True, True)])
+def test_fp8_weight_gradient_needs_rows_multiple_of_16(rows, frozen, ok):
+    """Hopper's TN-only FP8 GEMMs: the wgrad GEMM contracts over the rows (lda % 16, cublaslt_gemm.cu);
+    24 rows pass the forward's "divisible by 8" and fail in backward, unless the weight is frozen."""
+    te, _ = _te()
+    layer = te.Linear(32, 16, device="cuda")
+    layer.weight.requires_grad_(not frozen)
+    x = torch.randn(rows, 32, requires_grad=True)
+    with te.autocast():
+        y = layer(x)
+    if ok:
+        y.sum().backward()
+    else:
+        with pytest.raises(AssertionError, match="Leading dimension requirement on A for FP8 GEMM"):
+            y.sum().backward()
+
+
 def test_te_dtype_and_device_rules():
     te, _ = _te()
     layer = te.Linear(16, 16, params_dtype=torch.bfloat16, device="cuda")
@@ -94,7 +111,7 @@ def _fp8_grads(te, layer, x, checkpoint):
 def test_te_checkpoint_recomputes_in_the_forward_fp8_context():
     te, _ = _te()
     layer = te.Linear(32, 16, device="cuda")
-    x = torch.randn(8, 32, requires_grad=True)
+    x = torch.randn(16, 32, requires_grad=True)  # FP8 backward: rows % 16 (the wgrad GEMM's rule)
     plain = _fp8_grads(te, layer, x, None)
     for reentrant in (False, True):
         ckpt = _fp8_grads(te, layer, x, lambda f, a, r=reentrant: te.checkpoint(f, a, use_reentrant=r))

@@ -104,7 +104,7 @@ class _Records(logging.Handler):
 
 
 def test_torch_fallback_logs_one_line_each():
-    backends._fallback_once.cache_clear()
+    backends.clear_cache()
     handler, logger = _Records(), logging.getLogger("megavg")
     level = logger.level
     logger.addHandler(handler)

@@ -76,3 +76,20 @@ def test_checkpointed_fp8_blocks_recompute_in_fp8():
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=0, atol=0, msg=name)
+
+
+def test_delayed_scaling_reduces_amaxes_once_per_forward():
+    """TE's delayed recipe all-reduces the amaxes when the outermost autocast exits: one FP8 region over
+    the block stack, not one per block (the stand-in counts the reductions)."""
+    from transformer_engine.pytorch import FP8GlobalStateManager
+
+    delayed = Fp8Config(enabled=True, recipe="delayed", bf16_first_blocks=0, bf16_last_blocks=0)
+    model = build(linear="te", attention="flash", fp8=delayed)
+    assert len(model.blocks) > 1
+    x, t, text, _ = inputs(text_len=8)
+    before = FP8GlobalStateManager.AMAX_REDUCTIONS
+    model(x, t, text)
+    assert FP8GlobalStateManager.AMAX_REDUCTIONS - before == 1
+    with torch.no_grad():  # inference: TE reduces nothing
+        model(x, t, text)
+    assert FP8GlobalStateManager.AMAX_REDUCTIONS - before == 1

@@ -15,7 +15,7 @@ import torch
 import megavg.models
 from megavg.tasks import build_task
 from megavg.train.config import load_config
-from megavg.train.flops import StepFlops, table_peak
+from megavg.train.flops import StepFlops, mfu_peaks, table_peak
 from tests.distributed.launch import REPO
 
 
@@ -112,6 +112,17 @@ def test_peak_table():
     assert table_peak("NVIDIA A100-SXM4-80GB", fp8=False) == 312.0
     assert table_peak("NVIDIA B200", fp8=False) == 2250.0
     assert table_peak("NVIDIA GeForce RTX 4090", fp8=False) is None
+
+
+def test_mfu_is_against_the_bf16_peak_also_for_fp8_runs():
+    """Peers report MFU against the bf16 peak: an FP8 run's ``perf/mfu`` too (its FP8-peak figure is a
+    second, separately named metric); ``logging.peak_tflops`` replaces the bf16 peak."""
+    h100 = "NVIDIA H100 80GB HBM3"
+    fp8 = ["model.args.layers.fp8.enabled=true"]
+    assert mfu_peaks(lora_config(*fp8), h100) == {"perf/mfu": 989.0, "perf/mfu_fp8_peak": 1979.0}
+    assert mfu_peaks(lora_config(), h100) == {"perf/mfu": 989.0}
+    assert mfu_peaks(lora_config("logging.peak_tflops=500"), None) == {"perf/mfu": 500.0}
+    assert mfu_peaks(lora_config(*fp8), None) == {}  # CPU
 
 
 def conv_flops_by_hooks(model, video) -> tuple[int, int]:

@@ -118,6 +118,8 @@ class AttentionCore(nn.Module):
         length, padded = rope[0].shape[0], q.shape[1]  # tokens beyond the RoPE table are padding
         q, k, v = q[:, :length], k[:, :length], v[:, :length]
         out = attention(apply_rope(q, rope), apply_rope(k, rope), v, self.backend)
+        if padded == length:
+            return out  # no padding: F.pad would still copy
         return F.pad(out, (0, 0, 0, 0, 0, padded - length))  # padding rows get zeros
 
 

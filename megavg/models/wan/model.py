@@ -10,6 +10,7 @@ wraps each block's ``self_attn.core`` afterwards (:func:`megavg.models.wan.paral
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -100,16 +101,23 @@ class Model(MegavgModel):
         return [block.cross_attn.project(text, image) for block in self.blocks]
 
     def _run_blocks(self, x, cond, time_proj, rope, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """Blocks ``start:stop``; ``cond`` = (embedded text, embedded image, context or None)."""
+        """Blocks ``start:stop``; ``cond`` = (embedded text, embedded image, context or None).
+
+        One FP8 autocast region per run of consecutive FP8 blocks (all of them with the delayed recipe,
+        which keeps no bf16 blocks): delayed scaling all-reduces the amaxes when the outermost region
+        exits, so a region per block would issue one all-reduce per block."""
         text, image, context = cond
         in_fp8 = fp8_blocks(len(self.blocks), self.args.layers.fp8)
-        for i in range(start, len(self.blocks) if stop is None else stop):
-            block, kv = self.blocks[i], None if context is None else context[i]
-            with fp8_autocast(in_fp8[i], self.args.layers.fp8, self.fp8_group):
-                if self.args.grad_checkpointing and torch.is_grad_enabled():
-                    x = recompute(block, x, text, image, time_proj, rope, kv, linear=self.args.layers.linear)
-                else:
-                    x = block(x, text, image, time_proj, rope, kv)
+        span = range(start, len(self.blocks) if stop is None else stop)
+        for fp8, indices in itertools.groupby(span, key=in_fp8.__getitem__):
+            with fp8_autocast(fp8, self.args.layers.fp8, self.fp8_group):
+                for i in indices:
+                    block, kv = self.blocks[i], None if context is None else context[i]
+                    if self.args.grad_checkpointing and torch.is_grad_enabled():
+                        linear = self.args.layers.linear
+                        x = recompute(block, x, text, image, time_proj, rope, kv, linear=linear)
+                    else:
+                        x = block(x, text, image, time_proj, rope, kv)
         return x
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:

@@ -10,8 +10,12 @@ What the real ``FP8GlobalStateManager`` keeps, and when (mirrored here):
 - ``recipe=None`` means ``get_default_fp8_recipe()`` (DelayedScaling on Hopper).
 - ``te.fp8_autocast(enabled, calibrating, fp8_recipe, fp8_group)`` is deprecated since TE 2.9 in favour
   of ``te.autocast(enabled, calibrating, recipe, amax_reduction_group)``; it warns and forwards.
-Not emulated: the amax reduction over ``amax_reduction_group`` and the delayed-scaling amax history
-(each GEMM is quantised with its current amax).
+- Delayed scaling reduces the forward amaxes of every FP8 module that ran inside the region over
+  ``amax_reduction_group`` once, when the outermost ``autocast`` exits with grad enabled
+  (``quantization.py: autocast_exit`` -> ``reduce_and_update_fp8_tensors(forward=True)``, a no-op for
+  other recipes whose amax buffer stays empty). Counted here in ``AMAX_REDUCTIONS`` (one all-reduce per
+  count on a GPU; the stand-in issues no collective).
+Not emulated: the delayed-scaling amax history (each GEMM is quantised with its current amax).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 from typing import Any
+
+import torch
 
 from transformer_engine.common.recipe import DelayedScaling, Float8CurrentScaling
 
@@ -34,6 +40,12 @@ class FP8GlobalStateManager:
     FP8_RECIPE: Any = None
     FP8_DISTRIBUTED_GROUP: Any = None
     AUTOCAST_DEPTH = 0
+    REGION_FP8_GEMMS = 0  # FP8 GEMMs run since the outermost autocast was entered
+    AMAX_REDUCTIONS = 0  # forward amax all-reduces delayed scaling would have issued
+
+    @classmethod
+    def record_fp8_gemm(cls) -> None:
+        cls.REGION_FP8_GEMMS += 1
 
     @classmethod
     def is_fp8_enabled(cls) -> bool:
@@ -67,12 +79,19 @@ def autocast(
     FP8GlobalStateManager.set_autocast_state(
         (enabled, calibrating, recipe if recipe is not None else DelayedScaling(), amax_reduction_group)
     )
-    FP8GlobalStateManager.AUTOCAST_DEPTH += 1
+    manager = FP8GlobalStateManager
+    if manager.AUTOCAST_DEPTH == 0:
+        manager.REGION_FP8_GEMMS = 0
+    manager.AUTOCAST_DEPTH += 1
     try:
         yield
     finally:
-        FP8GlobalStateManager.AUTOCAST_DEPTH -= 1
-        FP8GlobalStateManager.set_autocast_state(saved)
+        manager.AUTOCAST_DEPTH -= 1
+        delayed = isinstance(manager.get_fp8_recipe(), DelayedScaling)
+        if enabled and manager.AUTOCAST_DEPTH == 0 and torch.is_grad_enabled() and delayed:
+            if manager.REGION_FP8_GEMMS:  # the amax buffer holds this region's modules
+                manager.AMAX_REDUCTIONS += 1
+        manager.set_autocast_state(saved)
 
 
 def fp8_autocast(

@@ -72,6 +72,7 @@ class TransformerEngineBaseModule(nn.Module):
         recipe = FP8GlobalStateManager.get_fp8_recipe()
         fmt = recipe.fp8_format
         self.fp8_steps += 1
+        FP8GlobalStateManager.record_fp8_gemm()
         bias = None if bias is None else bias.to(x2d.dtype)
         return Fp8Gemm.apply(
             x2d, weight.to(x2d.dtype), bias, fmt.forward, fmt.backward, getattr(recipe, "margin", 0)
