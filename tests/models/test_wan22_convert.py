@@ -60,10 +60,20 @@ def original_config(ref, model_type: str) -> dict:
     """An original Wan 2.2 config.json (WanModel's fields) for a diffusers model's architecture."""
     a = ref.config
     dim = a.num_attention_heads * a.attention_head_dim
-    return dict(_class_name="WanModel", model_type=model_type, dim=dim,
-                ffn_dim=a.ffn_dim, freq_dim=a.freq_dim, in_dim=a.in_channels, out_dim=a.out_channels,
-                num_heads=a.num_attention_heads, num_layers=a.num_layers, text_len=512, eps=a.eps,
-                text_dim=a.text_dim)  # fmt: skip
+    return dict(
+        _class_name="WanModel",
+        model_type=model_type,
+        dim=dim,
+        ffn_dim=a.ffn_dim,
+        freq_dim=a.freq_dim,
+        in_dim=a.in_channels,
+        out_dim=a.out_channels,
+        num_heads=a.num_attention_heads,
+        num_layers=a.num_layers,
+        text_len=512,
+        eps=a.eps,
+        text_dim=a.text_dim,
+    )
 
 
 def write_original(folder, ref, model_type: str):
