@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "multiple: 3 becomes 4, 10 becomes 8 (said before sampling)")  # fmt: skip
     p.add_argument("--steps", type=int, help="denoising steps (default: the pipeline's, 50)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 5.0)")
+    p.add_argument("--guidance-2", type=float,
+                   help="two-expert pipelines (Wan 2.2 A14B): the low-noise expert's guidance (default: the "
+                        "pipeline's, else --guidance)")  # fmt: skip
     p.add_argument("--shift", type=float, help="flow shift (default 5.0)")
     p.add_argument("--solver", choices=("unipc", "euler"), help="solver (default unipc)")
     p.add_argument("--seed", type=int, default=0)
@@ -177,6 +180,9 @@ class Request:
     shift: float
     solver: str
     fps: int
+    guidance_2: float | None = None  # two-expert pipelines: the low-noise expert's guidance
+    clip_tokens: bool = False  # the DiT takes CLIP image tokens (Wan 2.1 I2V; Wan 2.2 experts do not)
+    boundary: float | None = None  # two-expert pipelines: the switch (diffusers' boundary_ratio)
 
 
 def check_device(name: str) -> None:
@@ -211,6 +217,10 @@ def build_request(args: argparse.Namespace, pipe: Pipeline) -> Request:
     if steps < 1:
         raise UserError(f"--steps {steps}: must be at least 1")
     warn_cpu_defaults(args, steps)
+    guidance = args.guidance if args.guidance is not None else d.guidance
+    guidance_2 = args.guidance_2 if args.guidance_2 is not None else d.guidance_2
+    if guidance_2 is not None and not pipe.manifest.transformer_2:
+        raise UserError(f"--guidance-2: {pipe.root} has one transformer (no low-noise expert)")
     return Request(
         prompt=prompt,
         negative=d.negative_prompt if args.negative_prompt is None else args.negative_prompt,
@@ -218,10 +228,13 @@ def build_request(args: argparse.Namespace, pipe: Pipeline) -> Request:
         size=size,
         frames=grid_frames(args.frames, vae.temporal_compression * dit.patch_size[0]),
         steps=steps,
-        guidance=args.guidance if args.guidance is not None else d.guidance,
+        guidance=guidance,
         shift=args.shift if args.shift is not None else d.shift,
         solver=args.solver or d.solver,
         fps=args.fps or d.fps,
+        guidance_2=guidance if pipe.manifest.transformer_2 and guidance_2 is None else guidance_2,
+        clip_tokens=dit.is_i2v,
+        boundary=pipe.manifest.boundary,
     )
 
 
@@ -278,12 +291,60 @@ class Placement:
                     torch.cuda.empty_cache()
 
 
+class ExpertPlacement:
+    """Where the two Wan 2.2 experts sit while denoising: both on the device when they fit there (always
+    on the CPU), else only the active one (``activate``, the sampler's hook) with the other at home on the
+    CPU, so a GPU holds one 14B expert at a time. One transformer: it is simply on the device."""
+
+    def __init__(self, place: Placement, experts: list[nn.Module], one_at_a_time: bool):
+        self.place, self.experts, self.one_at_a_time = place, experts, one_at_a_time
+        self.home = torch.device("cpu") if one_at_a_time else place.home
+
+    def describe(self) -> str:
+        if len(self.experts) == 1:
+            return "one transformer"
+        held = "one expert at a time (the other on the CPU)" if self.one_at_a_time else "both experts"
+        return f"{held} on {self.place.device}"
+
+    def activate(self, model: nn.Module) -> None:
+        if self.one_at_a_time:
+            for other in self.experts:
+                if other is not model:
+                    other.to(self.home)
+            if self.place.device.type == "cuda":
+                torch.cuda.empty_cache()
+        model.to(self.place.device)
+
+    @contextlib.contextmanager
+    def denoising(self):
+        if not self.one_at_a_time:
+            for model in self.experts:
+                model.to(self.place.device)
+        try:
+            yield self
+        finally:
+            for model in self.experts:
+                model.to(self.place.home if not self.one_at_a_time else self.home)
+
+
+def experts_fit(experts: list[nn.Module], device: torch.device) -> bool:
+    """Whether all experts' weights fit on ``device`` together, with a quarter of its free memory left for
+    activations (always on the CPU)."""
+    if device.type != "cuda" or len(experts) == 1:
+        return True
+    weights = sum(p.numel() * p.element_size() for m in experts for p in m.parameters())
+    on_device = sum(p.numel() * p.element_size() for m in experts for p in m.parameters() if p.is_cuda)
+    free, _ = torch.cuda.mem_get_info(device)
+    return weights - on_device < 0.75 * free
+
+
 @dataclass
 class Models:
     text: object
     dit: nn.Module | None
     vae: nn.Module
     image: object | None
+    dit_2: nn.Module | None = None  # Wan 2.2 A14B: the low-noise expert
 
 
 def load_models(pipe: Pipeline, req: Request, place: Placement, dtype: torch.dtype) -> Models:
@@ -293,7 +354,7 @@ def load_models(pipe: Pipeline, req: Request, place: Placement, dtype: torch.dty
     tokenizer = pipe.component(m.tokenizer) or None
     text = TextEncoder(pipe.component(m.text_encoder), str(place.home), dtype, m.text_max_length, tokenizer)
     image = None
-    if req.image is not None:
+    if req.image is not None and req.clip_tokens:
         image = load_image_encoder(pipe)
         image.to(place.home)
     vae = pipe.load_vae(dtype=dtype).to(place.home)
@@ -304,6 +365,11 @@ def load_transformer(pipe: Pipeline, req: Request, place: Placement, dtype: torc
     """The DiT, loaded once the inputs are encoded: never on the device while an encoder runs (the 4K I2V
     condition encode needs the memory)."""
     return pipe.load_transformer(i2v=req.image is not None, dtype=dtype).to(place.home)
+
+
+def load_transformer_2(pipe: Pipeline, dtype: torch.dtype) -> nn.Module | None:
+    """A two-expert pipeline's low-noise expert, on the CPU (:class:`ExpertPlacement` places it)."""
+    return pipe.load_transformer_2(dtype=dtype)
 
 
 def load_image_encoder(pipe: Pipeline):
@@ -352,13 +418,14 @@ def encode_inputs(models: Models, req: Request, place: Placement, stages: StageL
     out = {"text": None, "negative_text": None, "image": None, "condition": None}
     with stages.stage("text encode"), place.use(models.text):
         out["text"] = models.text.padded([req.prompt])  # [1, 512, D], zeros after the prompt
-        if req.guidance > 1.0:
+        if max(req.guidance, req.guidance_2 or 0.0) > 1.0:
             out["negative_text"] = models.text.padded([req.negative])
     models.text = None  # not needed again: free it
-    if req.image is not None:
+    if req.image is not None and req.clip_tokens:
         with stages.stage("image encode"), place.use(models.image):
             out["image"] = models.image(req.image)  # CLIP sees the whole image, as in the authors' pipeline
         models.image = None
+    if req.image is not None:
         with stages.stage("condition"), place.use(models.vae):
             frame = F.interpolate(req.image, size=req.size, mode="bicubic", antialias=True).clamp(-1, 1)
             out["condition"] = i2v_condition(models.vae, frame, req.frames)
@@ -373,14 +440,20 @@ def initial_noise(models: Models, req: Request, seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
-def denoise(models: Models, req: Request, inputs: dict, noise, args, layout: Layout) -> tuple:
+def denoise(models: Models, req: Request, inputs: dict, noise, args, layout: Layout, experts=None) -> tuple:
     """The sampler as ``args`` configure it (CFG batching, compile, cache, SP / CFG-parallel groups)."""
     from megavg.infer.sampling import sample
 
     if layout.sp_group is not None:
         from megavg.models.wan.parallelize import apply_ulysses
 
-        apply_ulysses(models.dit, layout.sp_group)
+        for dit in (models.dit, models.dit_2):
+            if dit is not None:
+                apply_ulysses(dit, layout.sp_group)
+    two = {}
+    if models.dit_2 is not None:
+        two = dict(model_2=models.dit_2, boundary=req.boundary, guidance_2=req.guidance_2,
+                   activate=None if experts is None else experts.activate)  # fmt: skip
     stats: dict = {}
     latents = sample(
         models.dit, noise, inputs["text"], inputs["negative_text"], steps=req.steps,
@@ -388,7 +461,7 @@ def denoise(models: Models, req: Request, inputs: dict, noise, args, layout: Lay
         image=inputs["image"], progress=not args.no_progress and layout.is_main,
         cfg_batch={"auto": None, "on": True, "off": False}[args.cfg_batch], compile=args.compile,
         cache=args.cache, cache_threshold=args.cache_threshold, cfg_group=layout.cfg_group,
-        sp_group=layout.sp_group, stats=stats,
+        sp_group=layout.sp_group, stats=stats, **two,
     )  # fmt: skip
     return latents, stats
 
@@ -433,23 +506,27 @@ def _generate(args: argparse.Namespace, pipe: Pipeline, req: Request, layout: La
     encoded = encode_inputs(models, req, place, stages)
     with stages.stage("load transformer"):
         models.dit = load_transformer(pipe, req, place, dtype)
+        models.dit_2 = load_transformer_2(pipe, dtype)
     inputs = {k: v.to(device) if v is not None else None for k, v in encoded.items()}
     noise = initial_noise(models, req, args.seed).to(device)
-    with stages.stage("denoise"), place.use(models.dit), torch.no_grad():
-        latents, stats = denoise(models, req, inputs, noise, args, layout)
-    models.dit = None
+    dits = [m for m in (models.dit, models.dit_2) if m is not None]
+    experts = ExpertPlacement(place, dits, one_at_a_time=args.offload or not experts_fit(dits, device))
+    with stages.stage("denoise"), experts.denoising(), torch.no_grad():
+        latents, stats = denoise(models, req, inputs, noise, args, layout, experts)
+    models.dit = models.dit_2 = None
     latents = latents.float() / pipe.manifest.scaling_factor
     with stages.stage("decode"), place.use(models.vae):
         frames = decode(models, latents, req, args, layout)
     per_step = next(sec for name, sec, _ in stages.rows if name == "denoise") / req.steps
     if layout.is_main:
         log.info("wrote %s: %d frames %dx%d, %d steps on %d process(es)\n%s\ndenoise per step: %.3f s "
-                 "(first step %.3f s%s, then %.3f s each; CFG %s)", args.out, frames, req.size[0],
+                 "(first step %.3f s%s, then %.3f s each; CFG %s; %s)", args.out, frames, req.size[0],
                  req.size[1], req.steps, layout.world, stages.report(), per_step, stats["first_step_s"],
-                 ", compile included" if args.compile else "", stats["step_s"], stats["mode"])  # fmt: skip
+                 ", compile included" if args.compile else "", stats["step_s"], stats["mode"],
+                 experts.describe())  # fmt: skip
     timing = {k: stats[k] for k in ("first_step_s", "step_s", "skipped", "calls")}
     return {"frames": frames, "size": req.size, "stages": stages.rows, "seconds_per_step": per_step,
-            "latents": latents, **timing}  # fmt: skip
+            "latents": latents, "experts": experts.describe(), **timing}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -43,7 +43,14 @@ class Args:
 
     @property
     def is_i2v(self) -> bool:
+        """Takes CLIP image tokens (Wan 2.1 I2V)."""
         return self.image_dim is not None
+
+    @property
+    def takes_image(self) -> bool:
+        """Conditioned on a first frame: CLIP tokens and/or mask + image-latent channels beside the noise
+        (Wan 2.1 I2V, Wan 2.2 I2V-A14B, whose experts take no CLIP tokens)."""
+        return self.is_i2v or self.in_channels > self.out_channels
 
 
 _T2V_1_3B = Args()
