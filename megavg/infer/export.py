@@ -9,8 +9,8 @@ cast to ``--dtype``. Encoders are referenced (absolute path or hub id) unless ``
 ``--diffusers`` also writes the DiT as a diffusers ``WanTransformer3DModel`` folder. Wan 2.2 A14B: the
 low-noise expert as ``--transformer-2`` with the switch ``--boundary`` (diffusers' ``boundary_ratio``) and
 optionally its guidance ``--guidance-2``; ``--diffusers`` then writes ``diffusers/`` (``transformer/``,
-``transformer_2/``, ``model_index.json``), which ``tools/convert_official.py wan22`` reads back. The pipeline folder
-appears complete or not at all.
+``transformer_2/``, ``model_index.json``), which ``tools/convert_official.py wan22`` reads back. The
+pipeline folder appears complete or not at all.
 """
 
 from __future__ import annotations
