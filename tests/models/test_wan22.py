@@ -79,6 +79,10 @@ EXPECTED_PARAMS = {
     "wan2.2-t2v-a14b": 14_288_491_584,  # per expert; the model is two of these
     "wan2.2-i2v-a14b": 14_288_901_184,  # the patch embedder takes 36 channels
     "wan2.2-ti2v-5b": 4_999_787_712,
+    # DC-VideoGen students (patch 1; DC-AE-V f32t4c32 for A14B, f64t4c128 for TI2V-5B)
+    "dc-videogen-wan2.2-t2v-a14b": 14_288_163_872,
+    "dc-videogen-wan2.2-i2v-a14b": 14_288_348_192,
+    "dc-videogen-wan2.2-ti2v-5b": 4_999_394_432,
 }
 
 

@@ -22,6 +22,9 @@ def args(preset: str):
         ("wan2.2-t2v-a14b", 81, (720, 1280), 21 * (720 // 16) * (1280 // 16)),  # 75,600
         ("wan2.2-i2v-a14b", 81, (720, 1280), 75_600),
         ("wan2.2-ti2v-5b", 121, (704, 1280), 31 * (704 // 32) * (1280 // 32)),  # 27,280
+        # students: DC-AE-V f32t4c32 (A14B) and f64t4c128 (TI2V-5B), patch 1, 4k frames
+        ("dc-videogen-wan2.2-t2v-a14b", 80, (704, 1280), 20 * (704 // 32) * (1280 // 32)),  # 17,600
+        ("dc-videogen-wan2.2-ti2v-5b", 120, (704, 1280), 30 * (704 // 64) * (1280 // 64)),  # 6,600
     ],
 )
 def test_tokens_per_sample(preset, frames, size, tokens):

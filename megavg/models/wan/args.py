@@ -82,6 +82,18 @@ PRESETS: dict[str, Args] = {
     "wan2.2-t2v-a14b": _T2V_A14B,  # one expert; the pipeline holds two (boundary_ratio 0.875)
     "wan2.2-i2v-a14b": _I2V_A14B,  # one expert; boundary_ratio 0.9
     "wan2.2-ti2v-5b": _TI2V_5B,
+    # DC-VideoGen students of Wan 2.2 (docs/wan22.md): A14B experts on DC-AE-V f32t4c32 with patch 1 (I2V:
+    # 32 noise + 4 mask + 32 image latent, no CLIP); TI2V-5B on f64t4c128 with patch 1, as its Wan 2.2 VAE
+    # with patch 2 already reaches 32x per token (f32 with patch 1 would save nothing)
+    "dc-videogen-wan2.2-t2v-a14b": dataclasses.replace(
+        _T2V_A14B, patch_size=(1, 1, 1), in_channels=32, out_channels=32
+    ),
+    "dc-videogen-wan2.2-i2v-a14b": dataclasses.replace(
+        _I2V_A14B, patch_size=(1, 1, 1), in_channels=68, out_channels=32
+    ),
+    "dc-videogen-wan2.2-ti2v-5b": dataclasses.replace(
+        _TI2V_5B, patch_size=(1, 1, 1), in_channels=128, out_channels=128
+    ),
     "wan-tiny-t2v": _TINY,
     "wan-tiny-i2v": dataclasses.replace(_TINY, in_channels=12, image_dim=24),
     "wan-tiny-i2v-a14b": dataclasses.replace(_TINY, in_channels=12),  # 4 noise + 4 mask + 4 image latent
