@@ -2,6 +2,7 @@
 base (its own teacher embedder), phases 2-3 on its own timestep range, then both merged folders are exported
 as one two-expert pipeline that ``generate`` runs. One job per expert (docs/wan22.md says why)."""
 
+import pytest
 import torch
 
 import megavg.models
@@ -14,6 +15,7 @@ from tests.tasks.test_adapt_chain import run, run_chain
 BOUNDARY = 0.875
 
 
+@pytest.mark.slow  # twelve trainer processes and two runner ones
 def test_two_expert_chain_export_generate(tmp_path):
     torch.manual_seed(0)
     c_student = 8
