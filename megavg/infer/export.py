@@ -5,15 +5,19 @@
 
 ``--transformer`` / ``--vae`` are megavg model folders (``tools/consolidate.py`` output, LoRA already
 merged, or ``tools/convert_official.py``); weights are copied lazily, one safetensors shard at a time,
-cast to ``--dtype``. Encoders are referenced (a path relative to the pipeline folder, or a hub id) unless
-``--copy-encoders``.
-``--diffusers`` also writes the DiT as a diffusers ``WanTransformer3DModel`` folder. The pipeline folder
-appears complete or not at all.
+cast to ``--dtype``. Encoders are referenced (a path relative to the pipeline
+folder, or a hub id) unless ``--copy-encoders``.
+``--diffusers`` also writes the DiT as a diffusers ``WanTransformer3DModel`` folder. Wan 2.2 A14B: the
+low-noise expert as ``--transformer-2`` with the switch ``--boundary`` (diffusers' ``boundary_ratio``) and
+optionally its guidance ``--guidance-2``; ``--diffusers`` then writes ``diffusers/`` (``transformer/``,
+``transformer_2/``, ``model_index.json``), which ``tools/convert_official.py wan22`` reads back. The
+pipeline folder appears complete or not at all.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 from pathlib import Path
@@ -73,10 +77,14 @@ def export_pipeline(opts: argparse.Namespace) -> Path:
     if dit_args.out_channels != vae_args.latent_channels:
         raise UserError(f"{opts.transformer}: {dit_args.out_channels} output channels, but the VAE has "
                         f"{vae_args.latent_channels} latent channels")  # fmt: skip
-    sampler = SamplerDefaults(solver=opts.solver, shift=opts.shift, steps=opts.steps, guidance=opts.guidance)
+    expert_2 = _second_expert(opts, dit_args, dtype)
+    sampler = SamplerDefaults(solver=opts.solver, shift=opts.shift, steps=opts.steps, guidance=opts.guidance,
+                              guidance_2=opts.guidance_2)  # fmt: skip
     final = Path(opts.out)
     with atomic_dir(final) as tmp:
         registry.save_state("wan", dit_config["args"], dit_state, tmp / "transformer")
+        if expert_2 is not None:
+            registry.save_state("wan", expert_2[0]["args"], expert_2[1], tmp / "transformer_2")
         registry.save_state("dcaev", vae_config["args"], vae_state, tmp / "vae")
         manifest = Manifest(
             text_encoder=_encoder_entry(opts.text_encoder, tmp, "text_encoder", opts.copy_encoders, final),
@@ -85,15 +93,57 @@ def export_pipeline(opts: argparse.Namespace) -> Path:
             scaling_factor=vae_args.scaling_factor,
             sampler=sampler,
         )
+        if expert_2 is not None:
+            manifest.transformer_2, manifest.boundary = "transformer_2", opts.boundary
         if opts.diffusers:
-            from megavg.models.wan.state_dict_adapter import save_diffusers
-
-            shard_bytes = int(opts.max_shard_mib * 2**20)
-            save_diffusers(dit_args, dit_state, tmp / "transformer_diffusers", shard_bytes)
-            manifest.diffusers_transformer = "transformer_diffusers"
+            _write_diffusers(opts, manifest, tmp, dit_args, [dit_state] + ([expert_2[1]] if expert_2 else []))
         write_manifest(manifest, tmp)
         open_pipeline(tmp)  # the folder must read back as a pipeline before it is published
     return Path(opts.out)
+
+
+def _second_expert(opts: argparse.Namespace, dit_args, dtype) -> tuple[dict, dict] | None:
+    """(config, lazy state) of ``--transformer-2`` (Wan 2.2 A14B's low-noise expert), checked against the
+    first; None without one."""
+    if (opts.transformer_2 is None) != (opts.boundary is None):
+        raise UserError("export_pipeline: --transformer-2 and --boundary come together")
+    if opts.guidance_2 is not None and opts.transformer_2 is None:
+        raise UserError("export_pipeline: --guidance-2 needs --transformer-2")
+    if opts.transformer_2 is None:
+        return None
+    if not 0 < opts.boundary < 1:
+        raise UserError(f"export_pipeline: --boundary {opts.boundary} is not in (0, 1)")
+    config, state = lazy_model(opts.transformer_2, "wan", dtype)
+    args = registry.runner_args(registry.config_args(config), opts.fp8)
+    config["args"] = to_dict(args)
+    first, second = ((a.in_channels, a.out_channels, a.patch_size, a.image_dim) for a in (dit_args, args))
+    if first != second:
+        raise UserError(f"{opts.transformer_2}: {second} does not match --transformer {first} "
+                        "(in/out channels, patch, CLIP width)")  # fmt: skip
+    return config, state
+
+
+def _write_diffusers(opts, manifest: Manifest, tmp: Path, dit_args, states: list[dict]) -> None:
+    """The DiT(s) as diffusers ``WanTransformer3DModel`` folders. One: ``transformer_diffusers/``. Two
+    experts: ``diffusers/`` holding ``transformer/``, ``transformer_2/`` and a ``model_index.json`` with
+    the ``boundary_ratio``, the layout ``convert_official.py wan22`` reads back."""
+    from megavg.models.wan.state_dict_adapter import save_diffusers
+
+    shard_bytes = int(opts.max_shard_mib * 2**20)
+    if len(states) == 1:
+        save_diffusers(dit_args, states[0], tmp / "transformer_diffusers", shard_bytes)
+        manifest.diffusers_transformer = "transformer_diffusers"
+        return
+    names = ["transformer", "transformer_2"]
+    for name, state in zip(names, states):
+        save_diffusers(dit_args, state, tmp / "diffusers" / name, shard_bytes)
+    index = {"_class_name": "WanPipeline", "boundary_ratio": opts.boundary, "expand_timesteps": False,
+             **{name: ["diffusers", "WanTransformer3DModel"] for name in names}}  # fmt: skip
+    (tmp / "diffusers" / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    manifest.diffusers_transformer, manifest.diffusers_transformer_2 = (
+        "diffusers/transformer",
+        "diffusers/transformer_2",
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -103,6 +153,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     p = Parser(prog="tools/export_pipeline.py", description=__doc__.split("\n")[0])
     p.add_argument("--transformer", required=True, help="megavg Wan DiT model folder (T2V or I2V)")
+    p.add_argument("--transformer-2", help="Wan 2.2 A14B: the low-noise expert's megavg model folder")
+    p.add_argument("--boundary", type=float, help="with --transformer-2: the switch (boundary_ratio)")
     p.add_argument("--vae", required=True, help="megavg DC-AE-V model folder")
     p.add_argument("--text-encoder", required=True, help="umT5 folder (transformers) or hub id")
     p.add_argument("--tokenizer", help="tokenizer folder or hub id when not inside --text-encoder")
@@ -112,6 +164,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shift", type=float, default=5.0)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--guidance-2", type=float, help="with --transformer-2: the low-noise expert's guidance")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--fp8", action="store_true", help="keep the DiT's FP8 setting (the runner then needs TE)")
     p.add_argument("--diffusers", action="store_true", help="also write the DiT as a diffusers folder")

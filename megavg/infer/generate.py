@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "multiple: 3 becomes 4, 10 becomes 8 (said before sampling)")  # fmt: skip
     p.add_argument("--steps", type=int, help="denoising steps (default: the pipeline's, 50)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 5.0)")
+    p.add_argument("--guidance-2", type=float,
+                   help="two-expert pipelines (Wan 2.2 A14B): the low-noise expert's guidance (default: the "
+                        "pipeline's, else --guidance)")  # fmt: skip
     p.add_argument("--shift", type=float, help="flow shift (default 5.0)")
     p.add_argument("--solver", choices=("unipc", "euler"), help="solver (default unipc)")
     p.add_argument("--seed", type=int, default=0)
@@ -130,6 +133,7 @@ def build_request(args: argparse.Namespace, pipe: Pipeline) -> Request:
     req = pipe.request(
         prompt, image, negative_prompt=args.negative_prompt, size=args.size, frames=args.frames,
         steps=args.steps, guidance=args.guidance, shift=args.shift, solver=args.solver, fps=args.fps,
+        guidance_2=args.guidance_2,
     )  # fmt: skip
     warn_cpu_defaults(args, req.steps)
     return req
@@ -167,10 +171,11 @@ def write_video(args: argparse.Namespace, pipe: Pipeline, req: Request, layout: 
         result = pipe.run(req, writer, args.seed, run_options(args), layout)
     if layout.is_main:
         log.info(
-            "wrote %s: %s %dx%d, %s on %s\n%s\n%s", args.out, plural(result["frames"], "frame"), req.size[0],
-            req.size[1], plural(req.steps, "step"), plural(layout.world, "process", "processes"),
+            "wrote %s: %s %dx%d, %s on %s\n%s\n%s; %s", args.out, plural(result["frames"], "frame"),
+            req.size[0], req.size[1], plural(req.steps, "step"), plural(layout.world, "process", "processes"),
             result["stage_log"].report(),
             denoise_summary(result["stage_log"].seconds("denoise"), req.steps, result, args.compile),
+            result["experts"],
         )  # fmt: skip
     return result
 

@@ -5,7 +5,8 @@ Two layouts are accepted as ``PIPELINE``:
 megavg (``tools/export_pipeline.py``)::
 
     pipeline.json        {"format": "megavg-pipeline", "version": 1, "transformer": "transformer", ...}
-    transformer/         megavg model folder of the DiT (T2V or I2V)
+    transformer/         megavg model folder of the DiT (T2V or I2V; Wan 2.2 A14B: the high-noise expert)
+    transformer_2/       Wan 2.2 A14B only: the low-noise expert, used for t < boundary x 1000
     vae/                 megavg model folder of DC-AE-V
     text_encoder/        umT5 (transformers folder; or the manifest names a folder / hub id elsewhere)
     image_encoder/       CLIP vision tower (I2V; transformers CLIPVisionModel folder)
@@ -44,6 +45,7 @@ class SamplerDefaults:
     shift: float = 5.0
     steps: int = 50
     guidance: float = 5.0
+    guidance_2: float | None = None  # the low-noise expert's guidance (Wan 2.2 A14B); None: ``guidance``
     fps: int = 16
     negative_prompt: str = ""
 
@@ -64,6 +66,11 @@ class Manifest:
     sampler: SamplerDefaults = field(default_factory=SamplerDefaults)
     diffusers_transformer: str = ""
     vae_preset: str = ""  # released layout: the architecture of the authors' .pt
+    transformer_2: str = ""  # Wan 2.2 A14B: the low-noise expert ("": one transformer)
+    boundary: float | None = (
+        None  # Wan 2.2 A14B: diffusers' boundary_ratio (high-noise expert at t >= it x 1000)
+    )
+    diffusers_transformer_2: str = ""
 
 
 def write_manifest(manifest: Manifest, folder: Path) -> None:
@@ -122,6 +129,12 @@ class PipelineFolder:
             return convert(path, dtype=dtype).eval()
         return registry.load(path, dtype=dtype).eval()
 
+    def load_transformer_2(self, dtype: torch.dtype | None = None):
+        """The low-noise expert of a two-expert (Wan 2.2 A14B) pipeline, or None."""
+        if not self.manifest.transformer_2:
+            return None
+        return registry.load(self.locate(self.manifest.transformer_2), dtype=dtype).eval()
+
     def load_vae(self, dtype: torch.dtype | None = None):
         if self.released:
             from megavg.models.dcaev.model import Model
@@ -166,13 +179,29 @@ def open_pipeline(path: str | Path) -> PipelineFolder:
             raise UserError(f"{root / MANIFEST}: not a {FORMAT} version 1 manifest")
         pipe = PipelineFolder(root, manifest)
         transformer = pipe.locate(manifest.transformer)
-        i2v = _megavg_args(transformer, "wan").is_i2v
-        pipe.transformers = {"i2v" if i2v else "t2v": transformer}
+        args = _megavg_args(transformer, "wan")
+        pipe.transformers = {"i2v" if args.takes_image else "t2v": transformer}
+        _check_experts(pipe, args)
         pipe.vae_args()  # checks the VAE folder now
         return pipe
     if (root / "transformer_t2v").is_dir() or (root / "transformer_i2v").is_dir():
         return _released(root)
     raise UserError(f"{root}: not a pipeline folder (no {MANIFEST}, no transformer_t2v/ or transformer_i2v/)")
+
+
+def _check_experts(pipe: PipelineFolder, args) -> None:
+    """A second transformer (Wan 2.2 A14B's low-noise expert) comes with a boundary and the same shapes."""
+    m = pipe.manifest
+    if bool(m.transformer_2) != (m.boundary is not None):
+        raise UserError(f"{pipe.root / MANIFEST}: transformer_2 and boundary come together")
+    if m.boundary is not None and not 0 < m.boundary < 1:
+        raise UserError(f"{pipe.root / MANIFEST}: boundary {m.boundary} is not in (0, 1)")
+    if m.transformer_2:
+        args_2 = _megavg_args(pipe.locate(m.transformer_2), "wan")
+        first, second = ((a.in_channels, a.out_channels, a.patch_size, a.image_dim) for a in (args, args_2))
+        if first != second:
+            raise UserError(f"{pipe.root}: transformer_2 {second} does not match transformer {first} "
+                            "(in/out channels, patch, CLIP width)")  # fmt: skip
 
 
 def _released(root: Path) -> PipelineFolder:

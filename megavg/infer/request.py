@@ -36,6 +36,9 @@ class Request:
     shift: float
     solver: str
     fps: int
+    guidance_2: float | None = None  # two-expert pipelines: the low-noise expert's guidance
+    clip_tokens: bool = False  # the DiT takes CLIP image tokens (Wan 2.1 I2V; Wan 2.2 experts do not)
+    boundary: float | None = None  # two-expert pipelines: the switch (diffusers' boundary_ratio)
 
 
 def load_image(path: str | os.PathLike) -> torch.Tensor:
@@ -108,8 +111,11 @@ def make_request(
     shift: float | None = None,
     solver: str | None = None,
     fps: int | None = None,
+    guidance_2: float | None = None,
 ) -> Request:
-    """A checked request for ``pipe``; None means the pipeline's default (``pipeline.json`` sampler)."""
+    """A checked request for ``pipe``; None means the pipeline's default (``pipeline.json`` sampler).
+    ``guidance_2``: a two-expert pipeline's low-noise guidance (default: the pipeline's, else
+    ``guidance``)."""
     if not prompt.strip():
         raise UserError("--prompt: the prompt is empty")
     dit, vae = pipe.transformer_args(i2v=image is not None), pipe.vae_args()
@@ -129,6 +135,10 @@ def make_request(
     steps = steps if steps is not None else d.steps
     if steps < 1:
         raise UserError(f"--steps {steps}: must be at least 1")
+    guidance = guidance if guidance is not None else d.guidance
+    guidance_2 = guidance_2 if guidance_2 is not None else d.guidance_2
+    if guidance_2 is not None and not pipe.manifest.transformer_2:
+        raise UserError(f"--guidance-2: {pipe.root} has one transformer (no low-noise expert)")
     return Request(
         prompt=prompt,
         negative=d.negative_prompt if negative_prompt is None else negative_prompt,
@@ -136,8 +146,11 @@ def make_request(
         size=size,
         frames=grid_frames(frames, vae.temporal_compression * dit.patch_size[0]),
         steps=steps,
-        guidance=guidance if guidance is not None else d.guidance,
+        guidance=guidance,
         shift=shift if shift is not None else d.shift,
         solver=solver or d.solver,
         fps=fps or d.fps,
+        guidance_2=guidance if pipe.manifest.transformer_2 and guidance_2 is None else guidance_2,
+        clip_tokens=dit.is_i2v,
+        boundary=pipe.manifest.boundary,
     )

@@ -105,6 +105,7 @@ class Pipeline:
         guidance: float | None = None,
         shift: float | None = None,
         solver: str | None = None,
+        guidance_2: float | None = None,
         seed: int = 0,
         options: st.RunOptions | None = None,
     ) -> np.ndarray:
@@ -112,7 +113,8 @@ class Pipeline:
         default (``pipeline.json``: steps 50, guidance 5.0, shift 5.0, UniPC for the release); an
         ``image`` (path or uint8 [H, W, 3]) makes it image-to-video, ``size`` then being the area."""
         req = self.request(prompt, image, negative_prompt=negative_prompt, size=size, frames=frames,
-                           steps=steps, guidance=guidance, shift=shift, solver=solver)  # fmt: skip
+                           steps=steps, guidance=guidance, shift=shift, solver=solver,
+                           guidance_2=guidance_2)  # fmt: skip
         collector = st.FrameCollector()
         self.run(req, collector, seed, options)
         return collector.frames()
@@ -137,7 +139,7 @@ class Pipeline:
     def _encoders(self, req: Request, place: st.Placement) -> st.Models:
         text = self._get("text", lambda: st.load_text_encoder(self.folder, place, self.dtype))
         image = None
-        if req.image is not None:
+        if req.image is not None and req.clip_tokens:
             image = self._get("image", lambda: st.load_image_encoder(self.folder))
             image.to(place.home)
         vae = self._get("vae", lambda: self.folder.load_vae(dtype=self.dtype)).to(place.home)
@@ -145,8 +147,14 @@ class Pipeline:
 
     def _transformer(self, req: Request, place: st.Placement):
         kind = "t2v" if req.image is None else "i2v"
-        self._loaded.pop("i2v" if kind == "t2v" else "t2v", None)  # one DiT at a time
+        for other in ("i2v", "i2v_2") if kind == "t2v" else ("t2v", "t2v_2"):
+            self._loaded.pop(other, None)  # one DiT (or pair of experts) at a time
         return self._get(kind, lambda: st.load_transformer(self.folder, req, place, self.dtype))
+
+    def _transformer_2(self, req: Request):
+        """The low-noise expert of a two-expert pipeline (None otherwise), on the CPU until placed."""
+        kind = "t2v_2" if req.image is None else "i2v_2"
+        return self._get(kind, lambda: st.load_transformer_2(self.folder, self.dtype))
 
     def run(self, req: Request, writer, seed: int = 0, options: st.RunOptions | None = None,
             layout: Layout | None = None) -> dict:  # fmt: skip
@@ -162,16 +170,19 @@ class Pipeline:
         encoded = st.encode_inputs(models, req, place, stages)
         with stages.stage("load transformer"):
             models.dit = self._transformer(req, place).to(place.home)
+            models.dit_2 = self._transformer_2(req)
         inputs = {k: v.to(device) if v is not None else None for k, v in encoded.items()}
         noise = st.initial_noise(models, req, seed).to(device)
-        with stages.stage("denoise"), place.use(models.dit), torch.no_grad():
-            latents, stats = st.denoise(models, req, inputs, noise, options, layout)
-        models.dit = None
+        dits = [m for m in (models.dit, models.dit_2) if m is not None]
+        experts = st.ExpertPlacement(place, dits, self.offload or not st.experts_fit(dits, device))
+        with stages.stage("denoise"), experts.denoising(), torch.no_grad():
+            latents, stats = st.denoise(models, req, inputs, noise, options, layout, experts)
+        models.dit = models.dit_2 = None
         latents = latents.float() / self.folder.manifest.scaling_factor
         with stages.stage("decode"), place.use(models.vae):
             frames = st.decode(models, latents, req, options.decode_tile, layout, writer)
         timing = {k: stats[k] for k in ("first_step_s", "step_s", "skipped", "calls", "mode")}
         self.last_run = {"frames": frames, "size": req.size, "stages": stages.rows, "stage_log": stages,
                          "seconds_per_step": stages.seconds("denoise") / req.steps, "latents": latents,
-                         **timing}  # fmt: skip
+                         "experts": experts.describe(), **timing}  # fmt: skip
         return self.last_run

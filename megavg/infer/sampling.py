@@ -326,9 +326,8 @@ class GuidedVelocity:
         x = x.to(dtype).repeat(rows // x.shape[0], 1, 1, 1, 1)  # [rows, C, T, H, W]
         if call.extra is not None:
             x = torch.cat([x, call.extra], dim=1)
-        out = self.model(
-            x, t.expand(rows), call.text, call.image, context=call.context, step_cache=call.cache
-        )
+        timestep = t.expand(rows) if t.ndim == 0 else t.expand(rows, -1)  # [rows] or per token [rows, S]
+        out = self.model(x, timestep, call.text, call.image, context=call.context, step_cache=call.cache)
         return out.float()
 
     def cache_report(self) -> tuple[int, int]:
@@ -358,6 +357,76 @@ def _cfg_mode(guidance: float, cfg_batch: bool | None, cfg_group, model, noise, 
     return "batched" if cfg_batch else "sequential"
 
 
+# ------------------------------------------------------------------------------ Wan 2.2: experts, TI2V
+class ExpertSwitch:
+    """Wan 2.2 A14B: the high-noise expert's (guided) velocity while ``t >= boundary * 1000``, then the
+    low-noise one's (diffusers' ``boundary_ratio``; the timesteps only decrease, so it switches once).
+
+    Each expert's ``prepare`` (context projection, step cache) runs when it is first used, after
+    ``activate(model)`` (if given) has placed it: a runner that cannot hold both on the GPU moves the
+    high-noise expert off and the low-noise one on there."""
+
+    def __init__(self, velocities: list[GuidedVelocity], boundary: float | None, prepare, activate=None):
+        self.velocities, self.boundary, self.prepare, self.activate = velocities, boundary, prepare, activate
+        self.ready: set[int] = set()
+
+    def expert(self, t: torch.Tensor) -> int:
+        """0 (high noise) or 1 (low noise) for step timestep ``t``, compared as diffusers does."""
+        return int(self.boundary is not None and not bool(t >= self.boundary * NUM_TRAIN_TIMESTEPS))
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        i = self.expert(t)
+        if i not in self.ready:
+            if self.activate is not None:
+                self.activate(self.velocities[i].model)
+            self.prepare(self.velocities[i])
+            self.ready.add(i)
+        return self.velocities[i](x, t)
+
+    def cache_report(self) -> tuple[int, int]:
+        reports = [v.cache_report() for v in self.velocities]
+        return sum(r[0] for r in reports), sum(r[1] for r in reports)
+
+
+class FirstFrame:
+    """TI2V-5B image conditioning (diffusers' ``expand_timesteps``): the image's latent frame ``latent``
+    [B, C, 1, H, W] replaces frame 0 of what the model sees, that frame's tokens get timestep 0 (clean)
+    while the others get the step's, and it replaces frame 0 of the result. The solver integrates the
+    unreplaced latents, as the diffusers pipeline does."""
+
+    def __init__(self, latent: torch.Tensor, patch_size: Sequence[int]):
+        if patch_size[0] != 1:
+            raise UserError(f"sampler: first_frame needs temporal patch 1, the model has {patch_size[0]}")
+        self.latent, self.patch_size = latent, tuple(patch_size)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.latent.to(x), x[:, :, 1:]], dim=2)
+
+    def model_input(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(latents with the image frame, per-token timesteps [1, S]: 0 on frame 0's tokens, else t)."""
+        grid = [n // p for n, p in zip(x.shape[2:], self.patch_size)]  # tokens (T', H', W')
+        per_token = torch.full(grid, float(t), dtype=torch.float32, device=x.device)
+        per_token[0] = 0  # the first token frame: latent frame 0 (every Wan has temporal patch 1)
+        return self.apply(x), per_token.flatten()[None]  # [1, S]
+
+    def wrap(self, velocity: Callable) -> Callable:
+        return lambda x, t: velocity(*self.model_input(x, t))
+
+
+def _check_experts(model_2, boundary, guidance_2, first_frame, noise) -> None:
+    if (model_2 is None) != (boundary is None):
+        raise UserError("sampler: model_2 (the low-noise expert) and boundary come together")
+    if boundary is not None and not 0 < boundary < 1:
+        raise UserError(f"sampler: boundary must be in (0, 1), got {boundary}")
+    if guidance_2 is not None and model_2 is None:
+        raise UserError("sampler: guidance_2 is the low-noise expert's guidance; it needs model_2")
+    if first_frame is not None and first_frame.shape != (*noise.shape[:2], 1, *noise.shape[3:]):
+        raise UserError(
+            f"sampler: first_frame {tuple(first_frame.shape)} must be [B, C, 1, H, W] like noise "
+            f"{tuple(noise.shape)}"
+        )
+
+
 # ---------------------------------------------------------------------------------------------- sampling
 @torch.no_grad()
 def sample(
@@ -384,6 +453,11 @@ def sample(
     sp_group=None,
     model_group=None,
     stats: dict | None = None,
+    model_2: torch.nn.Module | None = None,
+    boundary: float | None = None,
+    guidance_2: float | None = None,
+    first_frame: torch.Tensor | None = None,
+    activate: Callable[[torch.nn.Module], None] | None = None,
 ) -> torch.Tensor:
     """Integrate the flow from ``noise`` [B, C, T, H, W] (sigma 1) to clean latents (float32).
 
@@ -405,6 +479,11 @@ def sample(
     (default ``sp_group``; ZeRO-3: the ranks that gather the parameters), over which an automatic
     ``cfg_batch`` is agreed. ``stats`` (a dict) receives ``first_step_s`` (includes compiling),
     ``step_s`` (mean of the others), ``mode``, ``skipped`` and ``calls``.
+
+    Wan 2.2: ``model_2`` is the low-noise expert, used for steps with ``t < boundary * 1000`` (diffusers'
+    ``boundary_ratio``) with guidance ``guidance_2`` (default ``guidance``); ``activate(expert)`` is
+    called before an expert's first step (placement). ``first_frame`` [B, C, 1, H, W] is TI2V-5B's image
+    latent (:class:`FirstFrame`: per-token timesteps, frame 0 clean).
     """
     _check_inputs(noise, condition, steps, shift)
     if cache not in CACHE_METHODS:
@@ -413,8 +492,10 @@ def sample(
     batch, device = noise.shape[0], noise.device
     dtype = next(model.parameters()).dtype
     cond = prepare_text(text, text_mask, batch).to(device, dtype)
+    _check_experts(model_2, boundary, guidance_2, first_frame, noise)
+    guidance_2 = guidance if guidance_2 is None else guidance_2
     uncond = None
-    if guidance > 1:
+    if max(guidance, guidance_2) > 1:
         uncond = (
             torch.zeros_like(cond)
             if negative_text is None
@@ -422,11 +503,24 @@ def sample(
         )
     extra = None if condition is None else condition.to(device, dtype)
     image = None if image is None else image.to(device, dtype)
-    mode = _cfg_mode(guidance, cfg_batch, cfg_group, model, noise, model_group or sp_group)
-    velocity = GuidedVelocity(model, cond, uncond, image, extra, guidance, mode, cfg_group)
-    velocity.prepare(reuse_context, cache, cache_threshold, sp_group)
-    with regional_compile(model, compile):
-        x, times = _integrate(velocity, stepper, schedule, noise, progress)
+    inputs = (cond, uncond, image, extra)
+    experts = [(model, guidance)] + ([(model_2, guidance_2)] if model_2 is not None else [])
+    velocities = [
+        GuidedVelocity(
+            m, *inputs, g, _cfg_mode(g, cfg_batch, cfg_group, m, noise, model_group or sp_group), cfg_group
+        )
+        for m, g in experts
+    ]
+    mode = velocities[0].mode
+    velocity = ExpertSwitch(
+        velocities, boundary, lambda v: v.prepare(reuse_context, cache, cache_threshold, sp_group), activate
+    )
+    frame = None if first_frame is None else FirstFrame(first_frame.to(device), model.args.patch_size)
+    with regional_compile(model, compile), regional_compile(model_2, compile and model_2 is not None):
+        x, times = _integrate(
+            velocity if frame is None else frame.wrap(velocity), stepper, schedule, noise, progress
+        )
+    x = x if frame is None else frame.apply(x)
     skipped, calls = velocity.cache_report()
     if cache != "none":
         log.info(

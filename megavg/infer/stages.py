@@ -54,12 +54,60 @@ class Placement:
                     torch.cuda.empty_cache()
 
 
+class ExpertPlacement:
+    """Where the two Wan 2.2 experts sit while denoising: both on the device when they fit there (always
+    on the CPU), else only the active one (``activate``, the sampler's hook) with the other at home on the
+    CPU, so a GPU holds one 14B expert at a time. One transformer: it is simply on the device."""
+
+    def __init__(self, place: Placement, experts: list[nn.Module], one_at_a_time: bool):
+        self.place, self.experts, self.one_at_a_time = place, experts, one_at_a_time
+        self.home = torch.device("cpu") if one_at_a_time else place.home
+
+    def describe(self) -> str:
+        if len(self.experts) == 1:
+            return "one transformer"
+        held = "one expert at a time (the other on the CPU)" if self.one_at_a_time else "both experts"
+        return f"{held} on {self.place.device}"
+
+    def activate(self, model: nn.Module) -> None:
+        if self.one_at_a_time:
+            for other in self.experts:
+                if other is not model:
+                    other.to(self.home)
+            if self.place.device.type == "cuda":
+                torch.cuda.empty_cache()
+        model.to(self.place.device)
+
+    @contextlib.contextmanager
+    def denoising(self):
+        if not self.one_at_a_time:
+            for model in self.experts:
+                model.to(self.place.device)
+        try:
+            yield self
+        finally:
+            for model in self.experts:
+                model.to(self.home)
+
+
+def experts_fit(experts: list[nn.Module], device: torch.device) -> bool:
+    """Whether all experts' weights fit on ``device`` together, with a quarter of its free memory left for
+    activations (always on the CPU)."""
+    if device.type != "cuda" or len(experts) == 1:
+        return True
+    weights = sum(p.numel() * p.element_size() for m in experts for p in m.parameters())
+    on_device = sum(p.numel() * p.element_size() for m in experts for p in m.parameters() if p.is_cuda)
+    free, _ = torch.cuda.mem_get_info(device)
+    return weights - on_device < 0.75 * free
+
+
 @dataclass
 class Models:
     text: object
     dit: nn.Module | None
     vae: nn.Module
     image: object | None
+    dit_2: nn.Module | None = None  # Wan 2.2 A14B: the low-noise expert
 
 
 def load_text_encoder(pipe: PipelineFolder, place: Placement, dtype: torch.dtype):
@@ -74,6 +122,11 @@ def load_transformer(pipe: PipelineFolder, req: Request, place: Placement, dtype
     """The DiT, loaded once the inputs are encoded: never on the device while an encoder runs (the 4K I2V
     condition encode needs the memory)."""
     return pipe.load_transformer(i2v=req.image is not None, dtype=dtype).to(place.home)
+
+
+def load_transformer_2(pipe: PipelineFolder, dtype: torch.dtype) -> nn.Module | None:
+    """A two-expert pipeline's low-noise expert, on the CPU (:class:`ExpertPlacement` places it)."""
+    return pipe.load_transformer_2(dtype=dtype)
 
 
 def load_image_encoder(pipe: PipelineFolder):
@@ -101,13 +154,14 @@ def encode_inputs(models: Models, req: Request, place: Placement, stages: StageL
     out = {"text": None, "negative_text": None, "image": None, "condition": None}
     with stages.stage("text encode"), place.use(models.text):
         out["text"] = models.text.padded([req.prompt])  # [1, 512, D], zeros after the prompt
-        if req.guidance > 1.0:
+        if max(req.guidance, req.guidance_2 or 0.0) > 1.0:
             out["negative_text"] = models.text.padded([req.negative])
     models.text = None  # not needed again by this request
-    if req.image is not None:
+    if req.image is not None and req.clip_tokens:
         with stages.stage("image encode"), place.use(models.image):
             out["image"] = models.image(req.image)  # CLIP sees the whole image, as in the authors' pipeline
         models.image = None
+    if req.image is not None:
         with stages.stage("condition"), place.use(models.vae):
             frame = F.interpolate(req.image, size=req.size, mode="bicubic", antialias=True).clamp(-1, 1)
             out["condition"] = i2v_condition(models.vae, frame, req.frames)
@@ -122,14 +176,24 @@ def initial_noise(models: Models, req: Request, seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
-def denoise(models: Models, req: Request, inputs: dict, noise, options: RunOptions, layout: Layout) -> tuple:
-    """The sampler as ``options`` configure it (CFG batching, compile, cache, SP / CFG-parallel groups)."""
+def denoise(
+    models: Models, req: Request, inputs: dict, noise, options: RunOptions, layout: Layout,
+    experts: ExpertPlacement | None = None,
+) -> tuple:  # fmt: skip
+    """The sampler as ``options`` configure it (CFG batching, compile, cache, SP / CFG-parallel groups;
+    two experts placed by ``experts``)."""
     from megavg.infer.sampling import sample
 
     if layout.sp_group is not None:
         from megavg.models.wan.parallelize import apply_ulysses
 
-        apply_ulysses(models.dit, layout.sp_group)
+        for dit in (models.dit, models.dit_2):
+            if dit is not None:
+                apply_ulysses(dit, layout.sp_group)
+    two = {}
+    if models.dit_2 is not None:
+        two = dict(model_2=models.dit_2, boundary=req.boundary, guidance_2=req.guidance_2,
+                   activate=None if experts is None else experts.activate)  # fmt: skip
     stats: dict = {}
     latents = sample(
         models.dit, noise, inputs["text"], inputs["negative_text"], steps=req.steps,
@@ -137,7 +201,7 @@ def denoise(models: Models, req: Request, inputs: dict, noise, options: RunOptio
         image=inputs["image"], progress=options.progress and layout.is_main,
         cfg_batch=options.cfg_batch, compile=options.compile,
         cache=options.cache, cache_threshold=options.cache_threshold, cfg_group=layout.cfg_group,
-        sp_group=layout.sp_group, stats=stats,
+        sp_group=layout.sp_group, stats=stats, **two,
     )  # fmt: skip
     return latents, stats
 

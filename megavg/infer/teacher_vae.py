@@ -1,7 +1,8 @@
-"""The base model's VAE for AE-Adapt-V phase 1: the Wan-2.1 VAE (diffusers ``AutoencoderKLWan``).
+"""The base model's VAE for AE-Adapt-V phase 1 (diffusers ``AutoencoderKLWan``): the Wan-2.1 VAE (Wan 2.1,
+Wan 2.2 A14B) or the Wan 2.2 VAE (TI2V-5B: 48 channels, patchify 2, 16x spatial).
 
     teacher = TeacherVAE("Wan2.1-T2V-14B-Diffusers")   # a diffusers folder (or its vae/ subfolder)
-    z = teacher.latents(video)                          # [B, 3, 4k, H, W] -> [B, 16, k+1, H/8, W/8]
+    z = teacher.latents(video)                          # [B, 3, 4k, H, W] -> [B, z_dim, k+1, H/s, W/s]
 
 Clip the teacher sees: the student's own 4k frames with the first frame repeated in front (4k+1 frames,
 the causal Wan layout). Latent 0 then holds frame 0 alone and latent i >= 1 holds exactly the four frames
@@ -40,11 +41,13 @@ class TeacherVAE:
         self.mean = torch.tensor(config.latents_mean, dtype=torch.float32).view(shape)
         self.std = torch.tensor(config.latents_std, dtype=torch.float32).view(shape)
         self.temporal = int(config.scale_factor_temporal)
+        # the Wan 2.2 VAE (patchify) serves TI2V-5B, conditioned on the image's latent frame alone
+        self.first_frame_only = config.patch_size is not None
         self.device, self.dtype = device, dtype
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """[B, 3, 4k+1, H, W] in [-1, 1] -> normalised latents [B, z_dim, k+1, H/8, W/8] (float32, CPU)."""
+        """[B, 3, 4k+1, H, W] in [-1, 1] -> normalised latents [B, z_dim, k+1, H/s, W/s] (float32, CPU)."""
         if (video.shape[2] - 1) % self.temporal:
             raise UserError(f"teacher VAE: {video.shape[2]} frames is not {self.temporal}k+1")
         z = self.vae.encode(video.to(self.device, self.dtype)).latent_dist.mode().float().cpu()
@@ -58,8 +61,12 @@ class TeacherVAE:
         """The base I2V model's condition for a 4k+1-frame clip starting at ``image`` [B, 3, H, W].
 
         The image followed by zero frames, encoded and normalised, after a mask that is 1 on the first
-        latent frame: [B, 4 + z_dim, k+1, H/8, W/8] (mask first, as the Wan I2V DiT takes it).
+        latent frame: [B, 4 + z_dim, k+1, H/8, W/8] (mask first, as the Wan I2V DiT takes it; Wan 2.1
+        I2V and Wan 2.2 I2V-A14B alike). With the Wan 2.2 VAE (TI2V-5B): the image alone, encoded and
+        normalised, [B, z_dim, 1, H/16, W/16], the latent frame the sampler's ``first_frame`` takes.
         """
+        if self.first_frame_only:
+            return self.encode(image[:, :, None])
         video = torch.zeros(image.shape[0], 3, frames, *image.shape[-2:], dtype=image.dtype)
         video[:, :, 0] = image
         cond = self.encode(video)  # B, z_dim, k+1, h, w

@@ -94,17 +94,30 @@ def model_facts(cfg: TrainConfig) -> ModelFacts:
 
 
 # ------------------------------------------------------------------------------------------------ shapes
+WAN22_VAE_CHANNELS = 48  # the Wan 2.2 VAE (TI2V-5B): 16x spatial; the Wan 2.1 VAE (16 channels): 8x
+
+
+# DC-VideoGen students (patch 1): DC-AE-V f32t4c32 latents, or f64t4c128 for the Wan 2.2 TI2V-5B student
+STUDENT_SPATIAL = {32: 32, 128: 64}
+
+
 def latent_shape(args, frames: int, size: tuple[int, int]) -> tuple[int, int, int]:
-    """Latent (T, H, W) of a clip for a Wan preset: patch-1 students take DC-AE-V f32t4 latents
-    (ceil(T/4), H/32, W/32); the others Wan-VAE f8t4 latents ((T - 1)//4 + 1, H/8, W/8)."""
+    """Latent (T, H, W) of a clip for a Wan preset: patch-1 students take DC-AE-V t4 latents
+    (ceil(T/4), H/s, W/s), s = 32 (32 channels) or 64 (128 channels, f64t4c128); the others Wan-VAE
+    latents ((T - 1)//4 + 1, H/s, W/s) with s = 8 (Wan 2.1 VAE, 16 channels: Wan 2.1 and Wan 2.2 A14B) or
+    16 (Wan 2.2 VAE, 48 channels: TI2V-5B)."""
     (h, w), student = size, tuple(args.patch_size) == (1, 1, 1)
-    multiple = 32 if student else 8 * max(args.patch_size[1:])
+    if student:
+        spatial = STUDENT_SPATIAL.get(args.out_channels, 32)
+    else:
+        spatial = 16 if args.out_channels == WAN22_VAE_CHANNELS else 8
+    multiple = spatial * (1 if student else max(args.patch_size[1:]))
     if h % multiple or w % multiple:
-        vae = "DC-AE-V f32" if student else f"Wan VAE x8 and patch {tuple(args.patch_size)}"
+        vae = f"DC-AE-V f{spatial}" if student else f"Wan VAE x{spatial} and patch {tuple(args.patch_size)}"
         raise UserError(f"--size {h} {w}: height and width must be multiples of {multiple} ({vae})")
     if student:
-        return math.ceil(frames / 4), h // 32, w // 32
-    return (frames - 1) // 4 + 1, h // 8, w // 8
+        return math.ceil(frames / 4), h // spatial, w // spatial
+    return (frames - 1) // 4 + 1, h // spatial, w // spatial
 
 
 def tokens_per_sample(args, frames: int, size: tuple[int, int]) -> int:

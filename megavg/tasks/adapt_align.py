@@ -75,7 +75,7 @@ class Task(BaseTask):
         return model
 
     def loss(self, model: nn.Module, batch: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
-        student_in, teacher_in = embedder_inputs(batch, unwrap(model).args.is_i2v)
+        student_in, teacher_in = embedder_inputs(batch, unwrap(model).args.takes_image)
         student = unwrap(model).patch_embed(student_in.to(ctx.device, ctx.dtype))  # B,D,T,h,w
         with torch.no_grad():
             self.teacher.to(ctx.device, ctx.dtype)

@@ -9,7 +9,11 @@ warning, for shards written before ``null_text`` existed). Batches are
 ``{"latents": B,C,T,H,W, "text": B,L,D}``. An I2V model (``image_dim`` set) also needs ``condition``
 [B, 4 + C, T, H, W] (mask, then the encoded first frame), concatenated to x_t on the channel axis (DiT input
 = concat(noisy C, mask 4, condition C)), and the CLIP ``image`` tokens [B, N, D'], which are never dropped;
-the loss covers the C predicted channels of every frame. With ``parallel.sp_size > 1`` the DiT runs
+the loss covers the C predicted channels of every frame. A Wan 2.2 I2V-A14B expert (no ``image_dim``, but
+mask + condition channels) takes ``condition`` alone. ``timestep_range`` (fractions of the training
+timesteps, diffusers' ``boundary_ratio`` units) restricts sigma to one expert's range: the shifted schedule
+truncated to it, e.g. (0.875, 1) for the T2V-A14B high-noise expert and (0, 0.875) for the low-noise one.
+With ``parallel.sp_size > 1`` the DiT runs
 Ulysses over the SP group; every rank of the group draws the same sample, noise and timestep (same
 generator seed).
 """
@@ -38,6 +42,23 @@ class Args:
     shift: float = 8.0
     text_dropout: float = 0.1
     num_train_timesteps: int = 1000
+    # Wan 2.2 A14B: train one expert on its timesteps only, [low, high) of num_train_timesteps
+    timestep_range: tuple[float, float] = (0.0, 1.0)
+
+
+def unshift_sigmas(sigma: torch.Tensor, shift: float) -> torch.Tensor:
+    """The inverse of the flow shift: sigma -> u with ``shifted_sigmas(u, shift) == sigma``."""
+    return sigma / (shift - (shift - 1) * sigma)
+
+
+def sample_sigmas(u: torch.Tensor, shift: float, timestep_range: tuple[float, float]) -> torch.Tensor:
+    """Uniform ``u`` in [0, 1) -> shifted sigmas truncated to ``timestep_range``: u is mapped onto the
+    u-interval whose shifted sigmas span the range (the shift is monotone, so this is the shifted
+    distribution conditioned on the range; (0, 1) leaves u as it is)."""
+    low, high = (unshift_sigmas(torch.tensor(float(r), dtype=torch.float64), shift) for r in timestep_range)
+    if (low, high) != (0.0, 1.0):
+        u = low.float() + (high - low).float() * u
+    return shifted_sigmas(u, shift)
 
 
 class Task(BaseTask):
@@ -49,6 +70,14 @@ class Task(BaseTask):
 
         check_sp_size(model_args(self.cfg.model).num_heads, sp_size)
 
+    def validate(self) -> None:
+        super().validate()
+        low, high = self.args.timestep_range
+        if not 0.0 <= low < high <= 1.0:
+            raise UserError(
+                f"config task.args.timestep_range: {[low, high]} must satisfy 0 <= low < high <= 1"
+            )
+
     def parallelize(self, model: nn.Module, sp_group) -> nn.Module:
         from megavg.models.wan.parallelize import apply_ulysses
 
@@ -58,7 +87,9 @@ class Task(BaseTask):
         x0 = batch["latents"].float()  # B,C,T,H,W
         text = batch["text"].float()  # B,L,D
         b = x0.shape[0]
-        sigma = shifted_sigmas(torch.rand(b, generator=ctx.generator), self.args.shift)
+        sigma = sample_sigmas(
+            torch.rand(b, generator=ctx.generator), self.args.shift, self.args.timestep_range
+        )
         noise = torch.randn(x0.shape, generator=ctx.generator)
         keep = torch.rand(b, generator=ctx.generator) >= self.args.text_dropout
         text = torch.where(keep.view(b, 1, 1), text, self.null_text(batch, text))
@@ -92,25 +123,31 @@ class Task(BaseTask):
         return torch.zeros_like(text)
 
     def model_inputs(self, x_t: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The DiT's latent input and image tokens: x_t itself (T2V), or x_t + condition and CLIP (I2V)."""
-        if not self.is_i2v:
+        """The DiT's latent input and image tokens: x_t itself (T2V), or x_t + condition and CLIP (I2V;
+        Wan 2.2 I2V-A14B experts: the condition only)."""
+        if not self.takes_image:
             return x_t, None
-        missing = [name for name in ("condition", "image") if name not in batch]
+        missing = [name for name in ("condition", "image")[: 2 if self.is_i2v else 1] if name not in batch]
         if missing:
             raise UserError(
                 f"task {self.cfg.task.name}: the I2V model needs {missing[0]!r} in the latent shards "
                 "(python -m megavg.infer.precompute --i2v)"
             )
-        return torch.cat([x_t, batch["condition"].float()], dim=1), batch["image"].float()  # B, 2C + 4, ...
+        image = batch["image"].float() if self.is_i2v else None
+        return torch.cat([x_t, batch["condition"].float()], dim=1), image  # B, 2C + 4, ...
 
     @functools.cached_property
     def is_i2v(self) -> bool:
         return model_args(self.cfg.model).is_i2v
 
+    @functools.cached_property
+    def takes_image(self) -> bool:
+        return model_args(self.cfg.model).takes_image
+
     def flop_inputs(self, batch: dict) -> tuple:
         """(latents incl. the I2V condition channels, timestep, text, image) as :meth:`loss` feeds them."""
         b, c, *grid = batch["latents"].shape
-        if self.is_i2v:
+        if self.takes_image:
             c += batch["condition"].shape[1]
         image = tuple(batch["image"].shape) if self.is_i2v else None
         return (b, c, *grid), (b,), tuple(batch["text"].shape), image

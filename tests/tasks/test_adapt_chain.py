@@ -66,8 +66,9 @@ def changed(before, after):
     return {k for k in before if not torch.equal(before[k], after[k])}
 
 
-def run_chain(tmp_path, preset, shards, c_in, c_out, *lora_overrides):
-    """make_student + the three phases + consolidation; asserts what each phase changes."""
+def run_chain(tmp_path, preset, shards, c_in, c_out, *lora_overrides, expert=()):
+    """make_student + the three phases + consolidation; asserts what each phase changes. ``expert``:
+    overrides of phases 2 and 3 (a Wan 2.2 expert's ``task.args.timestep_range``)."""
     run("tools/make_student.py", "--base", str(tmp_path / "base"), "--out", str(tmp_path / "student"),
         "--in-channels", str(c_in), "--out-channels", str(c_out))  # fmt: skip
     student = registry.load_state_dict(tmp_path / "student")
@@ -81,13 +82,13 @@ def run_chain(tmp_path, preset, shards, c_in, c_out, *lora_overrides):
 
     head = train_and_export(tmp_path, "head", "adapt_2_head", shards, *common,
                             f"model.init={tmp_path / 'align-model'}", "parallel.sp_size=1",
-                            "parallel.zero_init=false")  # fmt: skip
+                            "parallel.zero_init=false", *expert)  # fmt: skip
     assert changed(align, head) == NEW
 
     merged = train_and_export(tmp_path, "lora", "adapt_3_lora", shards, *common,
                               f"model.init={tmp_path / 'head-model'}", "parallel.sp_size=1",
                               "task.args.rank=4", "task.args.alpha=8", "optimizer.lr=0.05",
-                              "model.ema.decay=0.5", *lora_overrides)  # fmt: skip
+                              "model.ema.decay=0.5", *lora_overrides, *expert)  # fmt: skip
     run("tools/consolidate.py", str(tmp_path / "lora"), "--out", str(tmp_path / "lora-raw"), "--raw")
     targets = {
         f"{name}.weight"

@@ -1,4 +1,4 @@
-"""Wan-2.1 DiT hyper-parameters and the named presets (diffusers config names in comments)."""
+"""Wan 2.1 / 2.2 DiT hyper-parameters and the named presets (diffusers config names in comments)."""
 
 from __future__ import annotations
 
@@ -43,12 +43,27 @@ class Args:
 
     @property
     def is_i2v(self) -> bool:
+        """Takes CLIP image tokens (Wan 2.1 I2V)."""
         return self.image_dim is not None
+
+    @property
+    def takes_image(self) -> bool:
+        """Conditioned on a first frame: CLIP tokens and/or mask + image-latent channels beside the noise
+        (Wan 2.1 I2V, Wan 2.2 I2V-A14B, whose experts take no CLIP tokens)."""
+        return self.is_i2v or self.in_channels > self.out_channels
 
 
 _T2V_1_3B = Args()
 _T2V_14B = Args(dim=5120, num_heads=40, ffn_dim=13824, num_layers=40)
 _I2V_14B = dataclasses.replace(_T2V_14B, in_channels=36, image_dim=1280)
+# Wan 2.2 (Wan-AI/Wan2.2-*-Diffusers transformer/config.json, Wan2.2 wan/configs/*.py): the A14B models are
+# two experts of the Wan 2.1-14B architecture (high noise: transformer/, high_noise_model/; low noise:
+# transformer_2/, low_noise_model/); I2V-A14B drops the CLIP image tokens (image_dim null) and takes the
+# 16 noise + 4 mask + 16 image-latent channels only. TI2V-5B: Wan 2.2 VAE (48 channels, 16x spatial) with
+# per-token timesteps (the conditioning frame's tokens at 0) instead of mask channels.
+_T2V_A14B = _T2V_14B
+_I2V_A14B = dataclasses.replace(_T2V_14B, in_channels=36)
+_TI2V_5B = Args(dim=3072, num_heads=24, ffn_dim=14336, num_layers=30, in_channels=48, out_channels=48)
 _TINY = Args(
     dim=64, num_heads=4, ffn_dim=128, num_layers=2, text_dim=32, freq_dim=32, in_channels=4, out_channels=4
 )
@@ -64,8 +79,25 @@ PRESETS: dict[str, Args] = {
     "dc-videogen-wan2.1-i2v-14b": dataclasses.replace(
         _I2V_14B, patch_size=(1, 1, 1), in_channels=68, out_channels=32
     ),
+    "wan2.2-t2v-a14b": _T2V_A14B,  # one expert; the pipeline holds two (boundary_ratio 0.875)
+    "wan2.2-i2v-a14b": _I2V_A14B,  # one expert; boundary_ratio 0.9
+    "wan2.2-ti2v-5b": _TI2V_5B,
+    # DC-VideoGen students of Wan 2.2 (docs/wan22.md): A14B experts on DC-AE-V f32t4c32 with patch 1 (I2V:
+    # 32 noise + 4 mask + 32 image latent, no CLIP); TI2V-5B on f64t4c128 with patch 1, as its Wan 2.2 VAE
+    # with patch 2 already reaches 32x per token (f32 with patch 1 would save nothing)
+    "dc-videogen-wan2.2-t2v-a14b": dataclasses.replace(
+        _T2V_A14B, patch_size=(1, 1, 1), in_channels=32, out_channels=32
+    ),
+    "dc-videogen-wan2.2-i2v-a14b": dataclasses.replace(
+        _I2V_A14B, patch_size=(1, 1, 1), in_channels=68, out_channels=32
+    ),
+    "dc-videogen-wan2.2-ti2v-5b": dataclasses.replace(
+        _TI2V_5B, patch_size=(1, 1, 1), in_channels=128, out_channels=128
+    ),
     "wan-tiny-t2v": _TINY,
     "wan-tiny-i2v": dataclasses.replace(_TINY, in_channels=12, image_dim=24),
+    "wan-tiny-i2v-a14b": dataclasses.replace(_TINY, in_channels=12),  # 4 noise + 4 mask + 4 image latent
+    "wan-tiny-ti2v": dataclasses.replace(_TINY, in_channels=12, out_channels=12),
     "wan-tiny-student-t2v": dataclasses.replace(_TINY, patch_size=(1, 1, 1), in_channels=8, out_channels=8),
     "wan-tiny-student-i2v": dataclasses.replace(
         _TINY, patch_size=(1, 1, 1), in_channels=20, out_channels=8, image_dim=24

@@ -68,10 +68,12 @@ class TimeEmbedding(nn.Module):
         self.proj = Fp32Linear(dim, 6 * dim)
 
     def forward(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``t`` [B] (one timestep per sample) or [B, L] (Wan 2.2 TI2V: one per token) ->
+        (emb [B, dim] or [B, L, dim], proj [B, 6, dim] or [B, L, 6, dim])."""
         with _autocast_off(t.device):  # a caller's autocast must not lower it
-            freq = sinusoidal_embedding(t, self.freq_dim)  # [B, freq_dim]
+            freq = sinusoidal_embedding(t.flatten(), self.freq_dim).unflatten(0, t.shape)  # [*t, freq_dim]
             emb = self.linear_2(F.silu(self.linear_1(freq))).float()
-            return emb, self.proj(F.silu(emb)).float().unflatten(1, (6, -1))  # [B, 6, dim]
+            return emb, self.proj(F.silu(emb)).float().unflatten(-1, (6, -1))  # [*t, 6, dim]
 
 
 class TextEmbedding(nn.Module):
@@ -215,7 +217,10 @@ class WanBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, args.dim) / args.dim**0.5)
 
     def modulate(self, time_proj: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Six float32 [B, 1, dim] vectors (time path): attn shift, scale, gate; FFN shift, scale, gate."""
+        """Six float32 vectors (time path): attn shift, scale, gate; FFN shift, scale, gate. Each is
+        [B, 1, dim] for ``time_proj`` [B, 6, dim], or [B, S, dim] for per-token [B, S, 6, dim]."""
+        if time_proj.ndim == 4:  # per token (Wan 2.2 TI2V)
+            return tuple(m.squeeze(2) for m in (self.modulation.float() + time_proj.float()).chunk(6, dim=2))
         return (self.modulation.float() + time_proj.float()).chunk(6, dim=1)
 
     def modulated_input(self, x: torch.Tensor, time_proj: torch.Tensor) -> torch.Tensor:
@@ -244,6 +249,10 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, args.dim) / args.dim**0.5)
 
     def forward(self, x: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
-        modulation = self.modulation.float() + time_emb.float()[:, None]  # [B, 2, dim], float32
-        shift, scale = modulation.chunk(2, dim=1)  # [B, 1, dim] each
+        """x [B, S, dim]; time_emb [B, dim], or [B, S, dim] per token (Wan 2.2 TI2V)."""
+        if time_emb.ndim == 3:  # per token: [B, S, 2, dim] -> [B, S, dim] each
+            shift, scale = (self.modulation.float() + time_emb.float()[:, :, None]).unbind(2)
+        else:
+            modulation = self.modulation.float() + time_emb.float()[:, None]  # [B, 2, dim], float32
+            shift, scale = modulation.chunk(2, dim=1)  # [B, 1, dim] each
         return self.linear((self.norm(x) * (1 + scale) + shift).type_as(x))

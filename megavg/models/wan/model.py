@@ -71,7 +71,9 @@ class Model(MegavgModel):
         self.fp8_group = None
 
     def forward(self, latents, timestep, text, image=None, *, context=None, step_cache=None) -> torch.Tensor:
-        """latents [B, C, T, H, W]; timestep [B]; text [B, L, text_dim]; image [B, L', image_dim] (I2V).
+        """latents [B, C, T, H, W]; timestep [B], or [B, S] one per token (Wan 2.2 TI2V: the conditioning
+        frame's tokens at 0; S = T/pt * H/ph * W/pw in token order); text [B, L, text_dim];
+        image [B, L', image_dim] (I2V).
 
         Inference hooks (training passes neither): ``context`` = :meth:`encode_context` of the same text
         and image (then ``text`` and ``image`` are not read); ``step_cache`` = a callable
@@ -80,11 +82,14 @@ class Model(MegavgModel):
         grid = self._check_inputs(latents, image if context is None else context)
         x = self.patch_embed(latents).flatten(2).transpose(1, 2)  # [B, S, dim]
         rope = rope_tables(self.args.head_dim, grid, self.args.rope_theta, latents.device)
-        time_emb, time_proj = self.time_embed(timestep)  # float32 [B, dim], [B, 6, dim]
+        time_emb, time_proj = self.time_embed(self._check_timestep(timestep, x.shape[:2]))
         if context is None:  # training: each block projects the embedded context itself
             text = self.text_embed(text)
             image = self.image_embed(image) if image is not None else None
         x = self.token_shard(x)  # [B, S_local (padded), dim]
+        if timestep.ndim == 2:  # per-token time path, sharded like the tokens: [B, S_local, (6,) dim]
+            time_emb = self.token_shard(time_emb)
+            time_proj = self.token_shard(time_proj.flatten(2)).unflatten(2, (6, -1))
 
         def run(h: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
             return self._run_blocks(h, (text, image, context), time_proj, rope, start, stop)
@@ -119,6 +124,15 @@ class Model(MegavgModel):
                     else:
                         x = block(x, text, image, time_proj, rope, kv)
         return x
+
+    @staticmethod
+    def _check_timestep(timestep: torch.Tensor, tokens: tuple[int, int]) -> torch.Tensor:
+        """``timestep`` [B] or per token [B, S] (``tokens`` = (B, S))."""
+        if timestep.shape not in ((tokens[0],), tuple(tokens)):
+            raise UserError(
+                f"wan: timestep must be [B] or [B, S] = {list(tokens)}, got {list(timestep.shape)}"
+            )
+        return timestep
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """[B, T'*H'*W', C*pt*ph*pw] -> [B, C, T'*pt, H'*ph, W'*pw]."""

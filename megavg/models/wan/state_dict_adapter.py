@@ -16,6 +16,7 @@ filled, else one ``error:`` line and exit 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -310,10 +311,17 @@ def _find_args(source: Path, preset: str | None, config: Path | None) -> Args:
         raise UserError(f"{config}: missing key {err}") from None
 
 
-def convert(source, preset: str | None = None, config=None, dtype: torch.dtype | None = None) -> Model:
-    """A megavg Wan model holding the weights at ``source`` (either layout), keys checked exactly."""
+def convert(
+    source, preset: str | None = None, config=None, dtype: torch.dtype | None = None, clip: bool = True
+) -> Model:
+    """A megavg Wan model holding the weights at ``source`` (either layout), keys checked exactly.
+
+    ``clip=False``: the checkpoint takes no CLIP image tokens even if an original-layout config says
+    ``model_type: i2v`` (Wan 2.2 I2V-A14B experts, whose config cannot be told from Wan 2.1's)."""
     source = Path(source)
     args = _find_args(source, preset, Path(config) if config else None)
+    if not clip:
+        args = dataclasses.replace(args, image_dim=None)
     state = to_megavg(read_weights(source))
     with torch.device("meta"):
         model = Model(args)
