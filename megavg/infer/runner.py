@@ -132,7 +132,7 @@ class Pipeline:
         model = self._loaded.get(key)
         if model is None:
             model = load()
-            if self.keep_loaded:
+            if self.keep_loaded and model is not None:  # None: a one-expert pipeline's second
                 self._loaded[key] = model
         return model
 
