@@ -15,12 +15,17 @@ sys.exit(not megavg.__file__.startswith('$PWD/') or not all(map(u.find_spec, ['d
   bash tools/install.sh
   PY=python; [ -z "${VIRTUAL_ENV:-}" ] && PY=.venv/bin/python
 fi
+# the activation hint ends the output, once: not when tools/demo_adapt.sh runs this demo first
+hint() {
+  [ -n "${VIRTUAL_ENV:-}${MEGAVG_DEMO_NESTED:-}" ] ||
+    echo "to use megavg in this shell (once per new shell):  source .venv/bin/activate"
+}
 DEEPSPEED="$($PY -c 'import os, sys; print(os.path.dirname(sys.executable))')/deepspeed"
 SHARDS=runs/demo_shards
 if [ "${1:-}" = adapt ]; then  # the AE-Adapt-V chain on this demo's autoencoder (tools/demo_adapt.sh)
   [ $# = 1 ] || { echo "error: bash tools/demo.sh adapt takes no other arguments" >&2; exit 2; }
   PY="$PY" bash tools/demo_adapt.sh
-  [ -z "${VIRTUAL_ENV:-}" ] && echo "to use megavg in this shell (once per new shell):  source .venv/bin/activate"
+  hint
   exit 0
 fi
 RUN=runs/dcaev_demo
@@ -35,7 +40,7 @@ ARGS=(--config configs/train/dcaev_demo.yaml data.shards="$SHARDS" run.dir="$RUN
 status=0; $PY -m megavg.train --check --world-size 2 "${ARGS[@]}" || status=$?
 if [ "$status" = 3 ]; then  # already finished (the line above said so): nothing to launch
   echo "demo already finished; to train longer: bash tools/demo.sh schedule.steps=300   (docs/demo.md)"
-  [ -z "${VIRTUAL_ENV:-}" ] && echo "to use megavg in this shell (once per new shell):  source .venv/bin/activate"
+  hint
   exit 0
 elif [ "$status" != 0 ]; then
   exit "$status"
@@ -49,5 +54,5 @@ echo "tensorboard logs : $RUN/tensorboard   (view: tensorboard --logdir $RUN/ten
 echo "metrics          : $RUN/metrics.jsonl"
 echo "checkpoint       : $RUN/checkpoints/$(cat "$RUN/checkpoints/latest")   (ZeRO-3 shards, one per rank)"
 echo "model folder     : python tools/consolidate.py $RUN --out runs/dcaev_demo_model"
-[ -z "${VIRTUAL_ENV:-}" ] && echo "to use megavg in this shell (once per new shell):  source .venv/bin/activate"
+hint
 exit 0

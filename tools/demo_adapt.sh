@@ -3,8 +3,9 @@
 # (runs/dcaev_demo, trained first when absent) and a tiny Wan DiT: latent pre-computation (2 parts) ->
 # phase 1 alignment -> phase 2 patch/head -> phase 3 LoRA -> merge -> export -> generate. Each phase is a
 # real `deepspeed` launch of 2 CPU processes (ZeRO-3). Resumable: every stage whose output exists is
-# skipped, a finished training phase is recognised by `megavg.train --check` (exit 3) without starting
-# DeepSpeed. Outputs under runs/adapt_demo (docs/demo.md). Called by tools/demo.sh with PY set.
+# skipped at once (model folders are written atomically; a phase is done when its checkpoint tag is the
+# last step and its model folder exists); an interrupted phase resumes from its latest checkpoint.
+# Outputs under runs/adapt_demo (docs/demo.md). Called by tools/demo.sh with PY set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-python}"
@@ -12,13 +13,12 @@ D=runs/adapt_demo
 STEPS="${ADAPT_DEMO_STEPS:-8}"  # optimizer steps per phase
 DEEPSPEED="$($PY -c 'import os, sys; print(os.path.dirname(sys.executable))')/deepspeed"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-$PY -c "import torch, sys; sys.exit(torch.cuda.is_available())" && export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
 say() { echo "== adapt demo: $*"; }
 
 # the demo autoencoder (DC-AE-V f8t4c16) as a model folder
 if [ ! -f runs/dcaev_demo/checkpoints/latest ]; then
   say "no runs/dcaev_demo yet: training the first demo's autoencoder (bash tools/demo.sh, ~3 minutes)"
-  bash tools/demo.sh
+  MEGAVG_DEMO_NESTED=1 bash tools/demo.sh
 fi
 [ -d "$D/dcae" ] || $PY tools/consolidate.py runs/dcaev_demo --out "$D/dcae"
 # tiny parts: umT5, base Wan DiT (patch 2, 4 channels) and its Wan VAE; the student on DC-AE-V latents
@@ -32,30 +32,41 @@ for part in 0 1; do
     --size 64 64 --samples-per-shard 1 --part "$part" --parts 2 --device cpu --out "$D/latents"
 done
 
-# one phase: megavg.train --check (exit 3: already finished), then 2 CPU ranks under deepspeed
+# one phase: skipped at once when its last checkpoint and its model folder exist (unless an earlier phase
+# ran); else `megavg.train --check` (exit 3: finished) and 2 CPU ranks under deepspeed, resuming from the
+# latest checkpoint, then the merge into a model folder
 TINY=(model.preset= parallel.sp_size=1 "data.shards=$D/latents/part-*/*.tar" "schedule.steps=$STEPS"
       schedule.warmup_steps=0 "checkpoint.every=$STEPS" logging.every=2 logging.tensorboard=false)
+REDO=""
 phase() {
   local name=$1 config=$2; shift 2
+  local last; last="$(printf 'step_%08d' "$STEPS")"
+  if [ -z "$REDO" ] && [ -d "$D/$name-model" ] && [ "$(cat "$D/$name/checkpoints/latest" 2>/dev/null)" = "$last" ]; then
+    return 0
+  fi
+  # a phase that runs (or resumes) makes every later stage stale: those start over
+  [ -n "$REDO" ] && rm -rf "$D/$name" "$D/$name-model"
+  REDO=1
   local args=(--config "configs/train/$config.yaml" "${TINY[@]}" "run.dir=$D/$name" "$@")
   local status=0; $PY -m megavg.train --check "${args[@]}" >/dev/null || status=$?
   if [ "$status" = 0 ]; then
     say "$name ($config, $STEPS steps, 2 processes)"
+    $PY -c "import torch, sys; sys.exit(torch.cuda.is_available())" && export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
     local port; port="$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
     "$DEEPSPEED" --num_gpus 2 --master_port "$port" --log_level warning --module megavg.train "${args[@]}"
   elif [ "$status" != 3 ]; then
     exit "$status"
   fi
-  [ -d "$D/$name-model" ] || $PY tools/consolidate.py "$D/$name" --out "$D/$name-model"
+  $PY tools/consolidate.py "$D/$name" --out "$D/$name-model"
 }
 phase align adapt_1_align "model.init=$D/student0" "task.args.teacher=$D/tiny/base"
 phase head adapt_2_head "model.init=$D/align-model"
 phase lora adapt_3_lora "model.init=$D/head-model" task.args.rank=8 task.args.alpha=16 model.ema.decay=null
 
 # export the merged model with the demo autoencoder and umT5, then generate
-[ -d "$D/pipeline" ] || $PY tools/export_pipeline.py --transformer "$D/lora-model" --vae "$D/dcae" \
+[ -z "$REDO" ] && [ -d "$D/pipeline" ] || $PY tools/export_pipeline.py --transformer "$D/lora-model" --vae "$D/dcae" \
   --text-encoder "$D/tiny/text" --out "$D/pipeline" --dtype fp32
-[ -f "$D/fox.mp4" ] || $PY -m megavg.infer.generate "$D/pipeline" --prompt "a red fox in snow" \
+[ -z "$REDO" ] && [ -f "$D/fox.mp4" ] || $PY -m megavg.infer.generate "$D/pipeline" --prompt "a red fox in snow" \
   --out "$D/fox.mp4" --size 64 64 --frames 16 --steps 4 --dtype fp32 --no-progress
 echo
 echo "latent shards    : $D/latents   (2 parts x 2 shards, with teacher_latents)"

@@ -27,9 +27,9 @@ def changed(a, b) -> set[str]:
     return {k for k in a if not torch.equal(a[k], b[k])}
 
 
-def adapt_demo(root) -> subprocess.CompletedProcess:
+def adapt_demo(root, py: str = sys.executable) -> subprocess.CompletedProcess:
     env = {"PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin", "HOME": str(root),
-           "PY": sys.executable, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           "PY": py, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
            "ADAPT_DEMO_STEPS": "2"}  # fmt: skip
     proc = subprocess.run(["bash", "tools/demo_adapt.sh"], cwd=root, env=env, capture_output=True, text=True,
                           timeout=1500)  # fmt: skip
@@ -61,6 +61,14 @@ def test_adapt_demo_runs_every_stage_then_skips_them(tmp_path):
     assert video.shape == (16, 64, 64, 3) and video.std() > 0
 
     stamp = (d / "fox.mp4").stat().st_mtime_ns
-    again = adapt_demo(tmp_path)  # everything done: no stage reruns, no DeepSpeed launch
+    # everything done: no stage reruns, no DeepSpeed launch, and no Python run but one-line snippets
+    # (a finished phase is seen from its files, not from `megavg.train --check`): PY logs each call
+    calls = tmp_path / "py_calls.txt"
+    logging_py = tmp_path / "logging_python"
+    logging_py.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {sys.executable} "$@"\n')
+    logging_py.chmod(0o755)
+    again = adapt_demo(tmp_path, str(logging_py))
     assert "== adapt demo:" not in again.stdout and "DeepSpeed initialize" not in again.stderr
+    assert "wrote" not in again.stdout  # no consolidation, export or generation again
+    assert all(c.startswith("-c ") for c in calls.read_text().splitlines())  # no module or tool run
     assert (d / "fox.mp4").stat().st_mtime_ns == stamp
