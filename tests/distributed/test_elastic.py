@@ -166,7 +166,10 @@ def test_sp_degree_not_dividing_the_new_world_is_one_error_line(runs, tmp_path):
     proc = _train_cli(run, f"data.shards={runs['a'].parent / 'unused.tar'}", "parallel.sp_size=2")
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: parallel.sp_size=2 does not divide the world size 1"], proc.stderr[-3000:]
+    assert errors == [
+        "error: config parallel.sp_size: 2 does not divide the world size 1 (checked for 1 process: add "
+        "--world-size N for a run of N)"
+    ], proc.stderr[-3000:]
 
 
 def padded_and_next(ckpt: ZeroCheckpoint) -> list[str]:

@@ -158,6 +158,7 @@ def test_intermediate_checkpoints_export_by_step_or_tag(runs, capsys):
     )
     partial = a / "checkpoints" / "step_00000007"  # newer than latest and unsealed: a crashed save
     partial.mkdir()
+    capsys.readouterr()  # the exports' own progress bars
     try:
         cases = {"--step": ("9", "step_00000009: not there; complete checkpoints: step_00000001, "),
                  "--tag": ("step_00000007", "step_00000007: incomplete (a crashed save)")}  # fmt: skip

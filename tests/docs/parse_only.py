@@ -4,7 +4,7 @@
 
 Input: a JSON list of ``[entry, argv]``; ``entry`` is a script path (``tools/consolidate.py``) or
 ``-m module``. Each entry runs as ``python ENTRY ARGV...`` would run it (``runpy``, ``sys.argv`` set) with
-``argparse.ArgumentParser.parse_args`` replaced: the first call checks that every ``--flag`` of ARGV is an
+``parse_args`` / ``parse_intermixed_args`` replaced: the first call checks that every ``--flag`` of ARGV is an
 option string of that parser spelled out in full (``--help`` lists it; argparse would also accept a prefix),
 parses ARGV for real (argparse's own errors: unknown flags, missing or extra positionals, bad choices or
 types), and then stops the run. Output: one ``{"ok": bool, "message": str}`` per command, in order. All
@@ -46,16 +46,21 @@ def _full_flags(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
     return None
 
 
-def _patched_parse_args(self, args=None, namespace=None):
-    argv = list(sys.argv[1:] if args is None else args)
-    missing = _full_flags(self, argv)
-    if missing is not None:
-        self.error(f"the documented flag {missing} is not an option of this command (see --help)")
-    _ORIGINAL(self, argv, namespace)
-    raise _Parsed
+def _parse_then_stop(original):
+    """``original`` (``parse_args`` or ``parse_intermixed_args``) with the full-flag check, then stop."""
+
+    def patched(self, args=None, namespace=None):
+        argv = list(sys.argv[1:] if args is None else args)
+        missing = _full_flags(self, argv)
+        if missing is not None:
+            self.error(f"the documented flag {missing} is not an option of this command (see --help)")
+        original(self, argv, namespace)
+        raise _Parsed
+
+    return patched
 
 
-_ORIGINAL = argparse.ArgumentParser.parse_args
+_PARSERS = ("parse_args", "parse_intermixed_args")  # each entry point parses with one of these
 
 
 def check(entry: str, argv: list[str]) -> dict:
@@ -85,7 +90,8 @@ def check(entry: str, argv: list[str]) -> dict:
 
 
 def main() -> None:
-    argparse.ArgumentParser.parse_args = _patched_parse_args
+    for name in _PARSERS:
+        setattr(argparse.ArgumentParser, name, _parse_then_stop(getattr(argparse.ArgumentParser, name)))
     commands = json.load(sys.stdin)
     json.dump([check(entry, argv) for entry, argv in commands], sys.stdout)
 

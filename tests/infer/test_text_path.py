@@ -47,7 +47,7 @@ def trained(tmp_path_factory, tiny_parts):
     ]  # fmt: skip
     write_latent_shards(samples, root / "shards", samples_per_shard=4)
     run("-m", "megavg.train", "--config", "configs/train/wan_flow_tiny.yaml", f"run.dir={root / 'run'}",
-        f"data.shards={root / 'shards'}", f"model.init={tiny_parts['t2v']}",
+        f"data.shards={root / 'shards'}", f"model.init={tiny_parts['t2v']}", "model.preset=",
         "schedule.steps=6", "data.batch_size=2", "logging.tensorboard=false")  # fmt: skip
     run("tools/consolidate.py", str(root / "run"), "--out", str(root / "model"), "--raw")
     export(["--transformer", str(root / "model"), "--vae", str(tiny_parts["vae"]), "--text-encoder",

@@ -47,7 +47,17 @@ def slurm_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 )
 def test_sbatch_passes_cpus_per_task_to_srun_and_sets_omp(tmp_path, cpus, srun_cpus, threads):
     env = slurm_env(tmp_path, **({"SLURM_CPUS_PER_TASK": cpus} if cpus else {}))
-    cmd = ["bash", "launchers/megavg.sbatch", "train", "configs/train/dcaev_tiny_test.yaml"]
+    shards = tmp_path / "shards"  # the pre-flight counts shards for the 8 ranks; srun is a stub, none is read
+    shards.mkdir()
+    for i in range(8):
+        (shards / f"{i:06d}.tar").touch()
+    cmd = [
+        "bash",
+        "launchers/megavg.sbatch",
+        "train",
+        "configs/train/dcaev_tiny_test.yaml",
+        f"data.shards={shards}",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = (tmp_path / "srun").read_text().splitlines()
