@@ -40,7 +40,7 @@ from megavg.data.shards import INDEX, list_shards, sample_counts, split_shards
 from megavg.data.stream import SAMPLE_ERRORS, StreamStats, read_shard, shard_error_handler
 from megavg.data.video import decode_frames, nearest_bucket, resize_crop
 from megavg.infer.conditioning import ImageEncoder, i2v_condition
-from megavg.infer.teacher_vae import TeacherVAE
+from megavg.infer.teacher_vae import DcaevTeacher, TeacherVAE, load_teacher
 from megavg.infer.text import TextEncoder
 from megavg.models.wan.text import NULL_CAPTION
 from megavg.utils.device import resolve_device
@@ -84,7 +84,7 @@ class Encoders:
     vae: nn.Module
     text: TextEncoder
     device: str
-    teacher: TeacherVAE | None = None
+    teacher: TeacherVAE | DcaevTeacher | None = None
     image: ImageEncoder | None = None  # set for I2V
 
 
@@ -141,7 +141,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--frame-stride", type=int, default=1)
     parser.add_argument("--size", type=int, nargs=2, action="append", metavar=("H", "W"), required=True,
                         help="a bucket (repeat for several: one set holds them all)")  # fmt: skip
-    parser.add_argument("--teacher-vae", help="Wan-2.1 VAE (diffusers folder): also write teacher_latents")
+    parser.add_argument("--teacher-vae", help="the base model's VAE (Wan-2.1 diffusers folder or a megavg "
+                        "DC-AE-V folder): also write teacher_latents")
     parser.add_argument("--i2v", action="store_true", help="also write the I2V condition and CLIP tokens")
     parser.add_argument("--image-encoder", help="CLIP ViT-H/14 (transformers folder or hub id), for --i2v")
     parser.add_argument("--samples-per-shard", type=int, default=100)
@@ -171,7 +172,7 @@ def load_encoders(args: argparse.Namespace) -> Encoders:
         raise UserError(f"{args.vae}: not a DC-AE-V model folder")
     enc = Encoders(vae, TextEncoder(args.text_encoder, device=args.device), args.device)
     if args.teacher_vae:
-        enc.teacher = TeacherVAE(args.teacher_vae, device=args.device)
+        enc.teacher = load_teacher(args.teacher_vae, device=args.device)
     if args.i2v:
         enc.image = ImageEncoder(args.image_encoder, device=args.device)
     return enc

@@ -49,6 +49,9 @@ class Args:
 _T2V_1_3B = Args()
 _T2V_14B = Args(dim=5120, num_heads=40, ffn_dim=13824, num_layers=40)
 _I2V_14B = dataclasses.replace(_T2V_14B, in_channels=36, image_dim=1280)
+_MINI = Args(  # the miniature reproduction's base DiT (docs/reproduction.md): f8t4c16 latents, patch 1x2x2
+    dim=128, num_heads=4, ffn_dim=512, num_layers=4, text_dim=32, freq_dim=64, in_channels=16, out_channels=16
+)
 _TINY = Args(
     dim=64, num_heads=4, ffn_dim=128, num_layers=2, text_dim=32, freq_dim=32, in_channels=4, out_channels=4
 )
@@ -64,6 +67,9 @@ PRESETS: dict[str, Args] = {
     "dc-videogen-wan2.1-i2v-14b": dataclasses.replace(
         _I2V_14B, patch_size=(1, 1, 1), in_channels=68, out_channels=32
     ),
+    "wan-mini-t2v": _MINI,
+    # its student on f32t4c32 latents: patch 1, 4x fewer tokens
+    "wan-mini-student-t2v": dataclasses.replace(_MINI, patch_size=(1, 1, 1), in_channels=32, out_channels=32),
     "wan-tiny-t2v": _TINY,
     "wan-tiny-i2v": dataclasses.replace(_TINY, in_channels=12, image_dim=24),
     "wan-tiny-student-t2v": dataclasses.replace(_TINY, patch_size=(1, 1, 1), in_channels=8, out_channels=8),

@@ -1,0 +1,71 @@
+"""Data-side stages: the world's shards, the text encoder, the two autoencoders, the latent shards."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import megavg.models
+from megavg.repro import autoencoder, launch
+from megavg.repro.data import write_split
+from megavg.repro.stages import Context, train_and_export
+from megavg.repro.text import build_text_encoder
+from megavg.repro.world import render, split_scenes
+
+SEED = 0
+AE_RECIPES = {"ae_teacher": "ae_teacher", "ae_student": "ae_student"}  # stage -> configs/repro recipe
+MEASURE_CLIPS = 64  # clips for the scaling factor (train split) and the PSNR (held-out split)
+
+
+def world(ctx: Context) -> dict:
+    """Train and held-out splits as MP4 files and video shards."""
+    s, out = ctx.sizes, ctx.dir("world")
+    train = split_scenes("train", s.train_clips, SEED)
+    heldout = split_scenes("heldout", s.heldout_clips, SEED + 1)
+    write_split(out / "train", train, s.frames, s.size)
+    write_split(out / "heldout", heldout, s.frames, s.size)
+    (out / "heldout" / "prompts.txt").write_text("".join(sc.caption + "\n" for sc in heldout))
+    return {"train_clips": len(train), "heldout_clips": len(heldout), "heldout_captions": len(
+        {sc.caption for sc in heldout})}  # fmt: skip
+
+
+def text(ctx: Context) -> dict:
+    build_text_encoder(ctx.dir("text") / "encoder", dim=ctx.sizes.text_dim, seed=SEED)
+    return {"text_dim": ctx.sizes.text_dim}
+
+
+def sample_clips(ctx: Context, split: str, count: int, seed: int) -> list[np.ndarray]:
+    return [render(sc, ctx.sizes.frames, ctx.sizes.size) for sc in split_scenes(split, count, seed)]
+
+
+def train_autoencoder(ctx: Context, stage: str) -> dict:
+    """Train one DC-AE-V, write its measured scaling factor, report its held-out PSNR."""
+    shards = ctx.dir("world") / "train" / "shards"
+    folder = train_and_export(ctx, stage, AE_RECIPES[stage], ctx.sizes.ae_steps, [f"data.shards={shards}"])
+    model = megavg.models.load(folder).eval()
+    count = min(MEASURE_CLIPS, ctx.sizes.heldout_clips)
+    scale = autoencoder.measure_scaling(model, sample_clips(ctx, "train", count, SEED + 7))
+    autoencoder.write_scaling(folder, scale)
+    psnr = autoencoder.heldout_psnr(model, sample_clips(ctx, "heldout", count, SEED + 1))
+    shape = list(model.encode(autoencoder.to_model(sample_clips(ctx, "train", 1, SEED)[0])).shape[1:])
+    return {"scaling_factor": scale, "heldout_psnr_db": psnr, "latent_shape": shape, "steps": ctx.sizes.ae_steps}
+
+
+def precompute(ctx: Context, vae_stage: str, split: str, out_name: str, teacher: str | None = None) -> None:
+    """``python -m megavg.infer.precompute`` of one split with one autoencoder (and a teacher's latents)."""
+    s = ctx.sizes
+    cmd = launch.python(
+        "-m", "megavg.infer.precompute", "--vae", str(ctx.dir(vae_stage) / "model"),
+        "--shards", str(ctx.dir("world") / split / "shards"), "--text-encoder", str(ctx.dir("text") / "encoder"),
+        "--frames", str(s.frames), "--size", str(s.size), str(s.size), "--out", str(ctx.dir("latents") / out_name),
+        "--device", "cpu", "--samples-per-shard", "256", "--overwrite",
+    )  # fmt: skip
+    if teacher:
+        cmd += ["--teacher-vae", str(ctx.dir(teacher) / "model")]
+    launch.run(cmd, ctx.log("latents"), env={"HF_HUB_OFFLINE": "1"})
+
+
+def latents(ctx: Context) -> dict:
+    """Teacher latents (base model) and student latents with the teacher's (AE-Adapt-V) of the train split."""
+    precompute(ctx, "ae_teacher", "train", "teacher")
+    precompute(ctx, "ae_student", "train", "student", teacher="ae_teacher")
+    return {}
