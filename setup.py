@@ -34,6 +34,7 @@ setup(
             "diffusers>=0.33",
             "scikit-video",
             "scipy",
+            "matplotlib",  # docs/reproduction.md's plots (megavg.repro.report)
         ],
         "gpu": ["flash-attn>=2.6", "transformer-engine[pytorch]>=2.0"],
     },

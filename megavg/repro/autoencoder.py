@@ -1,8 +1,8 @@
 """Autoencoder measurements of the reproduction: latent scaling factor and held-out reconstruction PSNR.
 
-    scale = measure_scaling(model, clips)      # 1 / std of the unscaled latents
-    write_scaling(folder, scale)               # into the model folder's config.json
-    psnr = heldout_psnr(model, clips)          # mean over clips, dB, [-1, 1] range as megavg's metric
+scale = measure_scaling(model, clips)      # 1 / std of the unscaled latents
+write_scaling(folder, scale)               # into the model folder's config.json
+psnr = heldout_psnr(model, clips)          # mean over clips, dB, [-1, 1] range as megavg's metric
 """
 
 from __future__ import annotations

@@ -75,7 +75,9 @@ def prompt_accuracy(videos: list[np.ndarray], captions: list[str]) -> dict[str, 
     """Fractions of clips whose detected colour, direction and both match their captions."""
     if len(videos) != len(captions) or not videos:
         raise ValueError(f"prompt accuracy: {len(videos)} videos for {len(captions)} captions")
-    hits = np.array([[a == b for a, b in zip(detect(v), caption_target(c))] for v, c in zip(videos, captions)])
+    hits = np.array(
+        [[a == b for a, b in zip(detect(v), caption_target(c))] for v, c in zip(videos, captions)]
+    )
     return {
         "colour": float(hits[:, 0].mean()),
         "direction": float(hits[:, 1].mean()),

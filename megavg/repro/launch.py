@@ -61,8 +61,20 @@ def python(*args: str) -> list[str]:
 def train(recipe: str, run_dir: Path, overrides: list[str], log_file: Path, ranks: int = 2) -> None:
     """One ``megavg.train`` run through DeepSpeed's launcher on ``ranks`` local CPU processes."""
     deepspeed = str(Path(sys.executable).parent / "deepspeed")
-    cmd = [deepspeed, "--num_gpus", str(ranks), "--master_port", str(free_port()), "--log_level", "warning",
-           "--module", "megavg.train", *recipe_args(recipe), f"run.dir={run_dir}", *overrides]  # fmt: skip
+    cmd = [
+        deepspeed,
+        "--num_gpus",
+        str(ranks),
+        "--master_port",
+        str(free_port()),
+        "--log_level",
+        "warning",
+        "--module",
+        "megavg.train",
+        *recipe_args(recipe),
+        f"run.dir={run_dir}",
+        *overrides,
+    ]
     run(cmd, log_file, env={"DS_ACCELERATOR": "cpu"})
 
 

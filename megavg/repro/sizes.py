@@ -11,7 +11,7 @@ class Sizes:
 
     frames: int = 16
     size: int = 64
-    train_clips: int = 2048
+    train_clips: int = 1024
     heldout_clips: int = 256
     ae_steps: int = 400
     base_steps: int = 2000
@@ -20,9 +20,9 @@ class Sizes:
     lora_steps: int = 400
     scratch_factor: int = 5  # the from-scratch student trains to this multiple of the adapted budget
     curve_points: int = 4  # checkpoints per training run evaluated for the curves
-    eval_videos: int = 128  # generated videos per arm (held-out captions)
-    curve_videos: int = 32  # per intermediate checkpoint
-    seeds: int = 3  # sampling seeds for the FVD spread
+    eval_videos: int = 48  # generated videos per arm and seed (held-out captions)
+    curve_videos: int = 24  # per intermediate checkpoint (one per held-out caption)
+    seeds: int = 2  # sampling seeds for the FVD spread
     sample_steps: int = 20
     i3d: str = "kinetics400"
     text_dim: int = 32
@@ -30,6 +30,18 @@ class Sizes:
 
 FULL = Sizes()
 SMOKE = Sizes(
-    train_clips=48, heldout_clips=16, ae_steps=2, base_steps=4, align_steps=2, head_steps=2, lora_steps=2,
-    scratch_factor=2, curve_points=2, eval_videos=4, curve_videos=2, seeds=2, sample_steps=2, i3d="random",
-)  # fmt: skip
+    train_clips=48,
+    heldout_clips=16,
+    ae_steps=2,
+    base_steps=4,
+    align_steps=2,
+    head_steps=2,
+    lora_steps=2,
+    scratch_factor=2,
+    curve_points=2,
+    eval_videos=4,
+    curve_videos=2,
+    seeds=2,
+    sample_steps=2,
+    i3d="random",
+)

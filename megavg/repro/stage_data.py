@@ -24,8 +24,11 @@ def world(ctx: Context) -> dict:
     write_split(out / "train", train, s.frames, s.size)
     write_split(out / "heldout", heldout, s.frames, s.size)
     (out / "heldout" / "prompts.txt").write_text("".join(sc.caption + "\n" for sc in heldout))
-    return {"train_clips": len(train), "heldout_clips": len(heldout), "heldout_captions": len(
-        {sc.caption for sc in heldout})}  # fmt: skip
+    return {
+        "train_clips": len(train),
+        "heldout_clips": len(heldout),
+        "heldout_captions": len({sc.caption for sc in heldout}),
+    }
 
 
 def text(ctx: Context) -> dict:
@@ -47,25 +50,51 @@ def train_autoencoder(ctx: Context, stage: str) -> dict:
     autoencoder.write_scaling(folder, scale)
     psnr = autoencoder.heldout_psnr(model, sample_clips(ctx, "heldout", count, SEED + 1))
     shape = list(model.encode(autoencoder.to_model(sample_clips(ctx, "train", 1, SEED)[0])).shape[1:])
-    return {"scaling_factor": scale, "heldout_psnr_db": psnr, "latent_shape": shape, "steps": ctx.sizes.ae_steps}
+    return {
+        "scaling_factor": scale,
+        "heldout_psnr_db": psnr,
+        "latent_shape": shape,
+        "steps": ctx.sizes.ae_steps,
+    }
 
 
 def precompute(ctx: Context, vae_stage: str, split: str, out_name: str, teacher: str | None = None) -> None:
     """``python -m megavg.infer.precompute`` of one split with one autoencoder (and a teacher's latents)."""
     s = ctx.sizes
     cmd = launch.python(
-        "-m", "megavg.infer.precompute", "--vae", str(ctx.dir(vae_stage) / "model"),
-        "--shards", str(ctx.dir("world") / split / "shards"), "--text-encoder", str(ctx.dir("text") / "encoder"),
-        "--frames", str(s.frames), "--size", str(s.size), str(s.size), "--out", str(ctx.dir("latents") / out_name),
-        "--device", "cpu", "--samples-per-shard", "256", "--overwrite",
-    )  # fmt: skip
+        "-m",
+        "megavg.infer.precompute",
+        "--vae",
+        str(ctx.dir(vae_stage) / "model"),
+        "--shards",
+        str(ctx.dir("world") / split / "shards"),
+        "--text-encoder",
+        str(ctx.dir("text") / "encoder"),
+        "--frames",
+        str(s.frames),
+        "--size",
+        str(s.size),
+        str(s.size),
+        "--out",
+        str(ctx.dir(f"latents_{out_name}")),
+        "--device",
+        "cpu",
+        "--samples-per-shard",
+        "256",
+        "--overwrite",
+    )
     if teacher:
         cmd += ["--teacher-vae", str(ctx.dir(teacher) / "model")]
-    launch.run(cmd, ctx.log("latents"), env={"HF_HUB_OFFLINE": "1"})
+    launch.run(cmd, ctx.log(f"latents_{out_name}"), env={"HF_HUB_OFFLINE": "1"})
 
 
-def latents(ctx: Context) -> dict:
-    """Teacher latents (base model) and student latents with the teacher's (AE-Adapt-V) of the train split."""
+def teacher_latents(ctx: Context) -> dict:
+    """The base model's training data: the train split in the teacher autoencoder's latents."""
     precompute(ctx, "ae_teacher", "train", "teacher")
+    return {}
+
+
+def student_latents(ctx: Context) -> dict:
+    """The arms' training data: the train split in the student's latents, with the teacher's (phase 1)."""
     precompute(ctx, "ae_student", "train", "student", teacher="ae_teacher")
     return {}

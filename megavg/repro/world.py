@@ -1,6 +1,6 @@
 """The reproduction's world: procedurally generated captioned clips, deterministic from a seed.
 
-    clip = render(Scene(shape="circle", colour="red", direction="left", background="dark"), frames=16, size=64)
+    clip = render(Scene("circle", "red", "left", "dark"), frames=16, size=64)   # uint8 [16, 64, 64, 3]
     scenes = split_scenes("train", count=1024, seed=0)     # held-out: split_scenes("heldout", ...)
 
 One object (a shape in one of six well-separated colours) moves in a straight line in one of four

@@ -57,8 +57,8 @@ PRESETS: dict[str, Args] = {
     "dc-ae-v-small": chunk_causal_design(16, (16, 32, 64, 64, 64), (0, 1, 1, 1, 1), 8, 1.0),
     # the miniature reproduction (docs/reproduction.md), 16-frame clips in one chunk: the base model's
     # VAE at Wan-2.1's compression (f8t4c16) and the deep-compression one (f32t4c32)
-    "dc-ae-v-mini-f8t4c16": chunk_causal_design(16, (8, 16, 32, 32, 32), (0, 1, 1, 1, 1), 16, 1.0),
+    "dc-ae-v-mini-f8t4c16": chunk_causal_design(16, (16, 32, 64, 64, 64), (0, 1, 1, 1, 1), 16, 1.0),
     "dc-ae-v-mini-f32t4c32": chunk_causal_design(
-        32, (8, 16, 32, 32, 32, 64, 64), (0, 1, 1, 1, 1, 1, 1), 16, 1.0
+        32, (16, 32, 64, 64, 64, 64, 64), (0, 1, 1, 1, 1, 1, 1), 16, 1.0
     ),
 }

@@ -1,0 +1,162 @@
+"""The reproduction's report: ``reproduction.json``, the quality-vs-FLOPs plot and the sample grid (PNG).
+
+The page itself (docs/reproduction.md) is rendered by :mod:`megavg.repro.page` from the JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from megavg.eval.inputs import list_videos, read_video
+from megavg.repro.stages import Context
+
+ARM_LABELS = {
+    "base": "base (f8t4, patch 2)",
+    "adapt": "AE-Adapt-V",
+    "noalign": "AE-Adapt-V without phase 1",
+    "scratch_same_budget": "from scratch, same FLOPs",
+    "scratch_cap": "from scratch, cap",
+}
+CURVE_LABELS = {
+    "base": "base",
+    "adapt": "AE-Adapt-V",
+    "noalign": "without phase 1",
+    "scratch": "from scratch",
+}
+EVALUATED = ("base", "adapt", "noalign", "scratch")  # arms with an eval_<arm> stage
+FVD_MARGIN, ACC_MARGIN = 1.10, 0.05  # the issue's goals: within 10% FVD, 5 points of accuracy
+
+
+def reaches(point: dict, base: dict) -> bool:
+    """Whether a curve point reaches the base model's quality within the goals' margins."""
+    return (
+        point["fvd"] <= FVD_MARGIN * base["fvd"]
+        and point["prompt_accuracy"] >= base["prompt_accuracy"] - ACC_MARGIN
+    )
+
+
+def ratios(arms: dict, curves: dict) -> dict:
+    """The paper's three claims in miniature (quality, cost vs scratch, latency), measured."""
+    base, adapt = arms["base"], arms["adapt"]
+    # the curve's own (smaller) sample gives the base's curve-scale quality for the crossing test
+    base_curve = curves["base"][-1] if curves["base"] else base
+    first = next((p for p in curves["scratch"] if reaches(p, base_curve)), None)
+    return {
+        "fvd_adapt_over_base": adapt["fvd"] / base["fvd"],
+        "accuracy_adapt_minus_base": adapt["prompt_accuracy"] - base["prompt_accuracy"],
+        "scratch_flops_to_base_quality": first["train_flops"] if first else None,
+        "scratch_flops_over_adapt_flops": first["train_flops"] / adapt["train_flops"] if first else None,
+        "scratch_reaches_base_within_cap": first is not None,
+        "latency_base_over_adapt": base["latency_s"] / adapt["latency_s"],
+    }
+
+
+def stage_records(ctx: Context, names: list[str]) -> dict:
+    """Wall time and load average of every finished stage."""
+    return {
+        n: {
+            k: v for k, v in (ctx.done(n) or {}).items() if k in ("wall_s", "loadavg_before", "loadavg_after")
+        }
+        for n in names
+    }
+
+
+def plot_curves(curves: dict, arms: dict, path: Path) -> None:
+    """Quality (FVD, prompt accuracy) vs training FLOPs per arm, two panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for arm, rows in curves.items():
+        if rows:
+            x = [r["train_flops"] for r in rows]
+            axes[0].plot(x, [r["fvd"] for r in rows], marker="o", label=CURVE_LABELS[arm])
+            axes[1].plot(x, [r["prompt_accuracy"] for r in rows], marker="o", label=CURVE_LABELS[arm])
+    for ax, ylabel in zip(axes, ("FVD (held-out, curve sample)", "prompt accuracy (held-out)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("training FLOPs (megavg counter)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def sample_grid(ctx: Context, arms: list[str], path: Path, videos: int = 4, frames: int = 4) -> None:
+    """Rows = arms (first ``videos`` of seed 0), columns = ``frames`` evenly spaced frames, plus the real."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folders = {"real (held-out)": ctx.dir("world") / "heldout" / "clips"}
+    folders |= {ARM_LABELS[a]: ctx.dir("eval") / a / "seed0" for a in arms}
+    fig, axes = plt.subplots(len(folders), videos, figsize=(videos * frames * 0.9, len(folders) * 1.0))
+    for row, (label, folder) in enumerate(folders.items()):
+        refs = list_videos(str(folder))[:videos]
+        for col, ref in enumerate(refs):
+            clip = read_video(ref)  # 3, T, H, W in [-1, 1]
+            pick = np.linspace(0, clip.shape[1] - 1, frames).round().astype(int)
+            strip = ((clip[:, pick] + 1) * 127.5).clamp(0, 255).byte().permute(2, 1, 3, 0)  # H, f, W, 3
+            axes[row, col].imshow(strip.reshape(strip.shape[0], -1, 3).numpy())
+            axes[row, col].set_xticks([])
+            axes[row, col].set_yticks([])
+        axes[row, 0].set_ylabel(label, rotation=0, ha="right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def collect(ctx: Context, stage_names: list[str]) -> dict:
+    """reproduction.json's content from the finished stages."""
+    arms, curves = {}, {}
+    for arm in EVALUATED:
+        done = ctx.done(f"eval_{arm}")
+        arms |= done["finals"]
+        curves[arm] = done["curve"]
+    for r in arms.values():
+        r["fvd_spread"] = max(r["fvd_per_seed"]) - min(r["fvd_per_seed"])
+    stages = stage_records(ctx, stage_names)
+    return {
+        "command": "bash tools/reproduce.sh" + (" --smoke" if ctx.smoke else ""),
+        "sizes": dataclasses.asdict(ctx.sizes),
+        "autoencoders": {
+            n: {k: ctx.done(n)[k] for k in ("latent_shape", "scaling_factor", "heldout_psnr_db", "steps")}
+            for n in ("ae_teacher", "ae_student")
+        },
+        "arms": arms,
+        "curves": curves,
+        "ratios": ratios(arms, curves),
+        "stages": stages,
+        "total_wall_s": sum(r.get("wall_s", 0.0) for r in stages.values()),
+    }
+
+
+def report(ctx: Context, stage_names: list[str], notes: str) -> dict:
+    """Write the JSON, the two PNGs and the page: into the checkout (full run) or OUT/report (smoke)."""
+    from megavg.repro.launch import ROOT
+    from megavg.repro.page import render
+
+    root = ctx.dir("report") if ctx.smoke else ROOT
+    data = collect(ctx, stage_names)
+    images = root / "docs" / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    plot_curves(data["curves"], data["arms"], images / "reproduction_curves.png")
+    sample_grid(ctx, list(data["arms"]), images / "reproduction_samples.png")
+    write_json(root / "benchmarks" / "results" / "reproduction.json", data)
+    (root / "docs" / "reproduction.md").write_text(render(data, notes))
+    return {"written": str(root)}
