@@ -13,8 +13,9 @@ class Sizes:
     size: int = 64
     train_clips: int = 1024
     heldout_clips: int = 256
-    ae_steps: int = 400
-    base_steps: int = 2000
+    teacher_ae_steps: int = 300  # batch 1 per rank (configs/repro/ae_teacher.yaml)
+    student_ae_steps: int = 400  # batch 2 per rank (configs/repro/ae_student.yaml)
+    base_steps: int = 1500
     align_steps: int = 200
     head_steps: int = 200
     lora_steps: int = 400

@@ -12,7 +12,6 @@ from megavg.repro.text import build_text_encoder
 from megavg.repro.world import render, split_scenes
 
 SEED = 0
-AE_RECIPES = {"ae_teacher": "ae_teacher", "ae_student": "ae_student"}  # stage -> configs/repro recipe
 MEASURE_CLIPS = 64  # clips for the scaling factor (train split) and the PSNR (held-out split)
 
 
@@ -43,7 +42,8 @@ def sample_clips(ctx: Context, split: str, count: int, seed: int) -> list[np.nda
 def train_autoencoder(ctx: Context, stage: str) -> dict:
     """Train one DC-AE-V, write its measured scaling factor, report its held-out PSNR."""
     shards = ctx.dir("world") / "train" / "shards"
-    folder = train_and_export(ctx, stage, AE_RECIPES[stage], ctx.sizes.ae_steps, [f"data.shards={shards}"])
+    steps = ctx.sizes.teacher_ae_steps if stage == "ae_teacher" else ctx.sizes.student_ae_steps
+    folder = train_and_export(ctx, stage, stage, steps, [f"data.shards={shards}"])
     model = megavg.models.load(folder).eval()
     count = min(MEASURE_CLIPS, ctx.sizes.heldout_clips)
     scale = autoencoder.measure_scaling(model, sample_clips(ctx, "train", count, SEED + 7))
@@ -54,7 +54,7 @@ def train_autoencoder(ctx: Context, stage: str) -> dict:
         "scaling_factor": scale,
         "heldout_psnr_db": psnr,
         "latent_shape": shape,
-        "steps": ctx.sizes.ae_steps,
+        "steps": steps,
     }
 
 
