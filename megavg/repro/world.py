@@ -29,7 +29,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {"dark": (25, 25, 25), "light": (150, 150, 150)}
 SHAPES = ("square", "circle", "diamond")
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
-OBJECT = 0.25  # object side as a fraction of the frame
+OBJECT = (
+    0.4  # object side as a fraction of the frame (large: the autoencoders learn it in a few hundred steps)
+)
 TRAVEL = 0.5  # distance covered over the clip, as a fraction of the frame
 HELDOUT_EVERY = 6  # one caption in six is held out
 
