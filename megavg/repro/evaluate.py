@@ -36,15 +36,16 @@ def i3d_resize(ctx: Context) -> int:
     return 224 if not ctx.smoke else 32  # real FVD protocol; smoke runs use a random I3D at small size
 
 
-def features(ctx: Context, folder: Path) -> np.ndarray:
-    """[N, 400] I3D features of the videos in ``folder`` (cached next to it as features.npy)."""
+def features(ctx: Context, folder: Path, limit: int | None = None) -> np.ndarray:
+    """[N, 400] I3D features of the (first ``limit``) videos in ``folder`` (cached next to it)."""
     cache = folder.parent / f"{folder.name}.features.npy"
     if cache.is_file():
         return np.load(cache)
     spec = ctx.sizes.i3d
     if spec not in _I3D:
         _I3D[spec] = load_i3d(spec)
-    feats = folder_features(list_videos(str(folder)), _I3D[spec], I3D_FRAMES, i3d_resize(ctx), I3D_BATCH)
+    refs = list_videos(str(folder))[:limit]
+    feats = folder_features(refs, _I3D[spec], I3D_FRAMES, i3d_resize(ctx), I3D_BATCH)
     np.save(cache.with_suffix(".tmp.npy"), feats)
     cache.with_suffix(".tmp.npy").replace(cache)
     return feats
@@ -167,7 +168,7 @@ def evaluate_point(
         return json.loads(done.read_text())
     folder.mkdir(parents=True, exist_ok=True)
     pipe = export(ctx, model, vae_stage, folder / "pipeline")
-    real = features(ctx, ctx.dir("world") / "heldout" / "clips")
+    real = features(ctx, ctx.dir("world") / "heldout" / "clips", ctx.sizes.fvd_reference)
     sets = [generate(ctx, pipe, folder / f"seed{seed}", per_prompt, seed * 100003) for seed in seeds]
     feats = [features(ctx, s) for s in sets]
     accs = [accuracy(s) for s in sets]
