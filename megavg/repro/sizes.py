@@ -14,8 +14,8 @@ class Sizes:
     train_clips: int = 1024
     heldout_clips: int = 256
     fvd_reference: int = 128  # held-out real clips whose I3D statistics FVD compares against
-    teacher_ae_steps: int = 300
-    student_ae_steps: int = 300
+    teacher_ae_steps: int = 450  # colour comes late: grey blobs at step 200
+    student_ae_steps: int = 600  # deep compression learns the objects later (background only at step 200)
     base_steps: int = 700
     align_steps: int = 100
     head_steps: int = 100
