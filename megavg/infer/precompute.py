@@ -141,8 +141,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--frame-stride", type=int, default=1)
     parser.add_argument("--size", type=int, nargs=2, action="append", metavar=("H", "W"), required=True,
                         help="a bucket (repeat for several: one set holds them all)")  # fmt: skip
-    parser.add_argument("--teacher-vae", help="the base model's VAE (Wan-2.1 diffusers folder or a megavg "
-                        "DC-AE-V folder): also write teacher_latents")
+    parser.add_argument(
+        "--teacher-vae",
+        help="the base model's VAE (Wan-2.1 diffusers folder or a megavg "
+        "DC-AE-V folder): also write teacher_latents",
+    )
     parser.add_argument("--i2v", action="store_true", help="also write the I2V condition and CLIP tokens")
     parser.add_argument("--image-encoder", help="CLIP ViT-H/14 (transformers folder or hub id), for --i2v")
     parser.add_argument("--samples-per-shard", type=int, default=100)

@@ -159,27 +159,28 @@ def evaluate_point(
     vae_stage: str,
     per_prompt: int,
     seeds: list[int],
-    timing: bool = False,
+    final: bool = False,
 ) -> dict:
-    """Export, generate per seed, score; cached in OUT/eval/<name>/result.json."""
+    """Export, generate per seed, score; cached in OUT/eval/<name>/result.json. ``final``: also FVD (per
+    seed and over all seeds) and latency; otherwise prompt accuracy only (curve points)."""
     folder = ctx.dir("eval") / name
     done = folder / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
     folder.mkdir(parents=True, exist_ok=True)
     pipe = export(ctx, model, vae_stage, folder / "pipeline")
-    real = features(ctx, ctx.dir("world") / "heldout" / "clips", ctx.sizes.fvd_reference)
     sets = [generate(ctx, pipe, folder / f"seed{seed}", per_prompt, seed * 100003) for seed in seeds]
-    feats = [features(ctx, s) for s in sets]
     accs = [accuracy(s) for s in sets]
     result = {
-        "fvd": frechet_distance(real, np.concatenate(feats)),
-        "fvd_per_seed": [frechet_distance(real, f) for f in feats],
         "prompt_accuracy": float(np.mean([a["both"] for a in accs])),
         "accuracy_per_seed": accs,
-        "videos": int(sum(len(f) for f in feats)),
+        "videos": sum(len((s / "manifest.jsonl").read_text().splitlines()) for s in sets),
     }
-    if timing:
+    if final:
+        real = features(ctx, ctx.dir("world") / "heldout" / "clips", ctx.sizes.fvd_reference)
+        feats = [features(ctx, s) for s in sets]
+        result["fvd"] = frechet_distance(real, np.concatenate(feats))
+        result["fvd_per_seed"] = [frechet_distance(real, f) for f in feats]
         result["latency_s"] = latency(ctx, pipe, folder)
     done.write_text(json.dumps(result, indent=1) + "\n")
     return result

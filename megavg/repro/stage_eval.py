@@ -48,7 +48,7 @@ def run_points(ctx: Context, arm: str) -> list[tuple[str, Path, Path, float]]:
 
 
 def curve(ctx: Context, arm: str) -> list[dict]:
-    """Prompt accuracy and FVD (``curve_videos`` videos, one seed) at each intermediate checkpoint."""
+    """Prompt accuracy (``curve_videos`` videos, one seed) at each intermediate checkpoint."""
     rows = []
     for name, run_dir, tag, flops in run_points(ctx, arm):
         model = tag_model(ctx, run_dir, tag, ctx.dir("eval") / "models" / name)
@@ -57,7 +57,6 @@ def curve(ctx: Context, arm: str) -> list[dict]:
             {
                 "point": name,
                 "train_flops": flops,
-                "fvd": result["fvd"],
                 "prompt_accuracy": result["prompt_accuracy"],
             }
         )
@@ -88,6 +87,6 @@ def evaluate_arm(ctx: Context, arm: str) -> dict:
     finals = {}
     for name, (model, vae, flops) in final_models(ctx, arm).items():
         videos = per_prompt(ctx, s.eval_videos)
-        result = evaluate_point(ctx, name, model, vae, videos, list(range(s.seeds)), timing=True)
+        result = evaluate_point(ctx, name, model, vae, videos, list(range(s.seeds)), final=True)
         finals[name] = {"train_flops": flops, **result}
     return {"finals": finals, "curve": curve(ctx, arm)}

@@ -8,7 +8,6 @@ the student architecture from a random init, trained to ``scratch_factor`` times
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from megavg.repro import flops, launch
@@ -78,14 +77,13 @@ def adapt(ctx: Context, stage: str = "adapt", align: bool = True) -> dict:
 
 def scratch(ctx: Context) -> dict:
     """The student from scratch to ``scratch_factor`` x the adapted arm's FLOPs; a checkpoint at each
-    half of that budget (so one lands on the same budget)."""
+    multiple of that budget (the first one at the same budget)."""
     s = ctx.sizes
     budget = sum(p["steps"] * p["step_flops"] for p in flops.adapt_phases(s).values())
     step_flops = flops.config_step_flops("scratch", s)
     steps_at_budget = max(1, round(budget / step_flops))
-    every = max(1, math.ceil(steps_at_budget / 2))
-    steps = every * 2 * s.scratch_factor
-    overrides = [f"data.shards={latent_shards(ctx, 'student')}", f"checkpoint.every={every}"]
+    steps = steps_at_budget * s.scratch_factor
+    overrides = [f"data.shards={latent_shards(ctx, 'student')}", f"checkpoint.every={steps_at_budget}"]
     train_and_export(ctx, "scratch", "scratch", steps, overrides)
     return {
         "steps": steps,
