@@ -21,14 +21,16 @@ from megavg.train.flops import StepFlops
 
 RANKS = 2
 TEXT_ROWS = 512  # the padded text context (megavg.models.wan.text.TEXT_TOKENS)
+TEACHER_F, STUDENT_F = 8, 16  # spatial compression of the two autoencoders (configs/repro/ae_*.yaml)
 
 
 def latent_shape(cfg: TrainConfig, sizes: Sizes) -> tuple[int, int, int, int]:
-    """(C, T, H, W) of one latent sample for the run's model: f8 (16 channels) or f32 (32 channels)."""
+    """(C, T, H, W) of one latent sample for the run's model: the base's f8 (16 channels) or the
+    student's f16 (32 channels)."""
     from megavg.tasks.base import model_args
 
     channels = model_args(cfg.model).in_channels
-    factor = 8 if channels == 16 else 32
+    factor = TEACHER_F if channels == 16 else STUDENT_F
     return channels, sizes.frames // 4, sizes.size // factor, sizes.size // factor
 
 
@@ -69,8 +71,8 @@ def align_step_flops(sizes: Sizes) -> int:
     with torch.device("meta"):
         student = torch.nn.Conv3d(32, dim, 1)
         teacher = torch.nn.Conv3d(16, dim, (1, 2, 2), stride=(1, 2, 2)).requires_grad_(False)
-        x_student = torch.empty(b, 32, sizes.frames // 4, sizes.size // 32, sizes.size // 32)
-        x_teacher = torch.empty(b, 16, sizes.frames // 4, sizes.size // 8, sizes.size // 8)
+        x_student = torch.empty(b, 32, sizes.frames // 4, sizes.size // STUDENT_F, sizes.size // STUDENT_F)
+        x_teacher = torch.empty(b, 16, sizes.frames // 4, sizes.size // TEACHER_F, sizes.size // TEACHER_F)
     fwd, bwd = trace_training_flops(lambda: student(x_student).sum() + teacher(x_teacher).sum())
     return int((fwd + bwd) * cfg.schedule.grad_accum * RANKS)
 

@@ -15,8 +15,8 @@ class Sizes:
     heldout_clips: int = 256
     fvd_reference: int = 128  # held-out real clips whose I3D statistics FVD compares against
     teacher_ae_steps: int = 450  # colour comes late: grey blobs at step 200
-    student_ae_steps: int = 1000  # deep compression learns the objects later (background only at step 400)
-    base_steps: int = 700
+    student_ae_steps: int = 500
+    base_steps: int = 2000
     align_steps: int = 50
     head_steps: int = 100
     lora_steps: int = 150
