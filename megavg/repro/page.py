@@ -6,29 +6,34 @@ from megavg.repro.report import ARM_LABELS
 
 INTRO = """# Reproduction: AE-Adapt-V in miniature, on CPU
 
+```bash
+bash tools/reproduce.sh            # the full run: writes this page, its images and the JSON below
+bash tools/reproduce.sh --smoke    # every stage at toy size (mechanics only; a test in the default suite)
+```
 
+`tools/reproduce.sh` (`python -m megavg.repro`) runs the chain below on 2 CPU processes and writes this page,
+`benchmarks/results/reproduction.json` and the two images from that run's own outputs. Stages are resumable:
+a stage whose `runs/repro/<stage>/DONE.json` exists is skipped, and a stage writes it only after its outputs.
 
-`bash tools/reproduce.sh` runs the whole chain below on 2 CPU processes and writes this page,
-`benchmarks/results/reproduction.json` and the two images from that run's own outputs (resumable: a finished
-stage is skipped; `bash tools/reproduce.sh --smoke` runs every stage at toy size in a few minutes).
-
-**The world** (`megavg/repro/world.py`): 64x64 clips of 16 frames, one object (square, circle or diamond in
-one of six colours) crossing half the frame left, right, up or down over a dark or light background, caption
-"a red circle moves left on dark". Held-out: other seeds and 24 of the 144 captions never shown in training;
-every metric uses held-out captions only, FVD against held-out real clips. **Prompt accuracy**
-(`megavg/repro/detector.py`, no learned model): background = median border colour; object = pixels far from
-it; colour = nearest palette colour of their median; direction = sign of the larger slope of a line fit to
-the object's centroid over time. A clip counts when both match its caption. **Chain** (every training run is
-a `deepspeed` launch of `megavg.train` on 2 CPU ranks with a shipped config plus the overrides in
-`configs/repro/`): two DC-AE-V autoencoders (`dcaev_1_recon.yaml`: f8t4c16, the base model's space as
-Wan-2.1's VAE; f32t4c32, DC-AE-V's), scaling factors measured (1/std of the latents), `python -m
-megavg.infer.precompute` (the student's shards carry the teacher's latents), the base Wan DiT (dim 128, 4
-layers, patch 1x2x2: 64 video tokens) by flow matching on the teacher's latents, then the arms on the
-f32t4c32 latents (patch 1: 16 tokens): AE-Adapt-V (`tools/make_student.py`, `adapt_1_align.yaml` ->
-`adapt_2_head.yaml` -> `adapt_3_lora.yaml`, LoRA merged by `tools/consolidate.py`), the same without phase
-1, and the student trained from scratch. Each model is exported (`tools/export_pipeline.py`) and sampled
-with `python -m megavg.eval generate` (UniPC, the same steps, CFG and shift for all); FVD uses megavg's I3D
-with the Kinetics-400 weights at 224x224 on 16 frames.
+**The world** (`megavg/repro/world.py`): 64x64 clips of 16 frames; one object (square, circle or diamond, 26
+px, in one of six colours) crossing half the frame left, right, up or down over a dark or light background;
+caption "a red circle moves left on dark". Held-out split: other seeds and 24 of the 144 captions, never
+shown in training; every metric uses held-out captions only, FVD against held-out real clips.
+**Prompt accuracy** (`megavg/repro/detector.py`, no learned model): background = median border colour;
+object = pixels far from it; colour = nearest palette colour of their median; direction = sign of the
+larger slope of a straight line through the object's centroids over time. A video counts when both match
+its caption. On real held-out clips it scores 100%, on the same clips with shuffled captions about chance
+(`tests/repro/test_world_detector.py`).
+**The chain**, every training run a `deepspeed` launch of `megavg.train` on 2 CPU ranks with a shipped config
+plus the overrides in `configs/repro/`: two DC-AE-V autoencoders trained with `dcaev_1_recon.yaml`
+(f8t4c16, the base model's space, like Wan-2.1's VAE; f16t4c32, the deeper compression), their scaling
+factors measured (1 / std of the latents); `python -m megavg.infer.precompute` (the student's shards carry
+the teacher's latents); the base Wan DiT (`wan-mini-t2v`: dim 128, 4 layers, patch 1x2x2) by flow matching
+on the teacher's latents; then the arms on the f16t4c32 latents with patch 1: AE-Adapt-V
+(`tools/make_student.py`, `adapt_1_align.yaml` -> `adapt_2_head.yaml` -> `adapt_3_lora.yaml`, the LoRA merged
+by `tools/consolidate.py`), the same without phase 1, and the student architecture from scratch. Each model
+is exported (`tools/export_pipeline.py`) and sampled with `python -m megavg.eval generate` (UniPC, 20 steps,
+CFG 4, shift 2 for all); FVD uses megavg's I3D with the Kinetics-400 weights at 224x224 on 16 frames.
 """
 
 

@@ -16,6 +16,7 @@ class Sizes:
     fvd_reference: int = 128  # held-out real clips whose I3D statistics FVD compares against
     teacher_ae_steps: int = 450  # colour comes late: grey blobs at step 200
     student_ae_steps: int = 500
+    decoder_steps: int = 300  # decoder-only training after each autoencoder (encoder frozen)
     base_steps: int = 2000
     align_steps: int = 50
     head_steps: int = 100
@@ -36,6 +37,7 @@ SMOKE = Sizes(
     heldout_clips=16,
     teacher_ae_steps=2,
     student_ae_steps=2,
+    decoder_steps=2,
     base_steps=4,
     align_steps=2,
     head_steps=2,

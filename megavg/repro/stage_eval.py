@@ -12,7 +12,8 @@ from megavg.repro import launch
 from megavg.repro.evaluate import evaluate_point
 from megavg.repro.stages import Context
 
-ARM_VAE = {"base": "ae_teacher", "adapt": "ae_student", "noalign": "ae_student", "scratch": "ae_student"}
+TEACHER_VAE, STUDENT_VAE = "decoder_ae_teacher", "decoder_ae_student"  # stages holding the decoders used
+ARM_VAE = {"base": TEACHER_VAE, "adapt": STUDENT_VAE, "noalign": STUDENT_VAE, "scratch": STUDENT_VAE}
 
 
 def per_prompt(ctx: Context, videos: int) -> int:
@@ -68,16 +69,16 @@ def final_models(ctx: Context, arm: str) -> dict[str, tuple[Path, str, float]]:
     from-scratch arm gives two: at the adapted arm's FLOPs and at its cap)."""
     done = ctx.done(arm)
     if arm == "base":
-        return {"base": (ctx.dir("base") / "model", "ae_teacher", done["steps"] * done["step_flops"])}
+        return {"base": (ctx.dir("base") / "model", TEACHER_VAE, done["steps"] * done["step_flops"])}
     if arm in ("adapt", "noalign"):
-        return {arm: (ctx.dir(arm) / "lora" / "model", "ae_student", done["flops"])}
+        return {arm: (ctx.dir(arm) / "lora" / "model", STUDENT_VAE, done["flops"])}
     step, tag = next(
         (s, t) for s, t in launch.tags(ctx.dir(arm) / "run") if s >= done["steps_at_adapt_budget"]
     )
     budget = tag_model(ctx, ctx.dir(arm) / "run", tag, ctx.dir("eval") / "models" / "scratch-budget")
     return {
-        "scratch_same_budget": (budget, "ae_student", step * done["step_flops"]),
-        "scratch_cap": (ctx.dir(arm) / "model", "ae_student", done["flops"]),
+        "scratch_same_budget": (budget, STUDENT_VAE, step * done["step_flops"]),
+        "scratch_cap": (ctx.dir(arm) / "model", STUDENT_VAE, done["flops"]),
     }
 
 
