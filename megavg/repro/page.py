@@ -94,12 +94,14 @@ def stage_table(data: dict) -> list[str]:
 def render(data: dict, notes: str) -> str:
     ae = data["autoencoders"]
     ae_lines = [
-        "| autoencoder | latent (C, T, H, W) | scaling factor | held-out PSNR dB | steps |",
-        "|---|---|---|---|---|",
+        "| autoencoder | latent (C, T, H, W) | scaling factor | steps | held-out PSNR dB "
+        "| + decoder-only steps "
+        "| held-out PSNR dB |",
+        "|---|---|---|---|---|---|---|",
     ]
     ae_lines += [
-        f"| {name} | {tuple(r['latent_shape'])} | {r['scaling_factor']:.4f} | "
-        f"{r['heldout_psnr_db']:.2f} | {r['steps']} |"
+        f"| {name} | {tuple(r['latent_shape'])} | {r['scaling_factor']:.4f} | {r['steps']} | "
+        f"{r['heldout_psnr_db']:.2f} | {r['decoder_steps']} | {r['decoder_heldout_psnr_db']:.2f} |"
         for name, r in ae.items()
     ]
     parts = [

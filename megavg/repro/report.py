@@ -128,6 +128,14 @@ def write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
+def autoencoder_record(ctx: Context, stage: str) -> dict:
+    """Latent shape, scaling factor, steps and held-out PSNR, after the decoder-only steps too."""
+    record = {k: ctx.done(stage)[k] for k in ("latent_shape", "scaling_factor", "heldout_psnr_db", "steps")}
+    decoder = ctx.done(f"decoder_{stage}")
+    record |= {"decoder_steps": decoder["steps"], "decoder_heldout_psnr_db": decoder["heldout_psnr_db"]}
+    return record
+
+
 def collect(ctx: Context, stage_names: list[str]) -> dict:
     """reproduction.json's content from the finished stages."""
     arms, curves = {}, {}
@@ -141,10 +149,7 @@ def collect(ctx: Context, stage_names: list[str]) -> dict:
     return {
         "command": "bash tools/reproduce.sh" + (" --smoke" if ctx.smoke else ""),
         "sizes": dataclasses.asdict(ctx.sizes),
-        "autoencoders": {
-            n: {k: ctx.done(n)[k] for k in ("latent_shape", "scaling_factor", "heldout_psnr_db", "steps")}
-            for n in ("ae_teacher", "ae_student")
-        },
+        "autoencoders": {n: autoencoder_record(ctx, n) for n in ("ae_teacher", "ae_student")},
         "arms": arms,
         "curves": curves,
         "ratios": ratios(arms, curves),
