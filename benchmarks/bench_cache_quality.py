@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_cache_model import FRAMES, SIZE, captions, clip_latents  # noqa: E402
 
 from megavg.infer.sampling import sample  # noqa: E402
+from megavg.metrics.video import psnr, ssim  # noqa: E402
 from megavg.models import load  # noqa: E402
-from megavg.tasks.video_metrics import psnr, ssim  # noqa: E402
 
 SETTINGS = [("fbcache", t) for t in (0.05, 0.1, 0.2)] + [("teacache", t) for t in (0.2, 0.4, 0.8)]
 
@@ -75,7 +75,7 @@ def measure(model, texts, steps: int, repeats: int, seeds: int, lpips) -> None:
                         ssim(out[:, :3].clamp(-1, 1), ref[:, :3].clamp(-1, 1), size=7).mean().item()
                     )
                     if lpips is not None:
-                        from megavg.tasks.perceptual import video_distance
+                        from megavg.metrics.perceptual import video_distance
 
                         row["lpips"].append(video_distance(lpips, out[:, :3].clamp(-1, 1), ref[:, :3]).item())
     base = statistics.median(base_times)
@@ -109,7 +109,7 @@ def main() -> None:
     texts = captions(4)[: opts.captions]
     lpips = None
     if opts.vgg:
-        from megavg.tasks.perceptual import build_lpips
+        from megavg.metrics.perceptual import build_lpips
 
         lpips = build_lpips(opts.vgg, opts.lpips).eval()
     learned(model, texts, opts.steps)

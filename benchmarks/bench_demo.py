@@ -133,8 +133,8 @@ def final_check(run: Path, data: Path, out: Path) -> dict:
     from PIL import Image
 
     from megavg.data import build_loader
+    from megavg.metrics import video as video_metrics
     from megavg.models import registry
-    from megavg.tasks import video_metrics
     from megavg.tasks.dcaev_eval import frame_strip
     from megavg.train.config import load_config
     from megavg.train.consolidate import consolidate

@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class RandomTensor:
-    """A lazy tensor (``registry.materialize``) of N(0, 0.02) values, made when the writer asks for it."""
+    """A lazy tensor (``utils.lazy.materialize``) of N(0, 0.02) values, made when the writer asks for it."""
 
     def __init__(self, shape: torch.Size, dtype: torch.dtype) -> None:
         self.shape, self.dtype = shape, dtype

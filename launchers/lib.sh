@@ -42,6 +42,20 @@ megavg_prepare() { # JOB ARGS...
   fi
 }
 
+# Training only: the trainer's pre-flight (config, shards vs data-parallel ranks and loader workers, SP size
+# vs world size and heads, validation) in this one process before any rank starts, so a mistake is one
+# error line and no launcher report. A run that already finished exits 0 here (the check said so).
+megavg_preflight() { # WORLD_SIZE
+  [ "$MEGAVG_MODULE" = megavg.train ] || return 0
+  local rc=0
+  "$MEGAVG_PYTHON" -m megavg.train --check --world-size "$1" "${MEGAVG_ARGS[@]}" || rc=$?
+  case "$rc" in
+    0) ;;
+    3) exit 0 ;;
+    *) exit "$rc" ;;
+  esac
+}
+
 # GPUs this process may use: CUDA_VISIBLE_DEVICES when set (CUDA numbers those from 0; SLURM sets it
 # per task with --gpus-per-task / --gpu-bind), else the GPUs nvidia-smi lists.
 megavg_visible_gpus() {

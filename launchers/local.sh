@@ -17,13 +17,17 @@ gpus="$(megavg_visible_gpus)"
 nproc="${MEGAVG_NPROC:-$([ "${gpus:-0}" -gt 0 ] && echo "$gpus" || echo 1)}"
 [ "$MEGAVG_SINGLE" = 1 ] && nproc=1
 megavg_comm_env "${gpus:-0}"
+megavg_preflight "$nproc"
 port="${MEGAVG_MASTER_PORT:-$("$MEGAVG_PYTHON" -c 'import socket; s=socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')}"
 
 if [ "$nproc" -eq 1 ]; then
   cmd=("$MEGAVG_PYTHON" -u -m "$MEGAVG_MODULE")
 else
+  # warnings only from DeepSpeed's launcher (as tools/demo.sh), and on a CPU machine the accelerator named:
+  # no auto-detection lines, no CUDA_VISIBLE_DEVICES line
   cmd=("$MEGAVG_PYTHON" -m deepspeed.launcher.runner --num_gpus "$nproc" --master_port "$port" --no_local_rank
-    --module "$MEGAVG_MODULE")
+    --log_level warning --module "$MEGAVG_MODULE")
+  [ "${gpus:-0}" -gt 0 ] || export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
 fi
 megavg_log "$job: $nproc rank(s), backend $MEGAVG_BACKEND: ${cmd[*]} ${MEGAVG_ARGS[*]}"
 

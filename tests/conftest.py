@@ -1,14 +1,26 @@
-"""Shared test set-up: offline, deterministic, CPU by default; ``gpu`` tests skip without CUDA."""
+"""Shared test set-up: offline, deterministic, CPU by default; ``gpu`` tests skip without CUDA.
 
-import logging
+One intra-op thread everywhere, whatever the shell exported: OpenMP (torch), MKL and OpenBLAS (numpy) read
+their thread counts when first imported, so the variables are set before anything below imports torch or
+numpy, and every process a test starts inherits them (the torchrun launcher sets 1 too). The in-process
+side of a cross-process comparison then runs the ranks' arithmetic; tests that compare across thread
+counts set them themselves (tests/eval/test_eval_distributed.py).
+"""
+
 import os
 
-import pytest
-import torch
-
+THREADS = "1"
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_var] = THREADS
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import logging  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(THREADS))  # in case a plugin imported torch before this file ran
 
 
 def pytest_collection_modifyitems(config, items):

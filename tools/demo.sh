@@ -17,6 +17,12 @@ sys.exit(not megavg.__file__.startswith('$PWD/') or not all(map(u.find_spec, ['d
 fi
 DEEPSPEED="$($PY -c 'import os, sys; print(os.path.dirname(sys.executable))')/deepspeed"
 SHARDS=runs/demo_shards
+if [ "${1:-}" = adapt ]; then  # the AE-Adapt-V chain on this demo's autoencoder (tools/demo_adapt.sh)
+  [ $# = 1 ] || { echo "error: bash tools/demo.sh adapt takes no other arguments" >&2; exit 2; }
+  PY="$PY" bash tools/demo_adapt.sh
+  [ -z "${VIRTUAL_ENV:-}" ] && echo "to use megavg in this shell (once per new shell):  source .venv/bin/activate"
+  exit 0
+fi
 RUN=runs/dcaev_demo
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
@@ -26,7 +32,7 @@ if [ ! -f "$SHARDS/index.json" ]; then
 fi
 
 ARGS=(--config configs/train/dcaev_demo.yaml data.shards="$SHARDS" run.dir="$RUN" "$@")
-status=0; $PY -m megavg.train --check "${ARGS[@]}" || status=$?
+status=0; $PY -m megavg.train --check --world-size 2 "${ARGS[@]}" || status=$?
 if [ "$status" = 3 ]; then  # already finished (the line above said so): nothing to launch
   echo "demo already finished; to train longer: bash tools/demo.sh schedule.steps=300   (docs/demo.md)"
   [ -z "${VIRTUAL_ENV:-}" ] && echo "to use megavg in this shell (once per new shell):  source .venv/bin/activate"

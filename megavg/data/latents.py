@@ -8,7 +8,7 @@ channels, then the encoded first frame), ``image`` [N, D'] (CLIP image tokens) a
 + C', T', H', W'] (the base I2V model's condition, for alignment). Every tensor is stored as the DiT
 consumes it (latents scaled or normalised). ``<key>.json`` holds the caption and the shapes. Batches stack
 every tensor (equal shapes required) and pad text to 512 tokens with zeros, exactly as the sampler does
-(:mod:`megavg.models.wan.text`). A shard set may hold several buckets (latent grids ``TxHxW``): each shard
+(:mod:`megavg.conditioning.text`). A shard set may hold several buckets (latent grids ``TxHxW``): each shard
 holds one, index.json records them, and the loader forms every batch from one bucket
 (:mod:`megavg.data.buckets`).
 """
@@ -24,8 +24,8 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
+from megavg.conditioning.text import pad_text
 from megavg.data.shards import write_shards
-from megavg.models.wan.text import pad_text
 from megavg.utils.errors import UserError
 
 REQUIRED = ("latents", "text")
@@ -89,7 +89,7 @@ def decode_latent_sample(raw: dict) -> dict:
 
 def collate_latents(items: list[dict]) -> dict:
     """Stack latents [B, C, T, H, W]; text [B, 512, D] padded exactly as the sampler pads it
-    (:func:`megavg.models.wan.text.pad_text`), and ``null_text`` likewise when every sample carries it."""
+    (:func:`megavg.conditioning.text.pad_text`), and ``null_text`` likewise when every sample carries it."""
     shapes = {tuple(item["latents"].shape) for item in items}
     if len(shapes) > 1:
         raise UserError(

@@ -75,16 +75,10 @@ class ShardLoader:
             raise UserError(f"start step must be >= 0, got {start_step}")
         urls = list_shards(cfg.shards, cfg.kind)
         sizes = dict(zip(urls, sample_counts(urls)))
-        groups: dict[str, list[str]] = {}
-        for url, bucket in zip(urls, shard_buckets(urls)):
-            groups.setdefault(UNRECORDED if bucket is None else bucket, []).append(url)
+        groups = bucket_groups(urls)
         parts = {}
-        for bucket, group in groups.items():
-            where = "" if len(groups) == 1 else f" (bucket {bucket})"
-            mine = split_shards(group, dp_rank, dp_size, f"data-parallel ranks{where}")
-            split_shards(
-                mine, 0, max(1, cfg.num_workers), f"loader workers of data-parallel rank {dp_rank}{where}"
-            )
+        for bucket in groups:
+            mine = rank_shards(cfg, groups, bucket, dp_rank, dp_size)
             parts[bucket] = mine, [sizes[u] for u in mine]
         order = BucketOrder({b: sum(sizes[u] for u in group) for b, group in groups.items()}, f"seed{seed}")
         self.cfg, self.stats, self.order = cfg, LoaderStats(), order
@@ -108,6 +102,32 @@ class ShardLoader:
             self.stats.shard_errors += int(batch.pop("_shard_errors"))
             self.stats.batches += 1
             yield batch
+
+
+def bucket_groups(urls: list[str]) -> dict[str, list[str]]:
+    """The shards of each bucket (shards whose index records no bucket: :data:`UNRECORDED`)."""
+    groups: dict[str, list[str]] = {}
+    for url, bucket in zip(urls, shard_buckets(urls)):
+        groups.setdefault(UNRECORDED if bucket is None else bucket, []).append(url)
+    return groups
+
+
+def rank_shards(cfg: DataConfig, groups: dict[str, list[str]], bucket: str, dp_rank: int, dp_size: int):
+    """The shards of ``bucket`` data-parallel rank ``dp_rank`` reads; a rank or one of its loader workers
+    left without a shard is a :class:`UserError`."""
+    where = "" if len(groups) == 1 else f" (bucket {bucket})"
+    mine = split_shards(groups[bucket], dp_rank, dp_size, f"data-parallel ranks{where}")
+    split_shards(mine, 0, max(1, cfg.num_workers), f"loader workers of data-parallel rank {dp_rank}{where}")
+    return mine
+
+
+def check_shards(cfg: DataConfig, dp_size: int) -> None:
+    """Pre-launch: every data-parallel rank of ``dp_size`` and each of its loader workers gets a shard of
+    every bucket (what :class:`ShardLoader` would find on each rank once the run has started)."""
+    groups = bucket_groups(list_shards(cfg.shards, cfg.kind))
+    for bucket in groups:
+        for dp_rank in range(dp_size):
+            rank_shards(cfg, groups, bucket, dp_rank, dp_size)
 
 
 def _one_line_errors(batches: DataLoader) -> Iterator[dict]:

@@ -29,7 +29,7 @@ from pathlib import Path
 from megavg.data.shards import write_shards
 from megavg.data.video import VIDEO_EXTS, check_video_file
 from megavg.utils.errors import UserError
-from megavg.utils.logging import get_logger
+from megavg.utils.logging import get_logger, plural
 
 log = get_logger(__name__)
 
@@ -153,4 +153,4 @@ def main(argv: list[str] | None = None) -> None:
     samples = video_samples(items, captions, args.min_frames, args.skip_bad)
     shards = write_shards(samples, args.out, "video", args.samples_per_shard, args.overwrite)
     total = sum(s["samples"] for s in shards)
-    print(f"wrote {total} videos in {len(shards)} shard(s) to {os.fspath(args.out)}")
+    print(f"wrote {plural(total, 'video')} in {plural(len(shards), 'shard')} to {os.fspath(args.out)}")

@@ -1,6 +1,8 @@
-"""Video metrics and evaluation sets: ``python -m megavg.eval {fvd,recon,generate} ...``.
+"""Video metrics and evaluation sets: ``python -m megavg.eval {fvd,features,recon,generate} ...``.
 
-    python -m megavg.eval fvd REAL_DIR FAKE_DIR --i3d rgb_imagenet.pt
+    python -m megavg.eval fvd REAL_DIR FAKE_DIR --i3d kinetics400
+    python -m megavg.eval features REAL_DIR --i3d kinetics400 --out real.npz
+    python -m megavg.eval fvd FAKE_DIR --ref-stats real.npz --i3d kinetics400
     python -m megavg.eval recon REAL_DIR RECON_DIR --lpips-vgg vgg16.safetensors
     python -m megavg.eval generate PIPELINE --prompts prompts.txt --per-prompt 5 --out DIR -- --steps 50
 
@@ -16,10 +18,10 @@ import contextlib
 import json
 import sys
 
-from megavg.eval import fvd, generate, ranks, recon
+from megavg.eval import features, fvd, generate, ranks, recon
 from megavg.utils.errors import UserError, run_cli
 
-COMMANDS = {"fvd": fvd, "recon": recon, "generate": generate}
+COMMANDS = {"fvd": fvd, "features": features, "recon": recon, "generate": generate}
 
 
 class _Parser(argparse.ArgumentParser):

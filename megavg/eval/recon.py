@@ -3,7 +3,7 @@
 Each FAKE video is compared with the REAL video of the same name (file stem or shard key; extensions may
 differ). Both must have the same frame size; they are compared over their first ``--frames`` frames
 (default: all, which must then be equally many). The metrics are megavg's
-(:mod:`megavg.tasks.video_metrics`, :mod:`megavg.tasks.perceptual`), per video, then averaged.
+(:mod:`megavg.metrics.video`, :mod:`megavg.metrics.perceptual`), per video, then averaged.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from megavg.eval import ranks
 from megavg.eval.inputs import list_videos, read_video
-from megavg.tasks import video_metrics
+from megavg.metrics import video as video_metrics
 from megavg.utils.errors import UserError
 
 
@@ -48,7 +48,7 @@ def compare(real, fake, frames: int | None, lpips) -> dict:
     a, b = a[None], b[None]  # 1,3,T,H,W
     out = {"psnr": video_metrics.psnr(b, a).item(), "ssim": video_metrics.ssim(b, a).item()}
     if lpips is not None:
-        from megavg.tasks.perceptual import video_distance
+        from megavg.metrics.perceptual import video_distance
 
         with torch.no_grad():
             out["lpips"] = video_distance(lpips, b.to(lpips.shift.device), a.to(lpips.shift.device)).item()
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> dict:
     matched = pairs(args.real, args.fake)
     lpips = None
     if args.lpips_vgg:
-        from megavg.tasks.perceptual import RANDOM, build_lpips
+        from megavg.metrics.perceptual import RANDOM, build_lpips
 
         for flag, path in (("--lpips-vgg", args.lpips_vgg), ("--lpips-lin", args.lpips_lin)):
             if path and path != RANDOM and not Path(path).is_file():

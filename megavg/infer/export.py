@@ -5,7 +5,8 @@
 
 ``--transformer`` / ``--vae`` are megavg model folders (``tools/consolidate.py`` output, LoRA already
 merged, or ``tools/convert_official.py``); weights are copied lazily, one safetensors shard at a time,
-cast to ``--dtype``. Encoders are referenced (absolute path or hub id) unless ``--copy-encoders``.
+cast to ``--dtype``. Encoders are referenced (a path relative to the pipeline folder, or a hub id) unless
+``--copy-encoders``.
 ``--diffusers`` also writes the DiT as a diffusers ``WanTransformer3DModel`` folder. The pipeline folder
 appears complete or not at all.
 """
@@ -13,6 +14,7 @@ appears complete or not at all.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from megavg.infer.pipeline import Manifest, SamplerDefaults, open_pipeline, writ
 from megavg.models import registry
 from megavg.utils.errors import UserError
 from megavg.utils.io import atomic_dir
+from megavg.utils.lazy import CastTensor
 from megavg.utils.schema import to_dict
 
 DTYPES = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -36,13 +39,14 @@ def lazy_model(folder: str | Path, family: str, dtype: torch.dtype | None) -> tu
     state = registry.load_state_dict(folder, lazy=True)
     if dtype is not None:  # the model's keep_fp32 tensors (Wan's time path) are written in float32
         cast = registry.model_class(family).dtype_for
-        state = {k: registry.CastTensor(v, cast(k, dtype)) if v.dtype.is_floating_point else v
+        state = {k: CastTensor(v, cast(k, dtype)) if v.dtype.is_floating_point else v
                  for k, v in state.items()}  # fmt: skip
     return config, state
 
 
-def _encoder_entry(source: str | None, out: Path, name: str, copy: bool) -> str:
-    """Manifest entry of an encoder: copied into the pipeline, an absolute path, or a hub id."""
+def _encoder_entry(source: str | None, out: Path, name: str, copy: bool, final: Path) -> str:
+    """Manifest entry of an encoder: copied into the pipeline, a path relative to the pipeline folder
+    ``final`` (moving the two together keeps it valid), or a hub id."""
     if not source:
         return ""
     path = Path(source)
@@ -53,7 +57,7 @@ def _encoder_entry(source: str | None, out: Path, name: str, copy: bool) -> str:
     if copy:
         shutil.copytree(path, out / name) if path.is_dir() else shutil.copy2(path, out / name)
         return name
-    return str(path.resolve())
+    return os.path.relpath(path.resolve(), final.resolve())
 
 
 def export_pipeline(opts: argparse.Namespace) -> Path:
@@ -70,13 +74,14 @@ def export_pipeline(opts: argparse.Namespace) -> Path:
         raise UserError(f"{opts.transformer}: {dit_args.out_channels} output channels, but the VAE has "
                         f"{vae_args.latent_channels} latent channels")  # fmt: skip
     sampler = SamplerDefaults(solver=opts.solver, shift=opts.shift, steps=opts.steps, guidance=opts.guidance)
-    with atomic_dir(opts.out) as tmp:
+    final = Path(opts.out)
+    with atomic_dir(final) as tmp:
         registry.save_state("wan", dit_config["args"], dit_state, tmp / "transformer")
         registry.save_state("dcaev", vae_config["args"], vae_state, tmp / "vae")
         manifest = Manifest(
-            text_encoder=_encoder_entry(opts.text_encoder, tmp, "text_encoder", opts.copy_encoders),
-            tokenizer=_encoder_entry(opts.tokenizer, tmp, "tokenizer", opts.copy_encoders),
-            image_encoder=_encoder_entry(opts.image_encoder, tmp, "image_encoder", opts.copy_encoders),
+            text_encoder=_encoder_entry(opts.text_encoder, tmp, "text_encoder", opts.copy_encoders, final),
+            tokenizer=_encoder_entry(opts.tokenizer, tmp, "tokenizer", opts.copy_encoders, final),
+            image_encoder=_encoder_entry(opts.image_encoder, tmp, "image_encoder", opts.copy_encoders, final),
             scaling_factor=vae_args.scaling_factor,
             sampler=sampler,
         )

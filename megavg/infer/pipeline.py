@@ -71,7 +71,7 @@ def write_manifest(manifest: Manifest, folder: Path) -> None:
 
 
 @dataclass
-class Pipeline:
+class PipelineFolder:
     """A resolved pipeline: component paths plus cheap architecture facts (no weights read)."""
 
     root: Path
@@ -104,10 +104,14 @@ class Pipeline:
         return path if path.is_absolute() else self.root / path
 
     def component(self, entry: str) -> str:
-        """A local path (relative entries resolved) or, when nothing is there, the entry as a hub id."""
+        """A local path (relative entries resolved against the pipeline folder; absolute ones, as older
+        exports wrote them, as they are) or, when nothing is there, the entry as a hub id."""
         if not entry:
             return ""
         path = self.locate(entry)
+        if not path.exists() and entry.startswith("."):
+            raise UserError(f"{self.root / MANIFEST}: {entry} (relative to the pipeline folder) does not "
+                            "exist: move the folder with its encoders, or edit the entry")  # fmt: skip
         return str(path) if path.exists() or Path(entry).is_absolute() else entry
 
     def load_transformer(self, i2v: bool, dtype: torch.dtype | None = None):
@@ -151,7 +155,7 @@ def _megavg_args(folder: Path, family: str):
     return registry.config_args(config)
 
 
-def open_pipeline(path: str | Path) -> Pipeline:
+def open_pipeline(path: str | Path) -> PipelineFolder:
     """Resolve ``path``: a megavg pipeline folder or the released DC-VideoGen folder (else UserError)."""
     root = Path(path)
     if not root.is_dir():
@@ -160,7 +164,7 @@ def open_pipeline(path: str | Path) -> Pipeline:
         manifest = from_dict(Manifest, _read_json(root / MANIFEST), MANIFEST)
         if manifest.format != FORMAT or manifest.version != 1:
             raise UserError(f"{root / MANIFEST}: not a {FORMAT} version 1 manifest")
-        pipe = Pipeline(root, manifest)
+        pipe = PipelineFolder(root, manifest)
         transformer = pipe.locate(manifest.transformer)
         i2v = _megavg_args(transformer, "wan").is_i2v
         pipe.transformers = {"i2v" if i2v else "t2v": transformer}
@@ -171,7 +175,7 @@ def open_pipeline(path: str | Path) -> Pipeline:
     raise UserError(f"{root}: not a pipeline folder (no {MANIFEST}, no transformer_t2v/ or transformer_i2v/)")
 
 
-def _released(root: Path) -> Pipeline:
+def _released(root: Path) -> PipelineFolder:
     """The released DC-VideoGen-Wan2.1-14B folder as a pipeline."""
     vaes = sorted(root.glob("dc-ae-v*.pt"))  # the released file is dc-ae-v-f32t4c32-1.0-bf16.pt
     if len(vaes) != 1:
@@ -192,7 +196,7 @@ def _released(root: Path) -> Pipeline:
         sampler=sampler,
     )
     found = {k: root / f"transformer_{k}" for k in ("t2v", "i2v") if (root / f"transformer_{k}").is_dir()}
-    return Pipeline(root, manifest, released=True, transformers=found)
+    return PipelineFolder(root, manifest, released=True, transformers=found)
 
 
 def _vae_preset(path: Path) -> str:

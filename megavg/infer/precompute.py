@@ -34,18 +34,19 @@ import torch
 from torch import nn
 
 import megavg.models
+from megavg.conditioning.text import NULL_CAPTION
 from megavg.data.latents import write_latent_shards
 from megavg.data.loader import video_sample_parts
 from megavg.data.shards import INDEX, list_shards, sample_counts, split_shards
 from megavg.data.stream import SAMPLE_ERRORS, StreamStats, read_shard, shard_error_handler
 from megavg.data.video import decode_frames, nearest_bucket, resize_crop
 from megavg.infer.conditioning import ImageEncoder, i2v_condition
+from megavg.infer.stages import load_image_encoder_from
 from megavg.infer.teacher_vae import DcaevTeacher, TeacherVAE, load_teacher
 from megavg.infer.text import TextEncoder
-from megavg.models.wan.text import NULL_CAPTION
 from megavg.utils.device import resolve_device
 from megavg.utils.errors import UserError, run_cli
-from megavg.utils.logging import get_logger, progress
+from megavg.utils.logging import get_logger, plural, progress
 
 log = get_logger("megavg.infer.precompute")
 
@@ -136,6 +137,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vae", required=True, help="megavg DC-AE-V model folder")
     parser.add_argument("--shards", required=True, help="video shards: folder, brace pattern or glob")
     parser.add_argument("--text-encoder", required=True, help="hub id (e.g. google/umt5-xxl) or folder")
+    parser.add_argument("--tokenizer", help="tokenizer folder or hub id (default: the text encoder's)")
     parser.add_argument("--out", required=True, help="output folder: part-RRRRR/ (one bucketed set each)")
     parser.add_argument("--frames", type=int, required=True)
     parser.add_argument("--frame-stride", type=int, default=1)
@@ -147,7 +149,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "DC-AE-V folder): also write teacher_latents",
     )
     parser.add_argument("--i2v", action="store_true", help="also write the I2V condition and CLIP tokens")
-    parser.add_argument("--image-encoder", help="CLIP ViT-H/14 (transformers folder or hub id), for --i2v")
+    parser.add_argument("--image-encoder", help="CLIP ViT-H/14 for --i2v: folder, hub id, Wan's .pth")
     parser.add_argument("--samples-per-shard", type=int, default=100)
     parser.add_argument("--part", type=int, default=int(os.environ.get("RANK", 0)))
     parser.add_argument("--parts", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
@@ -173,11 +175,12 @@ def load_encoders(args: argparse.Namespace) -> Encoders:
     vae = megavg.models.load(args.vae, device=args.device).eval()
     if not hasattr(vae, "encode"):
         raise UserError(f"{args.vae}: not a DC-AE-V model folder")
-    enc = Encoders(vae, TextEncoder(args.text_encoder, device=args.device), args.device)
+    text = TextEncoder(args.text_encoder, device=args.device, tokenizer=args.tokenizer)
+    enc = Encoders(vae, text, args.device)
     if args.teacher_vae:
         enc.teacher = load_teacher(args.teacher_vae, device=args.device)
     if args.i2v:
-        enc.image = ImageEncoder(args.image_encoder, device=args.device)
+        enc.image = load_image_encoder_from(args.image_encoder).to(args.device)
     return enc
 
 
@@ -201,8 +204,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     samples = latent_samples(enc, itertools.chain([first], videos))
     shards = write_latent_shards(samples, out, args.samples_per_shard, overwrite=args.overwrite)
     counts = json.loads((out / INDEX).read_text())["buckets"]
-    log.info("wrote %d latent samples in %d shard(s) to %s (buckets: %s)", sum(s["samples"] for s in shards),
-             len(shards), out, counts)  # fmt: skip
+    log.info("wrote %s in %s to %s (buckets: %s)", plural(sum(s["samples"] for s in shards), "latent sample"),
+             plural(len(shards), "shard"), out, counts)  # fmt: skip
     return [out]
 
 

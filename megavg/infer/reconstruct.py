@@ -23,7 +23,7 @@ import megavg.models
 from megavg.infer.video_io import VideoWriter, check_output, declared_frames, read_pieces, video_timing
 from megavg.models.dcaev.streaming import StreamingDecoder, StreamingEncoder
 from megavg.utils.errors import UserError, run_cli
-from megavg.utils.logging import get_logger, progress
+from megavg.utils.logging import get_logger, plural, progress
 
 log = get_logger("megavg.infer.reconstruct")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -74,6 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.frames is not None and args.frames < 1:
+        raise UserError(f"--frames: must be >= 1 (or left out for the whole video), got {args.frames}")
     check_output(args.out)
     fps, time_base = video_timing(args.input)  # bad input fails before the model loads
     model = megavg.models.load(args.model, device=args.device, dtype=DTYPES[args.dtype]).eval()
@@ -93,7 +95,11 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = time.perf_counter() - start
     result = {"frames": frames, "psnr_db": psnr(sq_err / max(values, 1)), "fps": frames / seconds}
     log.info(
-        "wrote %s: %d frames, PSNR %.2f dB, %.2f frames/s", args.out, frames, result["psnr_db"], result["fps"]
+        "wrote %s: %s, PSNR %.2f dB, %.2f frames/s",
+        args.out,
+        plural(frames, "frame"),
+        result["psnr_db"],
+        result["fps"],
     )
     return result
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from megavg.conditioning.text import TEXT_TOKENS, pad_text
 from megavg.infer.step_cache import METHODS as CACHE_METHODS
 from megavg.infer.step_cache import StepCache
-from megavg.models.wan.text import TEXT_TOKENS, pad_text
 from megavg.utils.errors import UserError
 from megavg.utils.logging import progress
 
@@ -185,7 +185,7 @@ def prepare_text(
 ) -> torch.Tensor:
     """Text-encoder states as the Wan DiT sees them, broadcast to ``batch``: [B, max(L, tokens), D].
 
-    Padding is :func:`megavg.models.wan.text.pad_text`, the function training's batches go through too
+    Padding is :func:`megavg.conditioning.text.pad_text`, the function training's batches go through too
     (``text`` is a [B, L, D] tensor with an optional ``mask``, or a list of unpadded [L_i, D] tensors).
     """
     text = pad_text(text, mask, tokens)
@@ -368,7 +368,7 @@ def sample(
     sees the current latents concatenated on channels with ``condition`` (I2V: [B, 4 mask + C, T, H, W]),
     the step's timestep and ``image`` (CLIP tokens [B, 257, 1280], I2V). With ``guidance > 1`` it runs a
     conditional and an unconditional forward (``negative_text``: give the null condition the model was
-    trained with, the padded encoding of ``megavg.models.wan.text.NULL_CAPTION`` as ``generate`` does;
+    trained with, the padded encoding of ``megavg.conditioning.text.NULL_CAPTION`` as ``generate`` does;
     None means all-zero text) and mixes them with :func:`guide`; otherwise one forward. Text goes
     through :func:`prepare_text`. The model runs in its parameters' dtype; the solver in float32.
 

@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from megavg.models.wan.text import pad_text
+from megavg.conditioning.text import pad_text
 from megavg.utils.device import resolve_device
 from megavg.utils.errors import UserError
 
@@ -59,7 +59,7 @@ class TextEncoder:
         return self
 
     def padded(self, captions: list[str]) -> torch.Tensor:
-        """[B, 512, D] float32: each caption's states, then zeros — :func:`megavg.models.wan.text.pad_text`,
+        """[B, 512, D] float32: each caption's states, then zeros — :func:`megavg.conditioning.text.pad_text`,
         the padding training batches get (the padding tokens are masked inside the encoder)."""
         return pad_text(self(captions))
 

@@ -102,6 +102,12 @@ def _to_tensor(frames: list[np.ndarray]) -> torch.Tensor:
     return (video / 127.5 - 1.0).permute(3, 0, 1, 2).unsqueeze(0)  # 1, 3, n, H, W
 
 
+def to_uint8(piece: torch.Tensor) -> np.ndarray:
+    """A 1,3,n,H,W piece in [-1, 1] as the uint8 frames [n, H, W, 3] a video holds (clamped, rounded)."""
+    frames = ((piece[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # 3, n, H, W
+    return frames.permute(1, 2, 3, 0).cpu().numpy()  # n, H, W, 3
+
+
 class VideoWriter:
     """Write 1,3,n,H,W pieces in [-1, 1] to ``path`` (MP4, WebM or GIF by its extension, see
     :func:`check_output`); the file appears only when the writer closes. ``crf``: H.264/VP9 quality.
@@ -145,8 +151,15 @@ class VideoWriter:
 
     def write(self, piece: torch.Tensor, times: list | None = None) -> None:
         """Encode a 1,3,n,H,W piece; ``times`` gives each frame's time in seconds (None: the next slot)."""
-        frames = ((piece[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # 3, n, H, W
-        frames = frames.permute(1, 2, 3, 0).cpu().numpy()  # n, H, W, 3
+        self.write_frames(to_uint8(piece), times)
+
+    def write_frames(self, frames: np.ndarray, times: list | None = None) -> None:
+        """Encode uint8 frames [n, H, W, 3] (as :func:`to_uint8` makes them)."""
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise UserError(
+                f"{self.path}: frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}"
+            )
         if self._stream is None:
             self._open_stream(frames.shape[1], frames.shape[2])
         for i, frame in enumerate(frames):

@@ -27,6 +27,7 @@ from torch import nn
 
 from megavg.utils.errors import UserError
 from megavg.utils.io import atomic_dir, default_file_mode
+from megavg.utils.lazy import materialize
 from megavg.utils.logging import progress
 from megavg.utils.schema import from_dict, to_dict
 
@@ -113,28 +114,6 @@ def save(model: nn.Module, folder: str | os.PathLike) -> Path:
     if args is None:
         raise UserError(f"{type(model).__name__} has no .args: not a megavg model")
     return save_state(family_of(args), to_dict(args), model.state_dict(), folder)
-
-
-def materialize(value: Any) -> torch.Tensor:
-    """A tensor from a tensor or a *lazy tensor*: anything with ``shape``, ``dtype`` and ``contiguous()``
-    returning the tensor, such as the entries of DeepSpeed's ``zero_to_fp32`` lazy mode."""
-    return value if isinstance(value, torch.Tensor) else value.contiguous()
-
-
-@dataclasses.dataclass(frozen=True)
-class CastTensor:
-    """A lazy tensor (:func:`materialize`): ``source`` (a tensor or lazy tensor) cast to ``dtype`` when
-    materialised."""
-
-    source: Any
-    dtype: torch.dtype
-
-    @property
-    def shape(self) -> torch.Size:
-        return torch.Size(self.source.shape)
-
-    def contiguous(self) -> torch.Tensor:
-        return materialize(self.source).to(self.dtype)
 
 
 def save_state(family: str, args: dict, state: dict[str, Any], folder: str | os.PathLike) -> Path:

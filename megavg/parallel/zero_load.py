@@ -21,8 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from megavg.models import registry
 from megavg.utils.errors import UserError
+from megavg.utils.lazy import materialize
 
 
 def is_partitioned(param: torch.Tensor) -> bool:
@@ -72,12 +72,12 @@ def load_state(model: nn.Module, state: dict[str, Any], source: str) -> None:
         if is_partitioned(param):
             piece = write_partition(param, state[name])
         else:
-            piece = registry.materialize(state[name])
+            piece = materialize(state[name])
             with torch.no_grad():
                 param.copy_(piece)
         if piece.is_floating_point() and not torch.isfinite(piece).all():
             bad.append(name)
-    buffers = {k: registry.materialize(v) for k, v in state.items() if k not in params}
+    buffers = {k: materialize(v) for k, v in state.items() if k not in params}
     model.load_state_dict(buffers, strict=False)
     if any(is_partitioned(p) for p in params.values()):
         gathered: list[list[str]] = [[] for _ in range(dist.get_world_size())]

@@ -10,8 +10,9 @@ from pathlib import Path
 from megavg.models.registry import list_presets
 from megavg.plan import cost, memory, model
 from megavg.plan.spec import Layout, Run, offloads
+from megavg.tasks.base import compute_dtype
 from megavg.train.config import TrainConfig, load_config
-from megavg.train.engine import compute_dtype, deepspeed_config
+from megavg.train.engine import deepspeed_config
 from megavg.utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,6 +39,7 @@ class Request:
     mfu: float = 0.35
     deepspeed: tuple[str, ...] = (BF16, OFFLOAD)  # candidate DeepSpeed JSONs
     checkpointing: tuple[bool, ...] = (False, True)
+    config: str | None = None  # a training YAML: its task arguments (LoRA rank...) and model settings
 
     @property
     def world(self) -> int:
@@ -77,18 +79,27 @@ def overrides(req: Request, layout: Layout) -> list[str]:
     ]
     if layout.checkpointing:
         out.append("model.activation_checkpointing=true")
+    elif req.config:  # the config may turn it on
+        out.append("model.activation_checkpointing=false")
     if TASKS[req.task] == "dcaev":
         out += [f"data.frames={req.frames}", f"data.size=[{req.size[0]}, {req.size[1]}]"]
     return out
 
 
 def config(req: Request, layout: Layout) -> TrainConfig:
-    """The training config of ``layout`` (the JSON path resolved against the repository if needed)."""
-    cfg = load_config(None, overrides(req, layout))
+    """The training config of ``layout`` (``req.config`` under the layout's overrides; paths resolved
+    against the repository if needed)."""
+    cfg = load_config(resolve(req.config) if req.config else None, overrides(req, layout))
     path = Path(layout.deepspeed)
     if not path.is_file() and (REPO / path).is_file():
         cfg.parallel.deepspeed = str(REPO / path)
     return cfg
+
+
+def resolve(path: str) -> Path:
+    """``path`` as given, or relative to the repository when only that exists."""
+    given = Path(path)
+    return given if given.exists() or not (REPO / given).exists() else REPO / given
 
 
 def sp_degrees(req: Request, facts: model.ModelFacts) -> list[int]:
@@ -129,6 +140,7 @@ def evaluate(
     """Memory, FLOPs, traffic and time of one layout."""
     run = Run(req.world, req.nodes, compute_dtype(ds).itemsize, req.fp8, req.mfu)
     mem = memory.per_gpu(facts, ds, layout, fwd, run)
+    host = mem.pop("host_offload") * req.gpus_per_node
     flops = cost.step_flops(fwd, facts, layout.checkpointing)
     comm = cost.comm_bytes(facts, fwd, layout, run)
     time = cost.step_time(flops, comm, facts, ds, run)
@@ -139,6 +151,7 @@ def evaluate(
         "deepspeed": layout.deepspeed,
         "fits": mem["total"] <= FIT_FRACTION * req.gpu_memory_gib * memory.GIB,
         "per_gpu_gib": {k: v / memory.GIB for k, v in mem.items()},
+        "host_offload_gib_per_node": host / memory.GIB,
         "step_tflop_per_gpu": {k: v / 1e12 for k, v in flops.items()},
         "communication_gib_per_gpu": {k: v / memory.GIB for k, v in comm.items()},
         "time_s": time,

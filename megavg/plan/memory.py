@@ -3,7 +3,9 @@
 Model states are partitioned over all N = DP x SP ranks: every parameter keeps its compute-dtype copy
 (c bytes: 2 with bf16, 4 with fp32; frozen ones too), trainable ones also a compute-dtype gradient, an fp32
 master copy (4) and two fp32 Adam moments (8). With optimizer offload the gradients, master and moments
-live in host memory; with parameter offload the parameter partitions too. Working memory: the gathered
+live in host memory; with parameter offload the parameter partitions too (``host_offload``: those bytes
+per GPU, a lower bound of the host memory: DeepSpeed's CPU-Adam gradient copies and pinned buffers come
+on top). Working memory: the gathered
 parameters of the block in use and the prefetched next one, the DeepSpeed reduce (IPG) and prefetch
 buckets, Ulysses all-to-all buffers, FP8 weight copies, and activations (:mod:`megavg.plan.model`).
 """
@@ -20,22 +22,27 @@ WORKING = ("zero3_gathered", "deepspeed_buckets", "sp_buffers", "fp8_copies", "a
 
 
 def model_states(facts: ModelFacts, ds: dict, run: Run) -> dict[str, float]:
-    """Partitioned parameters / gradients / optimizer states (LoRA's share of all three separately)."""
+    """Partitioned parameters / gradients / optimizer states (LoRA's share of all three separately) on
+    the GPU, and ``host_offload``: what offloading moved to host memory, per GPU."""
     offload_optimizer, offload_params = offloads(ds)
 
-    def states(params: int, trainable: int) -> tuple[float, float, float]:
-        kept = 0.0 if offload_optimizer else 1.0
-        param = 0.0 if offload_params else run.c * params / run.world
+    def states(params: int, trainable: int, off_optimizer: bool, off_params: bool) -> tuple[float, ...]:
+        kept = 0.0 if off_optimizer else 1.0
+        param = 0.0 if off_params else run.c * params / run.world
         return param, kept * run.c * trainable / run.world, kept * MASTER_AND_MOMENTS * trainable / run.world
 
-    p, g, o = states(facts.params - facts.lora, facts.trainable - facts.lora)
-    lora = sum(states(facts.lora, facts.lora))
+    base, lora = (facts.params - facts.lora, facts.trainable - facts.lora), (facts.lora, facts.lora)
+    p, g, o = states(*base, offload_optimizer, offload_params)
+    lora_gpu = sum(states(*lora, offload_optimizer, offload_params))
+    on_gpu = p + g + o + lora_gpu
+    everything = sum(states(*base, False, False)) + sum(states(*lora, False, False))
     return {
         "parameters": p,
         "gradients": g,
         "optimizer_states": o,
-        "lora": lora,
-        "model_states": p + g + o + lora,
+        "lora": lora_gpu,
+        "model_states": on_gpu,
+        "host_offload": everything - on_gpu,
     }
 
 
@@ -61,5 +68,5 @@ def per_gpu(facts: ModelFacts, ds: dict, layout: Layout, fwd: ForwardFacts, run:
     out["activations_checkpointing"] = float(fwd.peak(True)) if facts.layers else float(fwd.peak(False))
     key = "activations_checkpointing" if layout.checkpointing else "activations_no_checkpointing"
     out["activations"] = out[key]
-    out["total"] = out["model_states"] + sum(out[k] for k in WORKING)
+    out["total"] = out["model_states"] + sum(out[k] for k in WORKING)  # host_offload is not on the GPU
     return out

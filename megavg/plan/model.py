@@ -11,11 +11,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from megavg.models.wan.text import TEXT_TOKENS
-from megavg.plan.trace import Trace, trace_forward
-from megavg.tasks import build_task
+from megavg.conditioning.text import TEXT_TOKENS
 from megavg.train.config import TrainConfig
+from megavg.train.flops import build_meta, with_layers
 from megavg.utils.errors import UserError
+from megavg.utils.meta_trace import Trace, trace_forward
 
 IMAGE_TOKENS = 257  # CLIP ViT-H tokens (I2V)
 
@@ -62,21 +62,6 @@ def family_of(cfg: TrainConfig) -> str:
     from megavg.tasks.base import model_args
 
     return registry_family(model_args(cfg.model))
-
-
-def build_meta(cfg: TrainConfig) -> nn.Module:
-    """The task's model (freezing, LoRA included) on the meta device."""
-    task = build_task(cfg)
-    task.validate()
-    with torch.device("meta"):
-        return task.build_model()
-
-
-def with_layers(cfg: TrainConfig, layers: int) -> TrainConfig:
-    """``cfg`` with a Wan model of ``layers`` blocks and no activation checkpointing."""
-    model_cfg = dataclasses.replace(cfg.model, activation_checkpointing=False)
-    model_cfg.args = {**model_cfg.args, "num_layers": layers}
-    return dataclasses.replace(cfg, model=model_cfg)
 
 
 def _counts(model: nn.Module) -> tuple[int, int, int]:

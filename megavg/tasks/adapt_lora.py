@@ -18,10 +18,10 @@ from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
 from megavg.layers.linear import is_linear
-from megavg.models import registry
 from megavg.parallel import zero_load
 from megavg.tasks import flow_matching
 from megavg.utils.errors import UserError
+from megavg.utils.lazy import CastTensor, materialize
 
 
 @dataclasses.dataclass
@@ -107,7 +107,7 @@ class Task(flow_matching.Task):
 
 @dataclasses.dataclass(frozen=True)
 class MergedWeight:
-    """A lazy tensor (:func:`megavg.models.registry.materialize`): ``base + scale * up @ down`` in float32,
+    """A lazy tensor (:func:`megavg.utils.lazy.materialize`): ``base + scale * up @ down`` in float32,
     cast to ``dtype``, computed only when the writer asks for it (one weight at a time)."""
 
     base: object  # out, in
@@ -121,8 +121,8 @@ class MergedWeight:
         return torch.Size(self.base.shape)
 
     def contiguous(self) -> torch.Tensor:
-        weight = registry.materialize(self.base).float()
-        up, down = registry.materialize(self.up).float(), registry.materialize(self.down).float()
+        weight = materialize(self.base).float()
+        up, down = materialize(self.up).float(), materialize(self.down).float()
         # out of place: an fp32 base tensor is the caller's own (.float() does not copy it)
         return torch.addmm(weight, up, down, alpha=self.scale).to(self.dtype)  # (out, r) @ (r, in) -> out, in
 
@@ -149,7 +149,7 @@ def merge_lora(base: dict, trained: dict, scale: float) -> dict:
         plain = key.replace(".base_layer.", ".")
         if plain not in base:
             raise UserError(f"trained tensor {key!r} has no counterpart {plain!r} in the base weights")
-        merged[plain] = registry.CastTensor(value, base[plain].dtype)
+        merged[plain] = CastTensor(value, base[plain].dtype)
     for weight, down, up in adapters:  # after the copies: W is the trained base_layer when there is one
         merged[weight] = MergedWeight(merged[weight], down, up, scale, base[weight].dtype)
     return merged

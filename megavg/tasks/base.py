@@ -30,6 +30,15 @@ class StepContext:
     sp_group: Any = None
 
 
+def compute_dtype(ds: dict) -> torch.dtype:
+    """The dtype a DeepSpeed config ``ds`` computes in: bf16, fp16, else float32."""
+    if ds.get("bf16", {}).get("enabled"):
+        return torch.bfloat16
+    if ds.get("fp16", {}).get("enabled"):
+        return torch.float16
+    return torch.float32
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The user's module inside a DeepSpeed engine (or the module itself)."""
     return getattr(model, "module", model)
@@ -44,6 +53,8 @@ def model_args(model_cfg) -> Any:
         config = registry.read_config(model_cfg.init)
         family = importlib.import_module(registry.FAMILIES[config["family"]])
         base = from_dict(family.Args, config.get("args", {}), f"{model_cfg.init} args")
+        if model_cfg.preset:
+            check_init_matches_preset(model_cfg, base)
     elif model_cfg.preset:
         base = registry.preset_args(model_cfg.preset)
     else:
@@ -55,6 +66,33 @@ def model_args(model_cfg) -> Any:
             raise UserError(f"config model.activation_checkpointing: {name} models do not support it")
         merged["grad_checkpointing"] = True
     return from_dict(type(base), merged, "model.args")
+
+
+RUN_CHOICES = ("layers", "grad_checkpointing", "scaling_factor")  # args that do not change the weights
+
+
+def check_init_matches_preset(model_cfg, init_args: Any) -> None:
+    """With both ``model.preset`` and ``model.init`` set, the folder's architecture must be the preset's
+    (fields ``model.args`` sets and the run choices :data:`RUN_CHOICES` aside): a config written for the
+    14B preset must not quietly train the tiny model an ``init`` folder holds."""
+    preset = registry.preset_args(model_cfg.preset)
+    where = f"config model.init: {model_cfg.init}"
+    if registry.family_of(preset) != registry.family_of(init_args):
+        raise UserError(f"{where} holds a {registry.family_of(init_args)} model, model.preset "
+                        f"{model_cfg.preset} is {registry.family_of(preset)}")  # fmt: skip
+    ours, theirs = to_dict(init_args), to_dict(preset)
+    skip = set(RUN_CHOICES) | set(model_cfg.args)
+    differ = [k for k in theirs if k not in skip and ours.get(k) != theirs[k]]
+    if differ:
+        shown = ", ".join(f"{k} {_short(ours.get(k))} (preset: {_short(theirs[k])})" for k in differ[:3])
+        more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+        raise UserError(f"{where} is not the architecture of model.preset {model_cfg.preset}: {shown}{more}; "
+                        "drop model.preset to train the folder's model as it is")  # fmt: skip
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else "{...}"
 
 
 def init_state(folder: str, args: Any) -> dict[str, registry.StoredTensor]:
@@ -119,6 +157,12 @@ class Task:
     def on_step_end(self, model: nn.Module, step: int, metrics) -> None:
         """Called on every rank after optimizer step ``step`` (1-based) and its logging, before any
         checkpoint: periodic evaluation (collective) writing through ``metrics`` (rank 0). Default: none."""
+
+    def check_parallel(self, sp_size: int) -> None:
+        """Pre-launch: refuse ``parallel.sp_size`` ranks per sample when the task or model cannot split
+        one that way (default: any ``sp_size > 1`` needs :meth:`parallelize`)."""
+        if sp_size > 1 and type(self).parallelize is Task.parallelize:
+            raise UserError(f"config parallel.sp_size: task {self.cfg.task.name} has no sequence parallelism")
 
     def parallelize(self, model: nn.Module, sp_group) -> nn.Module:
         """Apply sequence parallelism over ``sp_group`` (called only when ``parallel.sp_size > 1``)."""

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megavg.metrics import video as video_metrics
+from megavg.metrics.perceptual import LPIPS, video_distance
 from megavg.parallel import state
-from megavg.tasks import video_metrics
-from megavg.tasks.perceptual import LPIPS, video_distance
 from megavg.utils.errors import UserError
 
 

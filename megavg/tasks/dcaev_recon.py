@@ -23,13 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from megavg.metrics.perceptual import RANDOM, build_lpips, check_weight_files, sample_frames, video_distance
 from megavg.models.dcaev.discriminator import DiscriminatorArgs, PatchDiscriminator3d
 from megavg.models.dcaev.parallelize import apply_temporal_sp, gather_time, shard_time
 from megavg.tasks import gan
-from megavg.tasks.base import StepContext, unwrap
+from megavg.tasks.base import StepContext, compute_dtype, unwrap
 from megavg.tasks.base import Task as BaseTask
 from megavg.tasks.dcaev_eval import EvalArgs, Evaluator
-from megavg.tasks.perceptual import RANDOM, build_lpips, check_weight_files, sample_frames, video_distance
 from megavg.utils.errors import UserError
 
 
@@ -93,8 +93,6 @@ class Task(BaseTask):
             list_shards(self.args.eval.shards, "video")
 
     def setup(self, ds_config: dict, device: torch.device) -> dict[str, Any]:
-        from megavg.train.engine import compute_dtype
-
         self.device, self.dtype = device, compute_dtype(ds_config)
         p = self.args.perceptual
         if p.vgg:

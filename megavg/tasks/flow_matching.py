@@ -4,7 +4,7 @@ x_t = (1 - sigma) x0 + sigma eps, target eps - x0; sigma = shift u / (1 + (shift
 (the shifted schedule: shift 8 for T2V, 5 for I2V); timestep = 1000 sigma. A fraction ``text_dropout``
 of samples get the null condition instead of their caption (classifier-free guidance training): the
 padded encoding of the empty caption that pre-computation stores as ``null_text``, the same context
-``generate`` uses for the unconditional branch (:mod:`megavg.models.wan.text`; all zeros, with a
+``generate`` uses for the unconditional branch (:mod:`megavg.conditioning.text`; all zeros, with a
 warning, for shards written before ``null_text`` existed). Batches are
 ``{"latents": B,C,T,H,W, "text": B,L,D}``. An I2V model (``image_dim`` set) also needs ``condition``
 [B, 4 + C, T, H, W] (mask, then the encoded first frame), concatenated to x_t on the channel axis (DiT input
@@ -43,6 +43,11 @@ class Args:
 class Task(BaseTask):
     Args = Args
     _warned_null = False  # the missing-null_text warning, once per run
+
+    def check_parallel(self, sp_size: int) -> None:
+        from megavg.models.wan.parallelize import check_sp_size
+
+        check_sp_size(model_args(self.cfg.model).num_heads, sp_size)
 
     def parallelize(self, model: nn.Module, sp_group) -> nn.Module:
         from megavg.models.wan.parallelize import apply_ulysses

@@ -1,7 +1,10 @@
 """``python -m megavg.train --config FILE [section.key=value ...]``: validate, then train.
 
-Everything the user controls (YAML keys and types, task and model args, DeepSpeed JSON, data path) is
-checked before any process group exists: a mistake is one ``error: ...`` line and exit code 2.
+Everything the user controls is checked before any process group exists (the pre-flight, the same with
+``--check`` and in every launched rank): YAML keys and types, task and model args (``model.preset``
+against ``model.init``'s config), the DeepSpeed JSON, the shards against the data-parallel ranks and their
+loader workers, ``parallel.sp_size`` against the world size and the model's heads, and ``validation:``.
+A mistake is one ``error: ...`` line (from rank 0 only when launched) and exit code 2.
 """
 
 from __future__ import annotations
@@ -12,27 +15,44 @@ import time
 import warnings
 from pathlib import Path
 
-from megavg.data.shards import list_shards
+from megavg.data.loader import check_shards
 from megavg.tasks import build_task
 from megavg.train import validation
-from megavg.train.config import load_config
+from megavg.train.config import TrainConfig, load_config
 from megavg.train.engine import deepspeed_config
 from megavg.utils.errors import UserError, run_cli
-from megavg.utils.logging import get_logger
+from megavg.utils.logging import get_logger, plural
+from megavg.utils.schema import describe
 
 log = get_logger("megavg.train")
 EXIT_FINISHED = 3
+EXIT_BAD_INPUT = 2  # run_cli's code for a UserError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m megavg.train", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m megavg.train", description=__doc__, epilog=config_keys(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--config", help="YAML file (lists only what differs from the defaults)")
     parser.add_argument("--check", action="store_true",
                         help="only validate and say the run's state: exit 0 if steps remain, "
                              f"{EXIT_FINISHED} if the run already reached schedule.steps")  # fmt: skip
+    parser.add_argument("--world-size", type=int, metavar="N",
+                        help="processes the run will be launched with, for the pre-flight checks "
+                             "(default: $WORLD_SIZE as the launcher sets it, else 1)")  # fmt: skip
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by `deepspeed`
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides may come before or after the options
+
+
+def config_keys() -> str:
+    """The config tree's keys with their types and defaults (from the dataclass schema), for ``--help``."""
+    rows = describe(TrainConfig)
+    width = max(len(key) for key, _, _ in rows) + 2
+    kind = max(len(tp) for _, tp, _ in rows) + 2
+    lines = ["config keys (YAML sections, or section.key=value overrides), type, default:"]
+    lines += [f"  {key:<{width}}{tp:<{kind}}{default}" for key, tp, default in rows]
+    lines.append("task.args and model.args take the task's and the model's own options (docs/training.md).")
+    return "\n".join(lines)
 
 
 SAME_RUN = ("task", "model", "parallel")  # config sections a resumed run must share with its checkpoint
@@ -77,15 +97,34 @@ def _prepare(argv: list[str] | None):
     cfg = load_config(args.config, args.overrides)
     task = build_task(cfg)
     task.validate()
-    list_shards(cfg.data.shards, cfg.data.kind)  # the data path exists and holds shards
+    world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    check_layout(cfg, task, world, told=bool(args.world_size or "WORLD_SIZE" in os.environ))
     deepspeed_config(cfg)
     validation.check(cfg)
     return cfg, task, args
 
 
+def check_layout(cfg, task, world: int, told: bool = True) -> None:
+    """``parallel.sp_size`` against ``world`` processes and the model, then the shards against the
+    ``world / sp_size`` data-parallel ranks and their loader workers."""
+    sp = cfg.parallel.sp_size
+    if world < 1:
+        raise UserError(f"--world-size: must be >= 1, got {world}")
+    if world % sp:
+        hint = "" if told else " (checked for 1 process: add --world-size N for a run of N)"
+        raise UserError(f"config parallel.sp_size: {sp} does not divide the world size {world}{hint}")
+    task.check_parallel(sp)
+    check_shards(cfg.data, world // sp)
+
+
 def main(argv: list[str] | None = None) -> None:
-    cfg, task, args = _prepare(argv)
     rank0 = os.environ.get("RANK", "0") == "0"
+    try:
+        cfg, task, args = _prepare(argv)
+    except UserError:
+        if rank0:
+            raise
+        raise SystemExit(EXIT_BAD_INPUT) from None  # every rank finds it; rank 0 alone says it
     done = steps_done(cfg)
     if done >= cfg.schedule.steps:  # before the slow imports: a finished run answers at once
         if rank0:
@@ -96,8 +135,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if rank0:  # the run's first line, before the slow imports (DeepSpeed: ~10 s on a busy CPU)
         world = os.environ.get("WORLD_SIZE", "1")
-        log.info("%s: config OK (%s, %d steps, %s processes) -> %s; importing DeepSpeed", cfg.task.name,
-                 cfg.model.preset or cfg.model.init, cfg.schedule.steps, world, cfg.run.dir)  # fmt: skip
+        log.info("%s: config OK (%s, %s, %s) -> %s; importing DeepSpeed", cfg.task.name,
+                 cfg.model.preset or cfg.model.init, plural(cfg.schedule.steps, "step"),
+                 plural(int(world), "process", "processes"), cfg.run.dir)  # fmt: skip
     # DeepSpeed 0.19 calls collectives torch 2.13 renamed; one FutureWarning per call site drowns the log.
     warnings.filterwarnings("ignore", r"`torch\.distributed\.\w+` is deprecated", FutureWarning)
     start = time.perf_counter()

@@ -81,6 +81,11 @@ def _candidates(ckpt_dir: Path) -> tuple[list[str], str]:
     return usable, note
 
 
+def complete_tags(ckpt_dir: Path) -> list[str]:
+    """The tags of ``ckpt_dir`` that were complete when written (see :func:`_candidates`), newest first."""
+    return _candidates(ckpt_dir)[0]
+
+
 def choose_tag(ckpt_dir: Path) -> str | None:
     """The tag to resume from (collective; the same on every rank): the newest intact candidate. Skipped
     tags are reported in one warning; UserError when checkpoints exist but none is intact."""

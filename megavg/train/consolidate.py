@@ -1,6 +1,10 @@
-"""Turn the latest complete ZeRO-3 checkpoint of a run into a megavg model folder (single-GPU runner).
+"""Turn a complete ZeRO-3 checkpoint of a run (the latest, or any kept one) into a megavg model folder.
 
-    python tools/consolidate.py RUN_DIR --out FOLDER [--raw]
+    python tools/consolidate.py RUN_DIR --out FOLDER [--raw] [--step N | --tag step_NNNNNNNN]
+
+Without ``--step``/``--tag`` the checkpoint named by ``checkpoints/latest`` is exported; with them an
+intermediate one (``checkpoint.keep`` decides how many a run keeps), e.g. for a training curve. A tag that
+is not there, or was left incomplete by a crash, is an error listing the complete ones.
 
 A run with ``model.ema`` exports the EMA of the trainable weights (frozen ones as they are), ``--raw``
 the trained weights themselves; the LoRA task then merges the EMA (or raw) adapters.
@@ -28,7 +32,7 @@ from megavg.models import registry
 from megavg.tasks import build_task
 from megavg.tasks.base import model_args
 from megavg.train import ckpt_integrity
-from megavg.train.checkpoint import read_latest
+from megavg.train.checkpoint import TAG_RE, complete_tags, read_latest, tag_of
 from megavg.train.config import load_config
 from megavg.train.ema import EMA_KEY
 from megavg.train.zero_checkpoint import PARAM, ZeroCheckpoint
@@ -45,7 +49,7 @@ log = get_logger(__name__)
 
 def trained_state(ckpt_dir: Path, tag: str, raw: bool = False) -> dict[str, Any]:
     """fp32 weights of checkpoint ``tag`` (without ``_extra_state``) as lazy tensors
-    (:func:`megavg.models.registry.materialize`) that read only the rank partitions holding them: the
+    (:func:`megavg.utils.lazy.materialize`) that read only the rank partitions holding them: the
     EMA of the trainable weights when the checkpoint holds one (``model.ema``) unless ``raw``, else the
     weights themselves. Every rank file is opened (memory-mapped, nothing read) here, so a damaged one is
     reported before writing."""
@@ -78,14 +82,32 @@ def initial_state(cfg, args) -> dict[str, Any]:
     return registry.build(args).state_dict()
 
 
-def consolidate(run_dir: str | Path, out: str | Path, raw: bool = False, keep_fp8: bool = False) -> Path:
-    """Write the model of ``run_dir``'s latest checkpoint to ``out``: its EMA weights when it has them
-    (``model.ema``), unless ``raw``; returns ``out``. The folder's config has runner-side layer settings
-    (``linear``/``attention`` ``auto``, FP8 off unless ``keep_fp8``)."""
+def pick_tag(run_dir: str | Path, tag: str | None = None) -> str:
+    """``tag`` if it is a complete checkpoint of the run (UserError listing the complete ones otherwise),
+    or, for None, the tag ``latest`` names."""
     ckpt_dir = Path(run_dir) / "checkpoints"
-    tag = read_latest(ckpt_dir) if ckpt_dir.is_dir() else None
-    if tag is None:
+    latest = read_latest(ckpt_dir) if ckpt_dir.is_dir() else None
+    if latest is None:
         raise UserError(f"{run_dir}: no complete checkpoint (no {ckpt_dir / 'latest'})")
+    if tag is None:
+        return latest
+    if not TAG_RE.match(tag):
+        raise UserError(f"--tag {tag!r}: not a checkpoint tag (expected step_NNNNNNNN)")
+    complete = complete_tags(ckpt_dir)
+    if tag not in complete:
+        state = "incomplete (a crashed save)" if (ckpt_dir / tag).is_dir() else "not there"
+        raise UserError(f"{ckpt_dir / tag}: {state}; complete checkpoints: {', '.join(sorted(complete))}")
+    return tag
+
+
+def consolidate(
+    run_dir: str | Path, out: str | Path, raw: bool = False, keep_fp8: bool = False, tag: str | None = None
+) -> Path:
+    """Write the model of ``run_dir``'s checkpoint ``tag`` (default: the latest) to ``out``: its EMA
+    weights when it has them (``model.ema``), unless ``raw``; returns ``out``. The folder's config has
+    runner-side layer settings (``linear``/``attention`` ``auto``, FP8 off unless ``keep_fp8``)."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    tag = pick_tag(run_dir, tag)
     ckpt_integrity.verify(ckpt_dir / tag)  # sizes + hashes against the manifest: names a damaged file
     cfg = checkpoint_config(ckpt_dir / tag / "config.yaml")
     args = registry.runner_args(model_args(cfg.model), keep_fp8)  # no training-only layer settings
@@ -106,8 +128,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--fp8", action="store_true",
                         help="keep the run's FP8 setting (the exported model then needs TE)")  # fmt: skip
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--step", type=int, help="export the checkpoint of this optimizer step")
+    which.add_argument("--tag", help="export this checkpoint tag (step_NNNNNNNN; default: latest)")
     args = parser.parse_args(argv)
-    out = consolidate(args.run_dir, args.out, raw=args.raw, keep_fp8=args.fp8)
+    if args.step is not None and args.step < 0:
+        raise UserError(f"--step {args.step}: must be >= 0")
+    tag = tag_of(args.step) if args.step is not None else args.tag
+    out = consolidate(args.run_dir, args.out, raw=args.raw, keep_fp8=args.fp8, tag=tag)
     print(f"wrote {out}")
 
 

@@ -135,14 +135,6 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
-def compute_dtype(ds: dict) -> torch.dtype:
-    if ds.get("bf16", {}).get("enabled"):
-        return torch.bfloat16
-    if ds.get("fp16", {}).get("enabled"):
-        return torch.float16
-    return torch.float32
-
-
 def zero_init(cfg: TrainConfig, ds: dict):
     """Context that partitions parameters as modules are built (``parallel.zero_init``), else a no-op."""
     import deepspeed

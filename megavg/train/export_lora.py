@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from megavg.models import registry
 from megavg.models.wan.state_dict_adapter import to_layout
@@ -42,7 +41,8 @@ from megavg.train import ckpt_integrity
 from megavg.train.checkpoint import read_latest
 from megavg.train.consolidate import checkpoint_config, initial_state, trained_state
 from megavg.utils.errors import UserError, run_cli
-from megavg.utils.io import atomic_dir, atomic_file
+from megavg.utils.io import atomic_dir, atomic_file, save_safetensors
+from megavg.utils.lazy import materialize
 
 FORMATS = ("diffusers", "wan", "peft")
 DIFFUSERS_PREFIX = "transformer"  # diffusers' default prefix of the transformer's LoRA keys
@@ -70,10 +70,10 @@ def collect_adapters(trained: dict[str, Any], initial: Callable[[], dict], task_
         if ".lora_A." in key:
             module, adapter = key.split(".lora_A.")
             up = trained[f"{module}.lora_B.{adapter}"]
-            pairs[module] = registry.materialize(value).float(), registry.materialize(up).float()
+            pairs[module] = materialize(value).float(), materialize(up).float()
         elif key.startswith(prefixes) and ".lora_B." not in key:
             plain, start = key.replace(".base_layer.", "."), start or initial()
-            full[plain] = registry.materialize(value).float(), registry.materialize(start[plain]).float()
+            full[plain] = materialize(value).float(), materialize(start[plain]).float()
     if not pairs:
         raise UserError("the checkpoint holds no LoRA adapter (lora_A/lora_B tensors): not a LoRA run?")
     return Adapters(pairs, full, task_args.rank, float(task_args.alpha))
@@ -147,12 +147,13 @@ def write(ad: Adapters, fmt: str, out: str | Path, base: str | None = None) -> P
     if fmt == "peft":
         tensors, config = peft_folder(ad, base)
         with atomic_dir(out) as tmp:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / "adapter_model.safetensors")
+            tensors = {k: v.contiguous() for k, v in tensors.items()}
+            save_safetensors(tensors, tmp / "adapter_model.safetensors")
             config.save_pretrained(tmp)
         return out
     tensors, metadata = diffusers_file(ad) if fmt == "diffusers" else (wan_file(ad), {"format": "pt"})
     with atomic_file(out) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        save_safetensors({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
     return out
 
 

@@ -1,6 +1,6 @@
 """Model FLOPs per training step and MFU (``perf/tflops_per_gpu``, ``perf/mfu``; docs/validation.md).
 
-The count comes from the planner's tracer (:func:`megavg.plan.trace.trace_training_flops`): the task's
+The count comes from the planner's tracer (:func:`megavg.utils.meta_trace.trace_training_flops`): the task's
 model, built on the meta device without activation checkpointing, runs forward and backward on meta
 tensors of the micro-batch's actual shapes (:meth:`megavg.tasks.base.Task.flop_inputs`). Counted:
 matmuls and convolutions (2 m n k each) as autograd runs them - the input gradient only where the input
@@ -19,9 +19,12 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from torch import nn
 
+from megavg.tasks import build_task
 from megavg.tasks.base import Task, model_args, set_trainable
 from megavg.train.config import TrainConfig
+from megavg.utils.meta_trace import trace_training_flops
 
 # Dense (no sparsity) peak TFLOP/s per GPU: (bf16/fp16 tensor core, FP8 tensor core). NVIDIA's datasheets
 # quote "with sparsity" figures; dense = half of them. H100 / H200: H100 Tensor Core GPU datasheet and H200
@@ -60,6 +63,21 @@ def peak_tflops(cfg: TrainConfig, device: torch.device) -> float | None:
     return table_peak(torch.cuda.get_device_name(device), fp8)
 
 
+def build_meta(cfg: TrainConfig) -> nn.Module:
+    """The task's model (freezing, LoRA included) on the meta device."""
+    task = build_task(cfg)
+    task.validate()
+    with torch.device("meta"):
+        return task.build_model()
+
+
+def with_layers(cfg: TrainConfig, layers: int) -> TrainConfig:
+    """``cfg`` with a Wan model of ``layers`` blocks and no activation checkpointing."""
+    model_cfg = dataclasses.replace(cfg.model, activation_checkpointing=False)
+    model_cfg.args = {**model_cfg.args, "num_layers": layers}
+    return dataclasses.replace(cfg, model=model_cfg)
+
+
 class StepFlops:
     """``flops(batch)``: model FLOPs (forward + backward) of one micro-batch on one GPU, or None when the
     task gives no shapes. Cached per distinct set of shapes."""
@@ -86,8 +104,6 @@ class StepFlops:
         return one + (layers - 1) * (two - one)
 
     def _trace(self, layers: int | None, shapes: tuple) -> int:
-        from megavg.plan.trace import trace_training_flops
-
         model = self._model(layers)
         with torch.device("meta"):
             inputs = [None if s is None else torch.empty(s) for s in shapes]
@@ -96,8 +112,6 @@ class StepFlops:
 
     def _model(self, layers: int | None) -> torch.nn.Module:
         if layers not in self.models:
-            from megavg.plan.model import build_meta, with_layers
-
             cfg = _without_init(self.cfg)
             if layers is None:
                 model_cfg = dataclasses.replace(cfg.model, activation_checkpointing=False)

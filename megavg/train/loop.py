@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from megavg.parallel import state
-from megavg.tasks.base import StepContext, Task, set_trainable, unwrap
+from megavg.tasks.base import StepContext, Task, compute_dtype, set_trainable, unwrap
 from megavg.train import ema as ema_mod
 from megavg.train import engine as ds_engine
 from megavg.train.checkpoint import Checkpointer
@@ -78,7 +78,7 @@ class Trainer:
         self.cfg, self.task = cfg, task
         self.run_dir = Path(cfg.run.dir)
         self.ds_config = ds_engine.deepspeed_config(cfg)
-        self.dtype = ds_engine.compute_dtype(self.ds_config)
+        self.dtype = compute_dtype(self.ds_config)
         self.device = ds_engine.device()
         self.dp_rank = state.get_data_parallel_rank()
         self.dp_size = state.get_data_parallel_world_size()

@@ -2,9 +2,9 @@
 
 Every ``validation.every`` optimizer steps (and after the last one) the live DiT - ZeRO-3 partitioned
 and under Ulysses SP where configured - generates each validation prompt with the runner's own code:
-:func:`megavg.infer.generate.encode_inputs` (text, negative text, I2V CLIP tokens and first-frame
-condition), :func:`~megavg.infer.generate.initial_noise`, :func:`megavg.infer.sampling.sample` and the
-streamed DC-AE-V decode :func:`~megavg.infer.generate.decode_to_video`. Rank 0 writes
+:func:`megavg.infer.st.encode_inputs` (text, negative text, I2V CLIP tokens and first-frame
+condition), :func:`~megavg.infer.st.initial_noise`, :func:`megavg.infer.sampling.sample` and the
+streamed DC-AE-V decode :func:`~megavg.infer.st.decode_to_video`. Rank 0 writes
 ``run.dir/validation/step_NNNNNNN/<index>.mp4`` (atomically) and a tensorboard entry per prompt.
 
 - Conditioning is computed once, on rank 0 and on the CPU (the text encoder never reaches the GPU and is
@@ -30,7 +30,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from megavg.infer import generate
+from megavg.infer import request as rq
+from megavg.infer import stages as st
+from megavg.infer.stage_log import StageLog
+from megavg.infer.video_io import VideoWriter
 from megavg.train.config import TrainConfig, ValidationConfig
 from megavg.utils.errors import UserError
 from megavg.utils.io import atomic_file
@@ -131,7 +134,11 @@ def check(cfg: TrainConfig) -> None:
     comps = components(v)
     if dit.is_i2v and not comps.image_encoder:
         raise UserError("config validation.image_encoder: needed for an I2V model (or a pipeline with one)")
-    multiple = comps.vae_args().spatial_compression * dit.patch_size[1]
+    vae = comps.vae_args()
+    if vae.latent_channels != dit.out_channels:
+        raise UserError(f"config validation: the VAE ({comps.vae}) has {vae.latent_channels} latent "
+                        f"channels, the DiT predicts {dit.out_channels}")  # fmt: skip
+    multiple = vae.spatial_compression * dit.patch_size[1]
     if not v.images and any(n <= 0 or n % multiple for n in v.size):
         raise UserError(f"config validation.size: {list(v.size)} must be positive multiples of {multiple}")
 
@@ -139,17 +146,17 @@ def check(cfg: TrainConfig) -> None:
 # ---- conditioning, computed once --------------------------------------------------------------------
 
 
-def _requests(cfg: ValidationConfig, dit_args, vae_args) -> list[generate.Request]:
+def _requests(cfg: ValidationConfig, dit_args, vae_args) -> list[rq.Request]:
     """One generate request per prompt (I2V: the output size follows each image's aspect)."""
     multiple = vae_args.spatial_compression * dit_args.patch_size[1]
-    frames = generate.grid_frames(cfg.frames, vae_args.temporal_compression * dit_args.patch_size[0])
+    frames = rq.grid_frames(cfg.frames, vae_args.temporal_compression * dit_args.patch_size[0])
     out = []
     for i, prompt in enumerate(read_prompts(cfg)):
-        image = generate.load_image(cfg.images[i]) if cfg.images else None
+        image = rq.load_image(cfg.images[i]) if cfg.images else None
         size = tuple(cfg.size)
         if image is not None:
-            size = generate.image_size_for(tuple(image.shape[-2:]), size, multiple)
-        out.append(generate.Request(prompt, cfg.negative_prompt, image, size, frames, cfg.steps,
+            size = rq.image_size_for(tuple(image.shape[-2:]), size, multiple)
+        out.append(rq.Request(prompt, cfg.negative_prompt, image, size, frames, cfg.steps,
                                     cfg.guidance, cfg.shift, cfg.solver, cfg.fps))  # fmt: skip
     return out
 
@@ -162,12 +169,12 @@ def encode_all(cfg: ValidationConfig, comps: Components, dit: nn.Module, vae: nn
     text = TextEncoder(
         comps.text_encoder, "cpu", torch.float32, comps.text_max_length, comps.tokenizer or None
     )
-    image = generate.load_image_encoder_from(comps.image_encoder) if cfg.images else None
+    image = st.load_image_encoder_from(comps.image_encoder) if cfg.images else None
     items = []
     for i, req in enumerate(_requests(cfg, dit.args, vae.args)):
-        models = generate.Models(text, dit, vae, image)
-        encoded = generate.encode_inputs(models, req, generate.Placement(cpu, False), generate.StageLog(cpu))
-        noise = generate.initial_noise(models, req, cfg.seed + i)  # CPU generator: any world size
+        models = st.Models(text, dit, vae, image)
+        encoded = st.encode_inputs(models, req, st.Placement(cpu, False), StageLog(cpu))
+        noise = st.initial_noise(models, req, cfg.seed + i)  # CPU generator: any world size
         items.append({**encoded, "noise": noise, "request": {**vars(req), "image": None}})
     del text, image  # the encoders are not needed again
     return items
@@ -257,13 +264,13 @@ class Validator:
 
     def write(self, latents: torch.Tensor, item: dict, step: int, index: int, metrics) -> None:
         """Decode (streamed) into ``step_NNNNNNN/<index>.mp4`` and add the tensorboard entry."""
-        req = generate.Request(**item["request"])
+        req = rq.Request(**item["request"])
         latents = latents.float() / self.scaling
-        tile = generate.auto_tile(latents.shape[-2:], 0)
+        tile = st.auto_tile(latents.shape[-2:], 0)
         path = self.dir / f"step_{step:07d}" / f"{index}.mp4"
-        with _placed(self.vae, self.device), generate.VideoWriter(path, req.fps) as writer:
+        with _placed(self.vae, self.device), VideoWriter(path, req.fps) as writer:
             collect = _Collect(writer)
-            generate.decode_to_video(self.vae, latents, collect, req, tile)
+            st.decode_to_video(self.vae, latents, collect, req, tile)
         if metrics.tb is not None:
             video = torch.cat(collect.pieces, dim=2)[0]  # 3, T, H, W in [-1, 1]
             add_tensorboard_video(metrics.tb, f"validation/{index}", video, step, req.fps)

@@ -233,7 +233,7 @@ class ZeroCheckpoint:
         return self.read_range(name, 0, place.numel, key).view(place.shape)
 
     def lazy(self, name: str, key: str = PARAM) -> LazyZeroTensor:
-        """A lazy tensor (:func:`megavg.models.registry.materialize`) reading ``name``/``key`` when asked."""
+        """A lazy tensor (:func:`megavg.utils.lazy.materialize`) reading ``name``/``key`` when asked."""
         return LazyZeroTensor(self, name, key, self.placements[name].shape)
 
     def state_dict(self, key: str = PARAM) -> OrderedDict[str, Any]:

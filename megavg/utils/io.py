@@ -47,6 +47,15 @@ def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """``safetensors.torch.save_file`` with the permission bits every other megavg output gets (safetensors
+    creates its files 0600: teammates on a shared file system could not read them)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, default_file_mode())
+
+
 def default_file_mode() -> int:
     """Permission bits a new file gets from ``open()`` under the current umask (0o644 for umask 022)."""
     umask = os.umask(0)

@@ -6,7 +6,7 @@
   seconds and one at the end (a bar's carriage returns make unreadable logs).
 - :func:`quiet_third_party`: drops known noise of the libraries megavg drives (installed once with the
   logger): DeepSpeed's accelerator auto-detection line on CPU machines (printed by every process that
-  imports DeepSpeed, 4x per 2-process launch).
+  imports DeepSpeed, 4x per 2-process launch), and Hugging Face's progress bars.
 """
 
 from __future__ import annotations
@@ -35,7 +35,14 @@ class NoiseFilter(logging.Filter):
 
 def quiet_third_party() -> None:
     """Install the :data:`NOISE` filters (idempotent). Works before the library is imported: its logger
-    object is created here and the library configures that same object later."""
+    object is created here and the library configures that same object later. Hugging Face progress bars
+    (transformers' weight loading) are off unless ``HF_HUB_DISABLE_PROGRESS_BARS`` says otherwise: they
+    would interleave with megavg's own progress lines."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers is imported
+    if "transformers" in sys.modules and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     for name, pattern in NOISE.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, NoiseFilter) for f in logger.filters):
@@ -59,6 +66,12 @@ class TqdmAwareHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+def plural(count: int, word: str, words: str = "") -> str:
+    """``"1 process"``, ``"4 processes"``: the count and the word in the number it takes (``words``: the
+    plural when it is not ``word + "s"``)."""
+    return f"{count} {word if count == 1 else words or word + 's'}"
+
+
 def get_logger(name: str = "megavg") -> logging.Logger:
     """Return the megavg logger (configured once, INFO level, rank prefix when distributed)."""
     root = logging.getLogger("megavg")
@@ -80,13 +93,15 @@ class LogProgress:
     def __init__(self, total: int | None, desc: str, unit: str, every_s: float, log: logging.Logger):
         self.total, self.desc, self.unit, self.every_s, self.log = total, desc, unit, every_s, log
         self.n, self.start = 0, time.perf_counter()
-        self.last = self.start
+        self.last, self.logged = self.start, 0  # when the last line was written, and at which count
 
     def _line(self, now: float) -> None:
         of = f"/{self.total}" if self.total else ""
         rate = self.n / max(now - self.start, 1e-9)
-        self.log.info("%s: %d%s %s (%.1f s, %.2f %s/s)", self.desc, self.n, of, self.unit, now - self.start,
+        unit = plural(self.total or self.n, self.unit).partition(" ")[2]
+        self.log.info("%s: %d%s %s (%.1f s, %.2f %s/s)", self.desc, self.n, of, unit, now - self.start,
                       rate, self.unit)  # fmt: skip
+        self.logged = self.n
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -96,9 +111,9 @@ class LogProgress:
             self._line(now)
 
     def close(self) -> None:
-        if self.n:
+        if self.n != self.logged:  # the last update may have written this very line already
             self._line(time.perf_counter())
-        self.n = 0
+        self.n = self.logged = 0
 
     def __enter__(self) -> LogProgress:
         return self

@@ -6,6 +6,7 @@ Used for model args (config.json of a model folder) and for the training config 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import types
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -105,3 +106,42 @@ def _coerce_scalar(tp: Any, value: Any, path: str) -> Any:
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
+
+
+def type_name(tp: Any) -> str:
+    """An annotation as a user writes its value: ``int``, ``float | null``, ``[int, int]``, ``a|b``."""
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:
+        return "any"
+    if origin in (Union, types.UnionType):
+        return " | ".join("null" if a is type(None) else type_name(a) for a in args)
+    if origin is Literal:
+        return "|".join(str(a) for a in args)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        return "[" + ", ".join(type_name(a) for a in args) + "]"
+    if origin in (list, tuple):
+        return f"list of {type_name(args[0]) if args else 'any'}"
+    if origin is dict:
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, type, default) of every leaf field of dataclass ``cls``, nested sections expanded, in
+    declaration order: the keys a YAML file or a ``section.key=value`` override may set."""
+    rows = []
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key, tp = _join(prefix, f.name), hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += describe(tp, key)
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        rows.append((key, type_name(tp), _yaml_value(to_dict(default))))
+    return rows
+
+
+def _yaml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value or '""'
+    return json.dumps(value)  # true / false / null / numbers / lists, as YAML reads them

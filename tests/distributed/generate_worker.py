@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from megavg.infer import generate
+from megavg.infer import generate, stages
 from megavg.infer.video_io import VideoWriter
 
 
@@ -29,7 +29,7 @@ def record_pixels(pixels: list) -> None:
 
 def main() -> None:
     seen: list[int] = []
-    real = generate.denoise
+    real = stages.denoise
 
     def recording(models, *args):
         models.dit.blocks[0].register_forward_pre_hook(
@@ -37,7 +37,7 @@ def main() -> None:
         )  # x [B, S, dim]
         return real(models, *args)
 
-    generate.denoise = recording
+    stages.denoise = recording
     pixels: list = []
     record_pixels(pixels)
     result = generate.main(sys.argv[1:])

@@ -21,8 +21,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# A hang guard, not a speed check: a rank stuck in a collective fails by itself after gloo's default
+# 30-minute timeout. A tiny healthy run (test_elastic.py's run A) took over 300 s on 2 cores at load
+# average 24: a shorter guard fails healthy runs on a busy machine.
+HANG_GUARD_S = 1800.0
+
+
 def torchrun(
-    script: str | Path, nproc: int, out_dir: Path, *args: str, timeout: float = 300
+    script: str | Path, nproc: int, out_dir: Path, *args: str, timeout: float = HANG_GUARD_S
 ) -> subprocess.CompletedProcess:
     """Launch ``script`` on ``nproc`` local processes; raise with the workers' output if any fails, else
     return the finished process (``stdout`` / ``stderr`` as text)."""

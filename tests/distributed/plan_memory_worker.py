@@ -32,7 +32,7 @@ def batch_for(cfg, args, gen: torch.Generator) -> dict:
 def main() -> None:
     from megavg.parallel import state
     from megavg.tasks import build_task
-    from megavg.tasks.base import StepContext, model_args
+    from megavg.tasks.base import StepContext, compute_dtype, model_args
     from megavg.train import engine as ds_engine
     from megavg.train.config import load_config
     from megavg.train.loop import micro_generator
@@ -49,7 +49,7 @@ def main() -> None:
     if sp_group is not None:
         model = task.parallelize(model, sp_group)
     engine = ds_engine.initialize(cfg, model, params)
-    dtype = ds_engine.compute_dtype(ds_engine.deepspeed_config(cfg))
+    dtype = compute_dtype(ds_engine.deepspeed_config(cfg))
     dp_rank = state.get_data_parallel_rank()
     batch = batch_for(cfg, model_args(cfg.model), torch.Generator().manual_seed(dp_rank))
 

@@ -94,7 +94,8 @@ def test_resume_on_other_world_size_continues_the_straight_run(runs, step, world
     """Step 3 ran on 4 ranks from a 2-rank checkpoint, step 4 on 2 ranks from a 4-rank one."""
     straight, resumed = runs["a"], runs["bc"]
     assert logged_losses(resumed)[step] == pytest.approx(logged_losses(straight)[step], rel=1e-5)
-    assert lrs(resumed)[step] == pytest.approx(lrs(straight)[step], rel=1e-12)
+    # LambdaLR: base lr x lr_lambda(step) in Python floats, whatever the world size: the same arithmetic
+    assert lrs(resumed)[step] == lrs(straight)[step]
     assert lrs(straight)[step] != pytest.approx(lrs(straight)[step - 1])  # a reset schedule would show
     tag = f"step_{step:08d}"
     ours = runs["c"] if step == 3 else resumed / "checkpoints"

@@ -6,6 +6,7 @@
 - R: A's step-2 checkpoint resumed to step 5: the same EMA as A's.
 - E: A's step-2 checkpoint resumed on 1 rank (elastic): the EMA is carried over and continues.
 - decay 1 (2 steps): the exported weights are the initial ones; decay 0: the raw ones.
+- A's intermediate checkpoints export by ``--step``/``--tag``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import torch
 from megavg.models import registry
 from megavg.train.config import load_config
 from megavg.train.consolidate import consolidate
+from megavg.train.consolidate import main as consolidate_main
+from megavg.utils.errors import run_cli
 from tests.distributed.engine_reference import initial_model
 from tests.distributed.launch import torchrun
 
@@ -139,3 +142,30 @@ def test_decay_one_exports_initial_weights_and_zero_the_raw_ones(runs, decay):
         assert torch.equal(got[name], expected[name]), name
     moved = raw_weights(run, 2)["encoder.project_in.conv.weight"]
     assert not torch.equal(moved, initial["encoder.project_in.conv.weight"])  # training moved the raw weights
+
+
+def test_intermediate_checkpoints_export_by_step_or_tag(runs, capsys):
+    """``--step 3`` / ``--tag step_00000004`` export those checkpoints (raw: DeepSpeed's own zero_to_fp32
+    of the same tag); an absent or crash-incomplete tag is one error line listing the complete ones."""
+    a, tmp = runs["a"], runs["tmp"]
+    consolidate_main([str(a), "--out", str(tmp / "step3"), "--raw", "--step", "3"])
+    consolidate_main([str(a), "--out", str(tmp / "step4"), "--raw", "--tag", "step_00000004"])
+    for step in (3, 4):
+        got, raw = registry.load_state_dict(tmp / f"step{step}"), raw_weights(a, step)
+        assert all(torch.equal(got[name], raw[name]) for name in raw), step
+    assert not torch.equal(
+        got["encoder.project_in.conv.weight"], raw_weights(a, 3)["encoder.project_in.conv.weight"]
+    )
+    partial = a / "checkpoints" / "step_00000007"  # newer than latest and unsealed: a crashed save
+    partial.mkdir()
+    try:
+        cases = {"--step": ("9", "step_00000009: not there; complete checkpoints: step_00000001, "),
+                 "--tag": ("step_00000007", "step_00000007: incomplete (a crashed save)")}  # fmt: skip
+        for flag, (value, expected) in cases.items():
+            with pytest.raises(SystemExit):
+                run_cli(consolidate_main, [str(a), "--out", str(tmp / "none"), flag, value])
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+    finally:
+        partial.rmdir()
+    assert not (tmp / "none").exists()

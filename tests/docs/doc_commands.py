@@ -151,7 +151,10 @@ def _bash(args: tuple[str, ...]) -> list[Check]:
     if script.startswith("launchers/"):
         return _launcher_job(script, rest)
     checks = [Check("file", script)]
-    if script == "tools/demo.sh":
+    if script == "tools/demo.sh" and rest[:1] == ("adapt",):  # the adaptation demo takes no other argument
+        checks.append(Check("file", "tools/demo_adapt.sh"))
+        checks += [Check("error", f"bash tools/demo.sh adapt takes no arguments, got {a}") for a in rest[1:]]
+    elif script == "tools/demo.sh":
         checks.append(Check("config", DEMO_CONFIG, rest))
     elif script == "tools/test.sh":
         checks += [Check("error", f"tools/test.sh does not handle {a}") for a in rest

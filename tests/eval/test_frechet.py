@@ -7,6 +7,20 @@ import scipy.linalg
 from megavg.eval import frechet_distance
 from megavg.eval.frechet import frechet_from_moments
 
+EPS = np.finfo(np.float64).eps
+
+
+def roundoff(dim: int, scale: float, smallest: float = 1.0) -> float:
+    """Float64 error bound for frechet_from_moments of ``dim``-d Gaussians whose traces and squared mean
+    gap sum to ``scale``: each eigenvalue eigh returns is within dim·eps·|A| of the exact one (backward
+    stability, LAPACK's n·eps bound; |A| <= scale), a square root multiplies that error by at most
+    1 / (2 sqrt(smallest)) for eigenvalues >= ``smallest``; dim eigenvalues, a factor 2 on the cross term."""
+    return dim**2 * EPS * scale / min(1.0, np.sqrt(smallest))
+
+
+def scale(m1, s1, m2, s2) -> float:
+    return float(np.trace(s1) + np.trace(s2) + np.sum((m1 - m2) ** 2))
+
 
 def commuting_gaussians(dim: int, seed: int):
     """Means and covariances Q diag(a) Q^T, Q diag(b) Q^T (they commute) and their closed-form distance."""
@@ -20,12 +34,15 @@ def commuting_gaussians(dim: int, seed: int):
 
 def test_exact_moments_give_the_closed_form():
     m1, s1, m2, s2, closed = commuting_gaussians(16, 0)
-    assert frechet_from_moments(m1, s1, m2, s2) == pytest.approx(closed, rel=1e-12)
+    smallest = np.linalg.eigvalsh(s1).min() * np.linalg.eigvalsh(s2).min()  # of S1^1/2 S2 S1^1/2
+    tol = roundoff(16, scale(m1, s1, m2, s2), smallest)
+    assert frechet_from_moments(m1, s1, m2, s2) == pytest.approx(closed, rel=0, abs=tol)
     # diagonal covariances: the textbook case ||m1-m2||^2 + sum (sqrt(s1) - sqrt(s2))^2
     a, b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 0.25])
     expected = 3 * 1.0**2 + (1 - 2) ** 2 + (2 - 1) ** 2 + (3 - 0.5) ** 2
     got = frechet_from_moments(np.zeros(3), np.diag(a), np.ones(3), np.diag(b))
-    assert got == pytest.approx(expected, rel=1e-14)
+    tol = roundoff(3, scale(np.zeros(3), np.diag(a), np.ones(3), np.diag(b)), smallest=min(a * b))
+    assert got == pytest.approx(expected, rel=0, abs=tol)
 
 
 def test_samples_approach_the_closed_form():
@@ -43,7 +60,14 @@ def test_matches_scipy_sqrtm_formula_and_handles_singular_covariances():
     cx, cy = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
     root = scipy.linalg.sqrtm(cx @ cy).real
     reference = np.sum((mx - my) ** 2) + np.trace(cx + cy - 2 * root)
-    assert frechet_distance(x, y) == pytest.approx(reference, rel=1e-9)
+    # scipy's root X has residual E = X² - A (A = cx cy = V diag(μ²) V⁻¹, similar to the symmetric
+    # cx^½ cy cx^½, so κ(V) <= κ(cx^½)); the exact root is X + δX with X δX + δX X = -E, whence
+    # |tr δX| <= D κ(V) |E| / (2 μ_min), doubled in the distance; ours is within roundoff()
+    residual = np.linalg.norm(root @ root - cx @ cy, 2)
+    mu_min = np.sqrt(np.linalg.eigvals(cx @ cy).real.min())
+    kappa = np.sqrt(np.linalg.cond(cx))
+    tol = 20 * kappa * residual / mu_min + roundoff(20, scale(mx, cx, my, cy), mu_min**2)
+    assert frechet_distance(x, y) == pytest.approx(reference, rel=0, abs=tol)
     few = rng.normal(size=(5, 400))  # 5 samples of 400-d features: rank-4 covariance, as in small FVD runs
     self_distance = frechet_distance(few, few)
     assert np.isfinite(self_distance) and abs(self_distance) < 1e-8 * np.trace(np.cov(few, rowvar=False))

@@ -61,14 +61,16 @@ def test_fvd_self_zero_and_pair_matches_independent_computation(video_dirs, caps
 
 def test_bad_input_is_one_error_line(video_dirs, tmp_path, capsys):
     real, _ = video_dirs
-    empty, broken = tmp_path / "empty", tmp_path / "broken"
-    empty.mkdir(), broken.mkdir()
+    empty, broken, single = tmp_path / "empty", tmp_path / "broken", tmp_path / "single"
+    empty.mkdir(), broken.mkdir(), single.mkdir()
+    (single / "notes.mp4").write_text("not a video")
     for i in range(2):
         (broken / f"b{i}.mp4").write_bytes((real / f"v{i}.mp4").read_bytes()[:400])  # cut short
     wrong = tmp_path / "wrong.pt"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7, 7)}, wrong)
     cases = {
         "no videos in it": ["fvd", str(empty), str(real), *ARGS],
+        "single/notes.mp4": ["fvd", str(single), str(real), *ARGS],
         "b0.mp4": ["fvd", str(broken), str(real), *ARGS],
         f"has {FRAMES} frames, the evaluation needs {FRAMES + 1}": [
             "fvd",
@@ -89,3 +91,37 @@ def test_bad_input_is_one_error_line(video_dirs, tmp_path, capsys):
         lines = err.err.strip().splitlines()
         assert exit_info.value.code == 2 and len(lines) == 1 and expected in lines[0], (expected, err.err)
         assert lines[0].startswith("error: ") and err.out == ""
+
+
+def test_cached_reference_features_give_the_folder_number(video_dirs, tmp_path, capsys):
+    real, fake = video_dirs
+    ref = tmp_path / "real.npz"
+    written = cli(capsys, "features", str(real), *ARGS, "--out", str(ref))
+    assert written["videos"] == COUNT and written["i3d"] == "random" and "means nothing" in written["note"]
+    with np.load(ref) as data:
+        assert list(data["names"]) == [f"v{i}" for i in range(COUNT)] and int(data["frames"]) == CLIP
+        np.testing.assert_allclose(data["features"], reference_features(real), rtol=1e-4, atol=1e-6)
+        mu, sigma = data["mu"], data["sigma"]
+    direct = cli(capsys, "fvd", str(real), str(fake), *ARGS)
+    cached = cli(capsys, "fvd", str(fake), "--ref-stats", str(ref), *ARGS)
+    assert cached["fvd"] == pytest.approx(direct["fvd"], rel=1e-12) and cached["real_videos"] == COUNT
+    moments_only = tmp_path / "moments.npz"  # a foreign cache: mean and covariance alone
+    np.savez(moments_only, mu=mu, sigma=sigma)
+    assert cli(capsys, "fvd", str(fake), "--ref-stats", str(moments_only), *ARGS)["fvd"] == pytest.approx(
+        direct["fvd"], rel=1e-12
+    )
+    cases = {
+        f"made with frames {CLIP}, this run uses {CLIP - 1}": [
+            "fvd", str(fake), "--ref-stats", str(ref), "--i3d", "random", "--frames", str(CLIP - 1),
+            "--resize", str(RESIZE)],
+        "takes FAKE --ref-stats NPZ, got 2 folder(s)": [
+            "fvd", str(real), str(fake), "--ref-stats", str(ref), *ARGS],
+        "unreadable reference statistics": [
+            "fvd", str(fake), "--ref-stats", str(tmp_path / "none.npz"), *ARGS],
+        "must end in .npz": ["features", str(real), *ARGS, "--out", str(tmp_path / "f.txt")],
+    }  # fmt: skip
+    for expected, argv in cases.items():
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(main, argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(err) == 1 and expected in err[0], (expected, err)

@@ -13,9 +13,10 @@ import torch
 
 import megavg.infer.sampling
 import megavg.models
-from megavg.infer import generate
+from megavg.infer import generate, stages
 from megavg.infer.export import main as export
-from megavg.infer.pipeline import open_pipeline
+from megavg.infer.runner import Pipeline
+from megavg.infer.stage_log import StageLog, denoise_summary
 from megavg.utils.errors import run_cli
 from tests.distributed.launch import REPO
 from tests.infer.tiny_pipeline import SCALING, read_video, write_png
@@ -52,9 +53,9 @@ def spy(monkeypatch):
         calls.append(latents)
         return real_decode(vae, latents, *rest)
 
-    real_decode = generate.decode_to_video
+    real_decode = stages.decode_to_video
     monkeypatch.setattr(megavg.infer.sampling, "sample", recording)
-    monkeypatch.setattr(generate, "decode_to_video", decoding)
+    monkeypatch.setattr(stages, "decode_to_video", decoding)
     return calls
 
 
@@ -101,9 +102,9 @@ def test_i2v_condition_is_encoded_before_the_dit_is_loaded(pipes, tmp_path, monk
 
     root, _ = pipes
     events = []
-    encode, load = conditioning.i2v_condition, generate.load_transformer
+    encode, load = conditioning.i2v_condition, stages.load_transformer
     monkeypatch.setattr(conditioning, "i2v_condition", lambda *a: (events.append("condition"), encode(*a))[1])
-    monkeypatch.setattr(generate, "load_transformer", lambda *a: (events.append("dit"), load(*a))[1])
+    monkeypatch.setattr(stages, "load_transformer", lambda *a: (events.append("dit"), load(*a))[1])
     generate.main([str(root / "i2v"), "--prompt", "a fox", "--image", str(root / "first.png"),
                    "--out", str(tmp_path / "v.mp4"), "--frames", "8", "--guidance", "1", *FAST])  # fmt: skip
     assert events == ["condition", "dit"]
@@ -195,7 +196,7 @@ def test_out_container_and_rounding_said_before_sampling(pipes, tmp_path, monkey
 
     args = generate.parse_args([str(root / "i2v"), "--prompt", "a", "--image", str(root / "first.png"),
                                 "--out", str(tmp_path / "i2v.webm"), *FAST])  # fmt: skip
-    assert generate.build_request(args, open_pipeline(args.pipeline)).size == (32, 44)
+    assert generate.build_request(args, Pipeline.from_pretrained(args.pipeline, "cpu")).size == (32, 44)
     assert any("--size 32 48 with --image: generating 32x44" in m for m in warnings_log), warnings_log
 
 
@@ -217,3 +218,23 @@ def test_unsupported_out_extension(pipes, tmp_path, capsys):
     out.parent.mkdir()
     msg = bad([str(root / "t2v"), "--prompt", "a", "--out", str(out), *FAST], capsys, out)
     assert "v.avi" in msg and "'.avi'" in msg and ".mp4, .webm, .gif" in msg
+
+
+def test_stage_table_columns_line_up_whatever_the_stage_names():
+    stages = StageLog(torch.device("cpu"))
+    stages.rows = [("load", 1.5, 400.0), ("load transformer", 12.25, 512.0), ("denoise", 3.0, 600.0)]
+    lines = stages.report().splitlines()
+    seconds = [line.index("seconds") + len("seconds") for line in lines[:1]]
+    ends = [len(line) - 12 for line in lines[1:]]  # each row: name, seconds (10 wide), peak MiB (12 wide)
+    assert set(ends) == set(seconds), stages.report()
+    assert lines[2].startswith("load transformer ")
+
+
+def test_denoise_summary_parts_add_up_to_the_stage():
+    """4 steps: first 0.5 s, the other three 0.4 s each = 1.7 s in the loop; the stage took 2 s."""
+    stats = {"first_step_s": 0.5, "step_s": 0.4, "mode": "batched"}
+    line = denoise_summary(2.0, 4, stats)
+    assert line == ("denoise 2.00 s = 4 steps 1.70 s (first 0.500 s, then 0.400 s each) + 0.30 s around "
+                    "the steps; CFG batched")  # fmt: skip
+    one = denoise_summary(0.5, 1, {"first_step_s": 0.4, "step_s": 0.4, "mode": "off"})
+    assert one == "denoise 0.50 s = 1 step 0.40 s (first 0.400 s) + 0.10 s around the steps; CFG off"

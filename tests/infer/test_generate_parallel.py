@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megavg.infer import generate
+from megavg.infer import generate, stages
 from megavg.infer.export import main as export
 from megavg.infer.video_io import VideoWriter
 from tests.distributed.generate_worker import record_pixels
@@ -33,18 +33,18 @@ def single(tmp_path_factory, tiny_parts):
     common = ["--vae", str(tiny_parts["vae"]), "--text-encoder", str(tiny_parts["text"]), "--dtype", "fp32"]
     export(["--transformer", str(tiny_parts["t2v"]), *common, "--out", str(root / "t2v")])
     seen: list[int] = []
-    real = generate.denoise
+    real = stages.denoise
 
     def recording(models, *args):
         models.dit.blocks[0].register_forward_pre_hook(lambda _m, a: seen.append(a[0].shape[1]))
         return real(models, *args)
 
-    generate.denoise, write, pixels = recording, VideoWriter.write, []
+    stages.denoise, write, pixels = recording, VideoWriter.write, []
     record_pixels(pixels)
     try:
         result = generate.main([str(root / "t2v"), *RUN, "--out", str(root / "one.mp4")])
     finally:
-        generate.denoise, VideoWriter.write = real, write
+        stages.denoise, VideoWriter.write = real, write
     return root / "t2v", result, seen, torch.cat(pixels, dim=1)
 
 

@@ -66,6 +66,18 @@ def test_cli_bad_input_one_line_no_output(tiny_folder, tmp_path, bad):
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["empty.mp4"]
 
 
+@pytest.mark.parametrize("frames", ["0", "-3"])
+def test_frames_below_one_is_refused(tiny_folder, tmp_path, capsys, frames):
+    clip = next(p for p in real_clips() if p.name == "carphone_pristine.mp4")
+    out = tmp_path / "rec.mp4"
+    assert run_reconstruct([clip, "--model", tiny_folder, "--out", out, "--frames", frames]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: --frames: must be >= 1 (or left out for the whole video), got {frames}\n"
+    )
+    assert not out.exists()
+
+
 def run_reconstruct(argv) -> int:
     """The CLI in-process (as ``run_cli`` runs it): its exit code, 0 on success."""
     try:

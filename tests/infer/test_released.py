@@ -90,7 +90,19 @@ def release(tmp_path_factory, tiny_parts):
     """A released-layout folder and a megavg pipeline exported from the same tiny weights."""
     root = tmp_path_factory.mktemp("release")
     parts = tiny_parts
-    rel = root / "DC-VideoGen-tiny"
+    rel, vae = write_release(root / "DC-VideoGen-tiny", parts)
+    vae.save(root / "vae_sf1")
+    out = str(root / "megavg")
+    export(["--transformer", str(parts["t2v"]), "--vae", str(root / "vae_sf1"), "--dtype", "fp32",
+            "--text-encoder", str(parts["text"]), "--shift", "3.0", "--out", out])  # fmt: skip
+    write_png(root / "first.png", 28, 36)
+    return root, rel
+
+
+def write_release(rel, parts):
+    """The released folder's layout at ``rel`` from the tiny parts (DC-AE-V named ``dc-ae-v-tiny-*.pt``:
+    the file name selects the architecture); returns it and the DC-AE-V it holds (scaling factor 1, the
+    tiny preset's)."""
     for kind in ("t2v", "i2v"):
         dit = megavg.models.load(parts[kind])
         save_diffusers(dit.args, dit.state_dict(), rel / f"transformer_{kind}")
@@ -103,12 +115,7 @@ def release(tmp_path_factory, tiny_parts):
     torch.save(wan_clip_state(), rel / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
     (rel / "scheduler").mkdir()
     (rel / "scheduler" / "scheduler_config.json").write_text(json.dumps({"flow_shift": 3.0}))
-    vae.save(root / "vae_sf1")
-    out = str(root / "megavg")
-    export(["--transformer", str(parts["t2v"]), "--vae", str(root / "vae_sf1"), "--dtype", "fp32",
-            "--text-encoder", str(parts["text"]), "--shift", "3.0", "--out", out])  # fmt: skip
-    write_png(root / "first.png", 28, 36)
-    return root, rel
+    return rel, vae
 
 
 def test_released_layout_generates_what_the_exported_pipeline_does(release, tmp_path):

@@ -72,6 +72,21 @@ def build_components(root: Path) -> dict[str, Path]:
     return paths
 
 
+def build_adapt_parts(root: Path) -> dict[str, Path]:
+    """What AE-Adapt-V starts from, tiny (``bash tools/demo.sh adapt``): a base Wan DiT (patch 1x2x2, 4
+    latent channels, umT5 width ``TEXT_DIM``) and its VAE, a Wan-2.1 ``AutoencoderKLWan`` with 4 latent
+    channels (diffusers, a dev dependency); returns their paths by name."""
+    from tests.infer.tiny_encoders import tiny_wan_vae
+
+    torch.manual_seed(0)
+    root = Path(root)
+    base = megavg.models.build("wan-tiny-t2v")
+    assert base.args.text_dim == TEXT_DIM
+    base.save(root / "base")
+    tiny_wan_vae(root / "wan", z_dim=base.args.in_channels)
+    return {"base": root / "base", "wan": root / "wan"}
+
+
 def write_png(path: Path, height: int, width: int, seed: int = 0) -> None:
     """A random RGB PNG written with PyAV."""
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
@@ -90,6 +105,9 @@ def read_video(path: Path) -> np.ndarray:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python tests/infer/tiny_pipeline.py ROOT [--adapt]
     build_components(Path(sys.argv[1]))
     write_png(Path(sys.argv[1]) / "first.png", 30, 40)
+    if "--adapt" in sys.argv[2:]:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the repository
+        build_adapt_parts(Path(sys.argv[1]))

@@ -13,8 +13,8 @@ from megavg.models import build
 from megavg.plan import layouts, model
 from megavg.plan.__main__ import main as plan_main
 from megavg.plan.layouts import Request
-from megavg.plan.trace import trace_forward
 from megavg.utils.errors import run_cli
+from megavg.utils.meta_trace import trace_forward
 from tests.distributed.launch import REPO
 
 
@@ -169,3 +169,37 @@ def test_dcaev_plan(capsys):
         r["checkpointing"] for r in result["layouts"]
     )
     assert result["per_gpu_gib"]["activations"] > 0
+
+
+def test_config_file_is_planned_as_written(capsys, tmp_path):
+    """``--config``: the YAML's preset, task and LoRA rank are planned (the 14B count of test_lora_counts at
+    rank 64), and a config that turns checkpointing on gets an explicit off in the no-checkpointing
+    layouts' overrides."""
+    d, f, r, layers = 5120, 13824, 64, 40
+    lora = layers * r * (4 * (d + d) + (d + f) + (f + d)) + r * ((256 + d) + (d + d) + (d + 6 * d))
+    code, out, err = cli(capsys, "--config", "configs/train/finetune_lora_14b.yaml", "--nodes", "1",
+                         "--gpus-per-node", "8", "--gpu-memory-gib", "80", "--size", "704", "1280",
+                         "--frames", "80", "--json")  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["preset"], result["task"], result["lora_params"]) == ("dc-videogen-wan2.1-t2v-14b",
+                                                                         "adapt_lora", lora)  # fmt: skip
+    off = [r for r in result["layouts"] if not r["checkpointing"]]
+    assert off and all("model.activation_checkpointing=false" in r["overrides"] for r in off)
+    (tmp_path / "bad.yaml").write_text("task:\n  name: dcaev_eval\n")
+    code, out, err = cli(capsys, "--config", str(tmp_path / "bad.yaml"), *TINY[2:], "--size", "64", "64",
+                         "--frames", "8")  # fmt: skip
+    assert code == 2 and "sets no model.preset" in err
+
+
+def test_offloaded_states_are_counted_on_the_host():
+    """With ZeRO-3 offload of parameters and optimizer, the host holds what the GPUs no longer do: the
+    bf16 parameters and, for trainable ones, bf16 gradients + fp32 master and moments (per GPU, 1/N)."""
+    from megavg.plan.memory import model_states
+    from megavg.plan.spec import Run
+
+    found = facts("dc-videogen-wan2.1-t2v-14b", "adapt_lora")
+    offload = {"zero_optimization": {"offload_optimizer": {}, "offload_param": {}}}
+    host = model_states(found, offload, Run(8, 1, 2))["host_offload"]
+    assert host == (found.params * 2 + found.trainable * (2 + 12)) / 8
+    assert model_states(found, {}, Run(8, 1, 2))["host_offload"] == 0

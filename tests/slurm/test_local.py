@@ -28,17 +28,19 @@ def test_local_launcher_turns_sigusr1_into_a_checkpoint_and_exit_75(shards, tmp_
             time.sleep(0.2)
         proc.send_signal(signal.SIGUSR1)  # the launcher, not the ranks: it must pass the request on
         assert proc.wait(timeout=120) == 75, (tmp_path / "log").read_text()
-    stopped = re.search(r"checkpoint at step (\d+) written, exiting 75", (tmp_path / "log").read_text())
+    log = (tmp_path / "log").read_text()
+    assert "[INFO]" not in log and "Setting ds_accelerator" not in log, log  # launcher: warnings only
+    stopped = re.search(r"checkpoint at step (\d+) written, exiting 75", log)
     assert stopped and (run / "checkpoints" / "latest").read_text().strip() == f"step_{int(stopped[1]):08d}"
 
 
 @pytest.mark.distributed
 def test_local_launcher_fails_fast_on_a_bad_config_key(tmp_path):
     cmd = ["bash", "launchers/local.sh", "train", "configs/train/dcaev_tiny_test.yaml", "schedule.stepz=3"]
-    start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    # a rank that missed the error would wait out the rendezvous or a collective (15-30 min): the timeout
+    # catches that and is generous for a loaded machine; no wall-clock assertion
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert time.monotonic() - start < 60
     errors = {line.split(" (known:")[0] for line in proc.stderr.splitlines() if line.startswith("error: ")}
     assert errors == {"error: config schedule.stepz: unknown key"}  # the same line from each rank
 

@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 
 import megavg.models
-from megavg.models import registry
 from megavg.tasks import task_module
 from megavg.tasks.adapt_lora import lora_scale, lora_targets, merge_lora
 from megavg.tasks.base import StepContext
 from megavg.train.config import load_config
 from megavg.utils.errors import UserError
+from megavg.utils.lazy import materialize
 from megavg.utils.schema import from_dict
 
 
@@ -69,7 +69,7 @@ def test_merged_weights_reproduce_peft_forward():
         unmerged = plain(latents, t, text)
         trained = {n: p.detach() for n, p in lora_model.named_parameters() if p.requires_grad}
         merged = merge_lora(plain.state_dict(), trained, lora_scale(task.args))
-        plain.load_state_dict({k: registry.materialize(v) for k, v in merged.items()})
+        plain.load_state_dict({k: materialize(v) for k, v in merged.items()})
         torch.testing.assert_close(plain(latents, t, text), expected, rtol=1e-5, atol=1e-5)
     assert (unmerged - expected).abs().max() > 1e-3  # the adapter changed the output
 

@@ -26,6 +26,7 @@ from megavg.tasks.adapt_lora import lora_targets
 from megavg.train.checkpoint import read_latest
 from megavg.train.config import load_config
 from megavg.train.zero_checkpoint import ZeroCheckpoint
+from megavg.utils.lazy import materialize
 from tests.distributed.launch import REPO
 from tests.gpu_standins import standin_env, use_standins
 from tests.infer.tiny_encoders import tiny_clip, tiny_text_encoder, tiny_wan_vae
@@ -118,7 +119,7 @@ def _assert_merged_equals_lora(tmp_path, *inputs, **kwargs):
     outputs = []
     for adapters, folder in ((ema, "lora-model"), (raw, "lora-raw")):
         lora_model = build_task(cfg).build_model()
-        lora_model.load_state_dict({k: registry.materialize(v) for k, v in adapters.items()}, strict=False)
+        lora_model.load_state_dict({k: materialize(v) for k, v in adapters.items()}, strict=False)
         plain = load_with_layers(tmp_path / folder, EXACT)
         with torch.no_grad():
             outputs.append(plain(*inputs, **kwargs))

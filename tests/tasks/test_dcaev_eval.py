@@ -8,10 +8,10 @@ import torch
 import torch.distributed as dist
 
 from megavg.data.config import DataConfig
+from megavg.metrics.perceptual import RANDOM, build_lpips, video_distance
+from megavg.metrics.video import psnr, ssim
 from megavg.parallel import state
 from megavg.tasks.dcaev_eval import EvalArgs, Evaluator
-from megavg.tasks.perceptual import RANDOM, build_lpips, video_distance
-from megavg.tasks.video_metrics import psnr, ssim
 from tests.data.conftest import video_sample, write_video_set
 from tests.distributed.launch import free_port
 

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 import megavg.models
+from megavg.metrics.perceptual import RANDOM, build_lpips, sample_frames, video_distance
 from megavg.models.dcaev.discriminator import PatchDiscriminator3d
 from megavg.tasks import gan, task_module
 from megavg.tasks.base import StepContext
-from megavg.tasks.perceptual import RANDOM, build_lpips, sample_frames, video_distance
 from megavg.train.config import load_config
 from megavg.utils.schema import from_dict
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from megavg.tasks.base import compute_dtype
 from megavg.train.__main__ import prepare
 from megavg.train.config import TrainConfig, dump_config, load_config
-from megavg.train.engine import compute_dtype, deepspeed_config, lr_lambda
+from megavg.train.engine import deepspeed_config, lr_lambda
 from megavg.utils.errors import UserError
 from megavg.utils.schema import to_dict
 
@@ -128,11 +128,11 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
 
 def test_cli_bad_key_fails_before_launch_with_one_line(tmp_path):
     cfg = write(tmp_path / "bad.yaml", "schedule:\n  step: 3\n")
-    start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "megavg.train", "--config", str(cfg)], capture_output=True, text=True, cwd=REPO
-    )
-    assert proc.returncode == 2 and time.monotonic() - start < 30
+    # before launch: one stderr line and no run folder (DeepSpeed's start-up would print and write more);
+    # the timeout only guards a hang, generous for a loaded machine (no wall-clock assertion)
+    proc = subprocess.run([sys.executable, "-m", "megavg.train", "--config", str(cfg)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)  # fmt: skip
+    assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("error: config schedule.step: unknown key")
     assert not (tmp_path / "runs").exists()

@@ -8,6 +8,8 @@ merged model too."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -24,6 +26,7 @@ from megavg.models.wan.state_dict_adapter import to_diffusers, to_megavg
 from megavg.tasks.adapt_lora import Args, inject_lora, lora_targets, merge_lora
 from megavg.train.export_lora import collect_adapters, write
 from megavg.utils.errors import UserError
+from megavg.utils.lazy import materialize
 from tests.distributed.launch import REPO
 from tests.models.wan_reference import diffusers_config, inputs
 from tests.tasks.test_adapt_chain import FAST
@@ -55,7 +58,7 @@ def megavg_output(base, trained, x):
     """megavg's merged model (base + alpha / rank * B @ A, fully trained layers copied) on ``x``."""
     model = megavg.models.build(PRESET).eval()
     merged = merge_lora(base, trained, ALPHA / RANK)  # lazy: one merged weight at a time
-    model.load_state_dict({k: registry.materialize(v) for k, v in merged.items()})
+    model.load_state_dict({k: materialize(v) for k, v in merged.items()})
     with torch.no_grad():
         return model(*x)
 
@@ -131,6 +134,18 @@ def test_wan_file_round_trips_and_applies_as_comfyui_does(run, tmp_path):
     model.load_state_dict(applied)
     with torch.no_grad():
         assert_rel_close(model(*run.x), megavg_output(run.base, {**run.lora, **run.full}, run.x))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_exported_files_honour_the_umask(run, tmp_path, umask):
+    """Like every other megavg output (safetensors alone creates 0600 files)."""
+    old = os.umask(umask)
+    try:
+        files = [export(run, "wan", tmp_path / "lora.safetensors")]
+        files.append(export(run, "peft", tmp_path / "peft") / "adapter_model.safetensors")
+    finally:
+        os.umask(old)
+    assert [stat.S_IMODE(f.stat().st_mode) for f in files] == [0o666 & ~umask] * 2
 
 
 def test_peft_folder_loads_with_peft_and_equals_the_merged_model(run, tmp_path):

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -52,6 +55,12 @@ def test_log_line_printed_above_an_open_bar():
     assert rows[-2].startswith("sampling:  67%") and rows[-1] == ""  # the bar, redrawn below it
 
 
+def test_plural():
+    assert [mlog.plural(n, "frame") for n in (0, 1, 2)] == ["0 frames", "1 frame", "2 frames"]
+    assert mlog.plural(1, "process", "processes") == "1 process"
+    assert mlog.plural(4, "process", "processes") == "4 processes"
+
+
 @pytest.mark.parametrize("every_s", [0.0, 3600.0])
 def test_progress_without_terminal_is_log_lines(every_s):
     log = logging.getLogger("megavg.test_progress")
@@ -65,6 +74,17 @@ def test_progress_without_terminal_is_log_lines(every_s):
             bar.update(3)
     finally:
         log.removeHandler(catch)
-    counts = [m.split(" frame")[0] for m in catch.messages]
-    assert counts == (["reconstruct: 1/3", "reconstruct: 2/3", "reconstruct: 3/3", "reconstruct: 3/3"]
+    counts = [m.split(" frames")[0] for m in catch.messages]
+    assert counts == (["reconstruct: 1/3", "reconstruct: 2/3", "reconstruct: 3/3"]  # the last line once
                       if every_s == 0 else ["reconstruct: 3/3"])  # fmt: skip
+
+
+@pytest.mark.parametrize("first", ["megavg", "transformers"])
+def test_transformers_progress_bars_are_off_whichever_is_imported_first(first):
+    """transformers' weight-loading bars would interleave with megavg's progress lines."""
+    imports = ["from megavg.utils.logging import get_logger; get_logger()", "import transformers"]
+    code = "\n".join(imports if first == "megavg" else imports[::-1])
+    code += "\nfrom transformers.utils import logging\nprint(logging.is_progress_bar_enabled())"
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "False"

@@ -62,16 +62,21 @@ class SequenceGather(nn.Module):
         return gather_sequence(x, length, self.group, dim=1)
 
 
+def check_sp_size(num_heads: int, sp_size: int) -> None:
+    """Ulysses splits the attention heads over the SP group: ``sp_size`` must divide ``num_heads``."""
+    if num_heads % sp_size:
+        raise UserError(
+            f"config parallel.sp_size: {num_heads} attention heads are not divisible by the SP size "
+            f"{sp_size} (Ulysses splits heads across the group; choose an SP size dividing the head count)"
+        )
+
+
 def apply_ulysses(model: Model, group) -> Model:
     """Make ``model`` sequence-parallel over ``group`` (in place; returns it). P = 1 leaves it unchanged."""
     world = dist.get_world_size(group)
     if world == 1:
         return model
-    if model.args.num_heads % world:
-        raise UserError(
-            f"sequence parallelism: {model.args.num_heads} attention heads are not divisible by the SP size "
-            f"{world} (Ulysses splits heads across the group; choose an SP size dividing the head count)"
-        )
+    check_sp_size(model.args.num_heads, world)
     if isinstance(model.token_shard, SequenceShard):
         raise UserError("sequence parallelism is already applied to this model")
     model.token_shard = SequenceShard(group, model.token_multiple)

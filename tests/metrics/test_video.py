@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-from megavg.tasks.video_metrics import psnr, ssim
+from megavg.metrics.video import psnr, ssim
 
 
 def scipy_ssim(a: np.ndarray, b: np.ndarray) -> float:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from megavg.tasks.perceptual import RANDOM, build_lpips, sample_frames, video_distance
+from megavg.metrics.perceptual import RANDOM, build_lpips, sample_frames, video_distance
 from megavg.utils.errors import UserError
 
 CONVS = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]  # torchvision's conv indices in vgg16.features
