@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from megavg.metrics import video as video_metrics
 from megavg.models import registry
-from megavg.tasks import video_metrics
 
 
 def to_model(frames: np.ndarray) -> torch.Tensor:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
-from megavg.plan.trace import trace_training_flops
 from megavg.repro.launch import recipe_args
 from megavg.repro.sizes import Sizes
 from megavg.tasks import build_task
 from megavg.train.config import TrainConfig, load_config
 from megavg.train.flops import StepFlops
+from megavg.utils.meta_trace import trace_training_flops
 
 RANKS = 2
 TEXT_ROWS = 512  # the padded text context (megavg.models.wan.text.TEXT_TOKENS)

@@ -15,7 +15,7 @@ class Sizes:
     heldout_clips: int = 256
     fvd_reference: int = 128  # held-out real clips whose I3D statistics FVD compares against
     teacher_ae_steps: int = 450  # colour comes late: grey blobs at step 200
-    student_ae_steps: int = 500
+    student_ae_steps: int = 300
     decoder_steps: int = 300  # decoder-only training after each autoencoder (encoder frozen)
     base_steps: int = 2000
     align_steps: int = 50
