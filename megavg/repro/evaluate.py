@@ -13,6 +13,7 @@ over all seeds together. Latency: :func:`megavg.infer.generate.run` on a few cap
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -46,8 +47,9 @@ def features(ctx: Context, folder: Path, limit: int | None = None) -> np.ndarray
         _I3D[spec] = load_i3d(spec)
     refs = list_videos(str(folder))[:limit]
     feats = folder_features(refs, _I3D[spec], I3D_FRAMES, i3d_resize(ctx), I3D_BATCH)
-    np.save(cache.with_suffix(".tmp.npy"), feats)
-    cache.with_suffix(".tmp.npy").replace(cache)
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")  # concurrent evaluations may race to write it
+    np.save(tmp, feats)
+    tmp.replace(cache)
     return feats
 
 

@@ -31,18 +31,22 @@ def tag_model(ctx: Context, run_dir: Path, tag: str, out: Path) -> Path:
 def run_points(ctx: Context, arm: str) -> list[tuple[str, Path, Path, float]]:
     """(name, run dir, tag, cumulative FLOPs) of an arm's intermediate checkpoints."""
     if arm in ("base", "scratch"):
-        step_flops = ctx.done(arm)["step_flops"]
+        done = ctx.done(arm)
+        every = done.get("checkpoint_every", done["steps"])
         return [
-            (f"{arm}-{step}", ctx.dir(arm) / "run", tag, step * step_flops)
+            (f"{arm}-{step}", ctx.dir(arm) / "run", tag, step * done["step_flops"])
             for step, tag in launch.tags(ctx.dir(arm) / "run")
+            if step % every == 0  # the run's own checkpoints (not ones left by an interruption)
         ]
     points, offset = [], 0.0
     for name, phase in ctx.done(arm)["phases"].items():
         run_dir = ctx.dir(arm) / name / "run"
         if name != "align":  # an aligned student's head is still zero: nothing to sample
+            every = max(1, phase["steps"] // ctx.sizes.curve_points)
             points += [
                 (f"{arm}-{name}-{step}", run_dir, tag, offset + step * phase["step_flops"])
                 for step, tag in launch.tags(run_dir)
+                if step % every == 0
             ]
         offset += phase["steps"] * phase["step_flops"]
     return points

@@ -24,7 +24,8 @@ def base(ctx: Context) -> dict:
     every = max(1, s.base_steps // s.curve_points)
     overrides = [f"data.shards={latent_shards(ctx, 'teacher')}", f"checkpoint.every={every}"]
     train_and_export(ctx, "base", "base_dit", s.base_steps, overrides)
-    return {"steps": s.base_steps, "step_flops": flops.run_step_flops(ctx.dir("base") / "run", s)}
+    step_flops = flops.run_step_flops(ctx.dir("base") / "run", s)
+    return {"steps": s.base_steps, "step_flops": step_flops, "checkpoint_every": every}
 
 
 def make_student(ctx: Context, stage: str) -> Path:
@@ -90,4 +91,5 @@ def scratch(ctx: Context) -> dict:
         "steps_at_adapt_budget": steps_at_budget,
         "step_flops": step_flops,
         "flops": steps * step_flops,
+        "checkpoint_every": steps_at_budget,
     }
