@@ -80,14 +80,16 @@ def goals(data: dict) -> list[str]:
 
 
 def stage_table(data: dict) -> list[str]:
-    lines = ["| stage | wall s | load average before -> after (1 min) |", "|---|---|---|"]
+    lines = [
+        "| stage | wall s (last invocation) | optimizer-step s (all invocations) | load avg before -> after |",
+        "|---|---|---|---|",
+    ]
     for name, rec in data["stages"].items():
         if rec:
-            lines.append(
-                f"| {name} | {rec['wall_s']:.0f} | "
-                f"{rec['loadavg_before'][0]:.1f} -> {rec['loadavg_after'][0]:.1f} |"
-            )
-    lines.append(f"| **total** | **{data['total_wall_s']:.0f}** | |")
+            train = f"{rec['train_s']:.0f}" if rec.get("train_s") else ""
+            load = f"{rec['loadavg_before'][0]:.1f} -> {rec['loadavg_after'][0]:.1f}"
+            lines.append(f"| {name} | {rec['wall_s']:.0f} | {train} | {load} |")
+    lines.append(f"| **total** | **{data['total_wall_s']:.0f}** | **{data['total_train_s']:.0f}** | |")
     return lines
 
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from megavg.eval.inputs import list_videos, read_video
 from megavg.repro.stages import Context
@@ -56,14 +57,26 @@ def ratios(arms: dict, curves: dict) -> dict:
     }
 
 
+def train_seconds(stage_dir: Path) -> float:
+    """Seconds of optimizer steps of every training run under ``stage_dir`` (logged step times x the
+    logging interval): unlike the stage's wall time, this includes runs that were interrupted and resumed."""
+    total = 0.0
+    for metrics in stage_dir.glob("**/metrics.jsonl"):
+        every = yaml.safe_load((metrics.parent / "config.yaml").read_text())["logging"]["every"]
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        total += every * sum(r.get("perf/step_time_s", 0.0) for r in rows)
+    return total
+
+
 def stage_records(ctx: Context, names: list[str]) -> dict:
-    """Wall time and load average of every finished stage."""
-    return {
-        n: {
-            k: v for k, v in (ctx.done(n) or {}).items() if k in ("wall_s", "loadavg_before", "loadavg_after")
-        }
-        for n in names
-    }
+    """Wall time, load average and (training stages) step seconds of every finished stage."""
+    records = {}
+    for n in names:
+        keep = ("wall_s", "loadavg_before", "loadavg_after")
+        records[n] = {k: v for k, v in (ctx.done(n) or {}).items() if k in keep}
+        if records[n]:
+            records[n]["train_s"] = train_seconds(ctx.dir(n))
+    return records
 
 
 def plot_curves(curves: dict, arms: dict, path: Path) -> None:
@@ -155,6 +168,7 @@ def collect(ctx: Context, stage_names: list[str]) -> dict:
         "ratios": ratios(arms, curves),
         "stages": stages,
         "total_wall_s": sum(r.get("wall_s", 0.0) for r in stages.values()),
+        "total_train_s": sum(r.get("train_s", 0.0) for r in stages.values()),
     }
 
 
