@@ -81,7 +81,7 @@ def goals(data: dict) -> list[str]:
 
 def stage_table(data: dict) -> list[str]:
     lines = [
-        "| stage | wall s (last invocation) | optimizer-step s (all invocations) | load avg before -> after |",
+        "| stage | wall s (last invocation) | step s (all invocations) | load avg before -> after |",
         "|---|---|---|---|",
     ]
     for name, rec in data["stages"].items():
