@@ -68,7 +68,7 @@ def finetune_decoder(ctx: Context, stage: str) -> dict:
         'model.trainable=["decoder.*"]',
         f"data.shards={shards}",
     ]
-    steps = ctx.sizes.decoder_steps
+    steps = ctx.sizes.teacher_decoder_steps if stage == "ae_teacher" else ctx.sizes.student_decoder_steps
     folder = train_and_export(ctx, f"decoder_{stage}", stage, steps, overrides)
     model = megavg.models.load(folder).eval()
     scale = ctx.done(stage)["scaling_factor"]
