@@ -186,3 +186,11 @@ def evaluate_point(
         result["latency_s"] = latency(ctx, pipe, folder)
     done.write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def real_floor(ctx: Context) -> float:
+    """FVD of real training clips (as many as one final model's videos) against the held-out reference:
+    what a perfect generator scores at this sample size (FVD on few videos is biased upwards)."""
+    count = ctx.sizes.seeds * ctx.sizes.eval_videos
+    real = features(ctx, ctx.dir("world") / "heldout" / "clips", ctx.sizes.fvd_reference)
+    return frechet_distance(real, features(ctx, ctx.dir("world") / "train" / "clips", count))

@@ -76,6 +76,9 @@ def goals(data: dict) -> list[str]:
         f"| from scratch at the same FLOPs / at the cap reaches the base (both margins) | "
         f"{r['scratch_same_budget_reaches_base']} / {r['scratch_cap_reaches_base']} |",
         f"| latency >= 3x lower at equal steps | base/adapted = {r['latency_base_over_adapt']:.2f}x |",
+        "",
+        f"FVD of {data['sizes']['seeds'] * data['sizes']['eval_videos']} real training clips against the"
+        f" same reference (a perfect generator at this sample size): {data['fvd_real_train_clips']:.1f}.",
     ]
 
 

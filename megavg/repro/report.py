@@ -13,6 +13,7 @@ import numpy as np
 import yaml
 
 from megavg.eval.inputs import list_videos, read_video
+from megavg.repro.evaluate import real_floor
 from megavg.repro.stages import Context
 
 ARM_LABELS = {
@@ -166,6 +167,7 @@ def collect(ctx: Context, stage_names: list[str]) -> dict:
         "arms": arms,
         "curves": curves,
         "ratios": ratios(arms, curves),
+        "fvd_real_train_clips": real_floor(ctx),
         "stages": stages,
         "total_wall_s": sum(r.get("wall_s", 0.0) for r in stages.values()),
         "total_train_s": sum(r.get("train_s", 0.0) for r in stages.values()),
