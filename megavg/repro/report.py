@@ -13,7 +13,7 @@ import numpy as np
 import yaml
 
 from megavg.eval.inputs import list_videos, read_video
-from megavg.repro.evaluate import real_floor
+from megavg.repro.evaluate import latency, real_floor
 from megavg.repro.stages import Context
 
 ARM_LABELS = {
@@ -157,8 +157,10 @@ def collect(ctx: Context, stage_names: list[str]) -> dict:
         done = ctx.done(f"eval_{arm}")
         arms |= done["finals"]
         curves[arm] = done["curve"]
-    for r in arms.values():
+    for name, r in arms.items():
         r["fvd_spread"] = max(r["fvd_per_seed"]) - min(r["fvd_per_seed"])
+        # latency again, one model after the other in this process: the evaluations ran concurrently
+        r["latency_s"] = latency(ctx, ctx.dir("eval") / name / "pipeline", ctx.dir("eval") / name)
     stages = stage_records(ctx, stage_names)
     return {
         "command": "bash tools/reproduce.sh" + (" --smoke" if ctx.smoke else ""),
