@@ -22,13 +22,6 @@ def to_model(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(3, 0, 1, 2).float().div(127.5).sub(1.0).unsqueeze(0)
 
 
-@torch.no_grad()
-def measure_scaling(model: torch.nn.Module, clips: list[np.ndarray]) -> float:
-    """1 / std of the unscaled latents over ``clips`` (the DiT then sees unit-variance latents)."""
-    latents = torch.cat([model.encode(to_model(c)).flatten() for c in clips])
-    return float(1.0 / latents.std())
-
-
 def write_scaling(folder: Path, scale: float) -> None:
     """Set ``args.scaling_factor`` in a model folder's config.json (atomically)."""
     path = Path(folder) / registry.CONFIG_NAME

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 import megavg.models
@@ -45,10 +48,9 @@ def train_autoencoder(ctx: Context, stage: str) -> dict:
     shards = ctx.dir("world") / "train" / "shards"
     steps = ctx.sizes.teacher_ae_steps if stage == "ae_teacher" else ctx.sizes.student_ae_steps
     folder = train_and_export(ctx, stage, stage, steps, [f"data.shards={shards}"])
+    scale = write_scale(ctx, folder, stage)
     model = megavg.models.load(folder).eval()
     count = min(MEASURE_CLIPS, ctx.sizes.heldout_clips)
-    scale = autoencoder.measure_scaling(model, sample_clips(ctx, "train", count, SEED + 7))
-    autoencoder.write_scaling(folder, scale)
     psnr = autoencoder.heldout_psnr(model, sample_clips(ctx, "heldout", count, SEED + 1))
     shape = list(model.encode(autoencoder.to_model(sample_clips(ctx, "train", 1, SEED)[0])).shape[1:])
     return {
@@ -77,6 +79,17 @@ def finetune_decoder(ctx: Context, stage: str) -> dict:
     count = min(MEASURE_CLIPS, ctx.sizes.heldout_clips)
     psnr = autoencoder.heldout_psnr(model, sample_clips(ctx, "heldout", count, SEED + 1))
     return {"heldout_psnr_db": psnr, "steps": steps}
+
+
+def write_scale(ctx: Context, folder: Path, stage: str) -> float:
+    """``python -m megavg.infer.scaling FOLDER --write`` on the training shards; returns the factor."""
+    cmd = launch.python(
+        "-m", "megavg.infer.scaling", str(folder), "--shards", str(ctx.dir("world") / "train" / "shards"),
+        "--frames", str(ctx.sizes.frames), "--size", str(ctx.sizes.size), str(ctx.sizes.size),
+        "--clips", str(MEASURE_CLIPS), "--device", "cpu", "--write",
+    )  # fmt: skip
+    launch.run(cmd, ctx.log(stage))
+    return float(json.loads((folder / "config.json").read_text())["args"]["scaling_factor"])
 
 
 def precompute(ctx: Context, vae_stage: str, split: str, out_name: str, teacher: str | None = None) -> None:
