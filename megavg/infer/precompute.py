@@ -42,7 +42,7 @@ from megavg.data.stream import SAMPLE_ERRORS, StreamStats, read_shard, shard_err
 from megavg.data.video import decode_frames, nearest_bucket, resize_crop
 from megavg.infer.conditioning import ImageEncoder, i2v_condition
 from megavg.infer.stages import load_image_encoder_from
-from megavg.infer.teacher_vae import TeacherVAE
+from megavg.infer.teacher_vae import DcaevTeacher, TeacherVAE, load_teacher
 from megavg.infer.text import TextEncoder
 from megavg.utils.device import resolve_device
 from megavg.utils.errors import UserError, run_cli
@@ -85,7 +85,7 @@ class Encoders:
     vae: nn.Module
     text: TextEncoder
     device: str
-    teacher: TeacherVAE | None = None
+    teacher: TeacherVAE | DcaevTeacher | None = None
     image: ImageEncoder | None = None  # set for I2V
 
 
@@ -143,7 +143,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--frame-stride", type=int, default=1)
     parser.add_argument("--size", type=int, nargs=2, action="append", metavar=("H", "W"), required=True,
                         help="a bucket (repeat for several: one set holds them all)")  # fmt: skip
-    parser.add_argument("--teacher-vae", help="Wan-2.1 VAE (diffusers folder): also write teacher_latents")
+    parser.add_argument(
+        "--teacher-vae",
+        help="the base model's VAE (Wan-2.1 diffusers folder or a megavg "
+        "DC-AE-V folder): also write teacher_latents",
+    )
     parser.add_argument("--i2v", action="store_true", help="also write the I2V condition and CLIP tokens")
     parser.add_argument("--image-encoder", help="CLIP ViT-H/14 for --i2v: folder, hub id, Wan's .pth")
     parser.add_argument("--samples-per-shard", type=int, default=100)
@@ -174,7 +178,7 @@ def load_encoders(args: argparse.Namespace) -> Encoders:
     text = TextEncoder(args.text_encoder, device=args.device, tokenizer=args.tokenizer)
     enc = Encoders(vae, text, args.device)
     if args.teacher_vae:
-        enc.teacher = TeacherVAE(args.teacher_vae, device=args.device)
+        enc.teacher = load_teacher(args.teacher_vae, device=args.device)
     if args.i2v:
         enc.image = load_image_encoder_from(args.image_encoder).to(args.device)
     return enc

@@ -9,6 +9,11 @@ the causal Wan layout). Latent 0 then holds frame 0 alone and latent i >= 1 hold
 of the student's latent i-1, so no extra frame is decoded and both models see the same content.
 Latents are the posterior mode, normalised per channel the way Wan's pipelines do,
 ``(z - latents_mean) / latents_std`` (the config's lists): what the Wan DiT sees.
+
+The base model's VAE may also be a megavg DC-AE-V folder (:class:`DcaevTeacher`, e.g. an f8t4 model in a
+miniature of the recipe, docs/reproduction.md): its latents are the student's own 4k frames encoded and
+multiplied by its scaling factor, as pre-computation stores any DC-AE-V latent. :func:`load_teacher` picks
+the class from the folder.
 """
 
 from __future__ import annotations
@@ -73,3 +78,40 @@ class TeacherVAE:
         mask = torch.zeros(cond.shape[0], MASK_CHANNELS, *cond.shape[2:])
         mask[:, :, 0] = 1.0
         return torch.cat([mask, cond], dim=1)
+
+
+class DcaevTeacher:
+    """A frozen megavg DC-AE-V as the base model's VAE: latents = encode(clip) * scaling factor."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype = torch.float32):
+        import megavg.models
+
+        self.vae = megavg.models.load(path, device=device, dtype=dtype).eval().requires_grad_(False)
+        if not hasattr(self.vae, "encode"):
+            raise UserError(f"teacher VAE {path}: not a DC-AE-V model folder")
+        self.device, self.dtype = device, dtype
+
+    @torch.no_grad()
+    def latents(self, video: torch.Tensor) -> torch.Tensor:
+        """[B, 3, 4k, H, W] in [-1, 1] -> scaled latents [B, C, k, H/f, W/f] (float32, CPU)."""
+        z = self.vae.encode(video.to(self.device, self.dtype)).float().cpu()
+        return z * self.vae.args.scaling_factor
+
+    def i2v_condition(self, image: torch.Tensor, frames: int) -> torch.Tensor:
+        """The I2V condition in this VAE's space (:func:`megavg.infer.conditioning.i2v_condition`) for a
+        ``frames``-frame clip (the student's count; the Wan layout's extra first frame is dropped)."""
+        from megavg.infer.conditioning import i2v_condition
+
+        return i2v_condition(self.vae, image.to(self.device, self.dtype), frames - 1).float().cpu()
+
+
+def load_teacher(path: str | os.PathLike, device: str = "cpu") -> TeacherVAE | DcaevTeacher:
+    """The teacher VAE in ``path``: a megavg DC-AE-V folder (config.json with format megavg) or a
+    diffusers ``AutoencoderKLWan`` folder."""
+    from megavg.models import registry
+
+    try:
+        family = registry.read_config(path).get("family")
+    except UserError:
+        family = None
+    return DcaevTeacher(path, device=device) if family == "dcaev" else TeacherVAE(path, device=device)

@@ -156,6 +156,8 @@ def _bash(args: tuple[str, ...]) -> list[Check]:
         checks += [Check("error", f"bash tools/demo.sh adapt takes no arguments, got {a}") for a in rest[1:]]
     elif script == "tools/demo.sh":
         checks.append(Check("config", DEMO_CONFIG, rest))
+    elif script == "tools/reproduce.sh":  # its arguments go to python -m megavg.repro
+        checks += _entry("-m megavg.repro", rest)
     elif script == "tools/test.sh":
         checks += [Check("error", f"tools/test.sh does not handle {a}") for a in rest
                    if a in ("--quick", "--all") and a not in (REPO / script).read_text()]  # fmt: skip

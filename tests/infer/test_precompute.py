@@ -119,6 +119,26 @@ def test_latent_shards_match_independent_encode(inputs):
         torch.testing.assert_close(batch["teacher_latents"][0], teacher, rtol=1e-4, atol=1e-4)
 
 
+def test_dcaev_teacher_latents(inputs, tmp_path):
+    """A megavg DC-AE-V folder as --teacher-vae (a miniature's base VAE, docs/reproduction.md): its
+    latents of the student's own frames times its scaling factor, computed independently here."""
+    root, clips = inputs
+    teacher = megavg.models.build("dc-ae-v-tiny", scaling_factor=0.25)
+    teacher.save(tmp_path / "teacher")
+    parts = precompute(
+        [*common_args(root, tmp_path / "latents", (32, 32)), "--teacher-vae", str(tmp_path / "teacher")]
+    )
+    batches = first_batches(parts, per_part=2)
+    teacher = megavg.models.load(tmp_path / "teacher").eval()
+    for clip in clips:
+        video = first_frames(clip, 8, (32, 32))
+        with torch.no_grad():
+            expected = teacher.encode(video.unsqueeze(0))[0] * 0.25
+        got = batches[CAPTIONS[clip.name]]["teacher_latents"][0]
+        assert got.shape == (4, 2, 8, 8)  # the student's frame count (no extra first frame), f4
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def wan_mask(frames, h, w):
     """The base I2V mask as diffusers' WanImageToVideoPipeline builds it: 1 on pixel frame 0, that frame
     repeated 4x, frames folded 4 per latent frame into channels -> [4, k+1, h, w]."""

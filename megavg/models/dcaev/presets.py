@@ -55,4 +55,9 @@ PRESETS: dict[str, Args] = {
     "dc-ae-v-tiny": chunk_causal_design(4, (8, 16, 32, 32), (0, 1, 1, 1), 8, 1.0),
     # f8t4c16, chunk 8 frames: CPU training demo (e.g. 16 frames 64x64 on 2 processes)
     "dc-ae-v-small": chunk_causal_design(16, (16, 32, 64, 64, 64), (0, 1, 1, 1, 1), 8, 1.0),
+    # the miniature reproduction (docs/reproduction.md), 16-frame clips in one chunk: the base model's
+    # VAE at Wan-2.1's compression (f8t4c16) and a deeper-compression one (f16t4c32; an f32 model did not
+    # learn the objects of 64x64 clips from a 2x2 latent grid within the run's budget)
+    "dc-ae-v-mini-f8t4c16": chunk_causal_design(16, (16, 32, 64, 64, 64), (0, 1, 1, 1, 1), 16, 1.0),
+    "dc-ae-v-mini-f16t4c32": chunk_causal_design(32, (16, 32, 64, 64, 64, 64), (0, 1, 1, 1, 1, 1), 16, 1.0),
 }

@@ -64,6 +64,9 @@ _I2V_14B = dataclasses.replace(_T2V_14B, in_channels=36, image_dim=1280)
 _T2V_A14B = _T2V_14B
 _I2V_A14B = dataclasses.replace(_T2V_14B, in_channels=36)
 _TI2V_5B = Args(dim=3072, num_heads=24, ffn_dim=14336, num_layers=30, in_channels=48, out_channels=48)
+_MINI = Args(  # the miniature reproduction's base DiT (docs/reproduction.md): f8t4c16 latents, patch 1x2x2
+    dim=128, num_heads=4, ffn_dim=512, num_layers=4, text_dim=32, freq_dim=64, in_channels=16, out_channels=16
+)
 _TINY = Args(
     dim=64, num_heads=4, ffn_dim=128, num_layers=2, text_dim=32, freq_dim=32, in_channels=4, out_channels=4
 )
@@ -94,6 +97,10 @@ PRESETS: dict[str, Args] = {
     "dc-videogen-wan2.2-ti2v-5b": dataclasses.replace(
         _TI2V_5B, patch_size=(1, 1, 1), in_channels=128, out_channels=128
     ),
+    "wan-mini-t2v": _MINI,
+    # its student at patch 1 on 32-channel latents (the run used f16t4c32: as many tokens as the base; f32t4c32
+    # would give 4x fewer, docs/reproduction.md says why it was not used)
+    "wan-mini-student-t2v": dataclasses.replace(_MINI, patch_size=(1, 1, 1), in_channels=32, out_channels=32),
     "wan-tiny-t2v": _TINY,
     "wan-tiny-i2v": dataclasses.replace(_TINY, in_channels=12, image_dim=24),
     "wan-tiny-i2v-a14b": dataclasses.replace(_TINY, in_channels=12),  # 4 noise + 4 mask + 4 image latent
