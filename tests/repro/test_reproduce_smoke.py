@@ -24,6 +24,7 @@ def reproduce(out: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
 
 
+@pytest.mark.slow  # ~10 DeepSpeed start-ups: about 10 minutes on 2 cores, over the default suite's budget
 @pytest.mark.distributed
 def test_smoke_run_writes_the_report_and_resumes(tmp_path):
     out = tmp_path / "repro"

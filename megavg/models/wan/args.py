@@ -98,8 +98,8 @@ PRESETS: dict[str, Args] = {
         _TI2V_5B, patch_size=(1, 1, 1), in_channels=128, out_channels=128
     ),
     "wan-mini-t2v": _MINI,
-    # its student at patch 1 on 32-channel latents (the run used f16t4c32: as many tokens as the base; f32t4c32
-    # would give 4x fewer, docs/reproduction.md says why it was not used)
+    # its student at patch 1 on 32-channel latents (the run used f16t4c32: as many tokens as the base;
+    # f32t4c32 would give 4x fewer, docs/reproduction.md says why it was not used)
     "wan-mini-student-t2v": dataclasses.replace(_MINI, patch_size=(1, 1, 1), in_channels=32, out_channels=32),
     "wan-tiny-t2v": _TINY,
     "wan-tiny-i2v": dataclasses.replace(_TINY, in_channels=12, image_dim=24),
