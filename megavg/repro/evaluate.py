@@ -78,11 +78,26 @@ def export(ctx: Context, model: Path, vae_stage: str, out: Path) -> Path:
     return out
 
 
+def video_args(ctx: Context) -> list[str]:
+    """``generate``'s video options of every evaluation: the world's size and length, fp32 on the CPU."""
+    s = ctx.sizes
+    return [
+        "--size",
+        str(s.size),
+        str(s.size),
+        "--frames",
+        str(s.frames),
+        "--dtype",
+        "fp32",
+        "--device",
+        "cpu",
+    ]
+
+
 def generate(ctx: Context, pipe: Path, out: Path, per_prompt: int, seed: int) -> Path:
     """``python -m megavg.eval generate`` of every held-out caption ``per_prompt`` times from ``seed``."""
     if (out / "manifest.jsonl").is_file():
         return out
-    s = ctx.sizes
     cmd = launch.python(
         "-m",
         "megavg.eval",
@@ -97,15 +112,7 @@ def generate(ctx: Context, pipe: Path, out: Path, per_prompt: int, seed: int) ->
         "--seed",
         str(seed),
         "--",
-        "--size",
-        str(s.size),
-        str(s.size),
-        "--frames",
-        str(s.frames),
-        "--dtype",
-        "fp32",
-        "--device",
-        "cpu",
+        *video_args(ctx),
     )
     launch.run(cmd, ctx.log("eval"), env={"HF_HUB_OFFLINE": "1"})
     return out
@@ -128,7 +135,6 @@ def latency(ctx: Context, pipe: Path, out: Path, count: int = 3) -> float:
 
     prompts = (ctx.dir("world") / "heldout" / "prompts.txt").read_text().splitlines()[:count]
     times = []
-    s = ctx.sizes
     for i, prompt in enumerate(prompts):
         args = runner.parse_args(
             [
@@ -137,15 +143,7 @@ def latency(ctx: Context, pipe: Path, out: Path, count: int = 3) -> float:
                 prompt,
                 "--out",
                 str(out / f"latency{i}.mp4"),
-                "--size",
-                str(s.size),
-                str(s.size),
-                "--frames",
-                str(s.frames),
-                "--dtype",
-                "fp32",
-                "--device",
-                "cpu",
+                *video_args(ctx),
                 "--no-progress",
             ]
         )

@@ -8,7 +8,7 @@ INTRO = """# Reproduction: AE-Adapt-V in miniature, on CPU
 
 ```bash
 bash tools/reproduce.sh            # the full run: writes this page, its images and the JSON below
-bash tools/reproduce.sh --smoke    # every stage at toy size (mechanics only; a test in the default suite)
+bash tools/reproduce.sh --smoke    # every stage at toy size (mechanics only; slow test, in --all)
 ```
 
 `tools/reproduce.sh` (`python -m megavg.repro`) runs the chain below on 2 CPU processes and writes this page,
