@@ -24,6 +24,7 @@ FLOORS: list[set[str]] = [
     {"tasks"},  # one module per training objective
     {"train"},  # the trainer: config tree, DeepSpeed engine, checkpoints
     {"plan"},  # the run planner (builds trainer configs, traces tasks' models)
+    {"repro"},  # the miniature reproduction: drives training, export and evaluation end to end
 ]
 FLOOR = {package: level for level, packages in enumerate(FLOORS) for package in packages}
 
