@@ -491,16 +491,18 @@ def sample(
     schedule, stepper = make_solver(solver, steps, shift)
     batch, device = noise.shape[0], noise.device
     dtype = next(model.parameters()).dtype
-    cond = prepare_text(text, text_mask, batch).to(device, dtype)
     _check_experts(model_2, boundary, guidance_2, first_frame, noise)
     guidance_2 = guidance if guidance_2 is None else guidance_2
-    uncond = None
-    if max(guidance, guidance_2) > 1:
-        uncond = (
-            torch.zeros_like(cond)
-            if negative_text is None
-            else prepare_text(negative_text, negative_text_mask, batch).to(device, dtype)
-        )
+    cond, uncond = _guidance_texts(
+        text,
+        text_mask,
+        negative_text,
+        negative_text_mask,
+        max(guidance, guidance_2) > 1,
+        batch,
+        device,
+        dtype,
+    )
     extra = None if condition is None else condition.to(device, dtype)
     image = None if image is None else image.to(device, dtype)
     inputs = (cond, uncond, image, extra)
@@ -521,6 +523,22 @@ def sample(
             velocity if frame is None else frame.wrap(velocity), stepper, schedule, noise, progress
         )
     x = x if frame is None else frame.apply(x)
+    _report(velocity, times, mode, cache, cache_threshold, stats)
+    return x
+
+
+def _guidance_texts(text, text_mask, negative, negative_mask, guided: bool, batch: int, device, dtype):
+    """The padded cond context and, when any guidance is > 1, the uncond one (zeros without a negative)."""
+    cond = prepare_text(text, text_mask, batch).to(device, dtype)
+    if not guided:
+        return cond, None
+    if negative is None:
+        return cond, torch.zeros_like(cond)
+    return cond, prepare_text(negative, negative_mask, batch).to(device, dtype)
+
+
+def _report(velocity, times: list[float], mode: str, cache: str, cache_threshold: float, stats) -> None:
+    """Log the step cache's skips and fill ``stats`` (first step, mean of the others, mode, skips)."""
     skipped, calls = velocity.cache_report()
     if cache != "none":
         log.info(
@@ -530,7 +548,6 @@ def sample(
         rest = times[1:]
         stats.update(first_step_s=times[0], step_s=sum(rest) / len(rest) if rest else times[0], mode=mode,
                      skipped=skipped, calls=calls)  # fmt: skip
-    return x
 
 
 def _integrate(velocity, stepper, schedule, noise, progress) -> tuple[torch.Tensor, list[float]]:
