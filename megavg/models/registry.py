@@ -294,10 +294,17 @@ def load(folder: str | os.PathLike, device: str | torch.device = "cpu", dtype: t
     config = read_config(folder)
     with torch.device("meta"):
         model = build({"family": config.get("family"), "args": config.get("args", {})})
-    state = load_state_dict(folder)
-    check_state_dict(model, state, str(folder))
-    model.load_state_dict(state, strict=False, assign=True)
+    assign_weights(model, load_state_dict(folder), str(folder))
     return model.to(device=device).cast(dtype)
+
+
+def assign_weights(model: nn.Module, state: dict[str, Any], source: str) -> nn.Module:
+    """Put ``state`` into ``model`` (built on the meta device) after :func:`check_state_dict`'s exact key
+    check. Transformer Engine's ``_extra_state`` entries (FP8 scaling state, present when the linear
+    backend resolves to TE) are the only keys a weight file does not carry: they keep their defaults."""
+    check_state_dict(model, state, source)
+    model.load_state_dict(state, strict=False, assign=True)
+    return model
 
 
 def check_state_dict(model: nn.Module, state: dict[str, Any], source: str) -> None:

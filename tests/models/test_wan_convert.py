@@ -71,6 +71,18 @@ def test_diffusers_folder_sharded(tmp_path, preset):
     assert_same_as(ref, tmp_path / "out")
 
 
+def test_conversion_where_transformer_engine_is_installed(tmp_path, standins):
+    """With TE importable, ``linear: auto`` builds TE linears, which carry ``_extra_state`` (FP8 scaling
+    state) that no released checkpoint has: conversion must still take the weights (the GPU machine case)."""
+    from megavg.models.wan.state_dict_adapter import convert
+
+    ref = random_diffusers("wan-tiny-t2v")
+    ref.save_pretrained(tmp_path / "src")
+    model = convert(tmp_path / "src")
+    assert any(k.endswith("_extra_state") for k in model.state_dict()), "expected TE linears (stand-ins)"
+    torch.testing.assert_close(model.blocks[0].ffn.fc1.weight, ref.blocks[0].ffn.net[0].proj.weight)
+
+
 def test_original_layout_folder(tmp_path):
     ref = random_diffusers("wan-tiny-i2v")
     a = ref.config

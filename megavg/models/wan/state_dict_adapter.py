@@ -325,8 +325,7 @@ def convert(
     state = to_megavg(read_weights(source))
     with torch.device("meta"):
         model = Model(args)
-    registry.check_state_dict(model, state, str(source))
-    model.load_state_dict(state, strict=True, assign=True)
+    registry.assign_weights(model, state, str(source))
     return model.cast(dtype)  # the time path stays float32 (Model.keep_fp32)
 
 
