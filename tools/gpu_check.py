@@ -22,7 +22,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -173,6 +172,9 @@ def prepare(s: Setup) -> None:
     write_latent_shards(samples, s.p["latents"], samples_per_shard=2)
     s.p.update(build_components(s.work / "pipe-parts"))
     s.p["clip_video"] = s.p["eval_real"] / "w000.mp4"
+    # validation decodes the tiny student's 8-channel latents: a tiny DC-AE-V with 8 latent channels
+    vae8 = dataclasses.replace(megavg.models.preset_args("dc-ae-v-tiny"), latent_channels=8)
+    s.p["vae_student"] = megavg.models.build(vae8).save(s.work / "vae-student")
 
 
 def gpu_tests(s: Setup, log_path: Path) -> int | str:
@@ -202,6 +204,25 @@ def pytest_result(rc: int, text: str) -> int | str:
     return 0
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process below it, as a node failure would. Not ``killpg``: torchrun
+    starts each rank in a session of its own (torch.distributed.elastic's ``SubprocessHandler`` passes
+    ``start_new_session=True``), so the launcher's process group does not hold the ranks."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in tree:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(tree, timeout=30)
+
+
 def kill_and_resume(s: Setup, log_path: Path) -> int | str:
     """Train, SIGKILL every rank once a checkpoint is complete, relaunch: it must resume from that step
     (the log's "starting at step K") and finish step K + 1."""
@@ -212,14 +233,13 @@ def kill_and_resume(s: Setup, log_path: Path) -> int | str:
     first = train(s, "adapt_3_lora", run_dir, *args, "schedule.steps=1000")
     deadline = time.monotonic() + s.timeout
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(first, cwd=REPO, env=s.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(first, cwd=REPO, env=s.env, stdout=log, stderr=subprocess.STDOUT)
         while not (run_dir / "checkpoints" / "latest").exists():
             if proc.poll() is not None or time.monotonic() > deadline:
-                os.killpg(proc.pid, signal.SIGKILL)
+                kill_tree(proc.pid)
                 return f"no checkpoint before the kill (exit {proc.wait()})"
             time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and every rank: no clean shutdown
+        kill_tree(proc.pid)  # torchrun and every rank: no clean shutdown
         proc.wait()
         step = step_of(read_latest(run_dir / "checkpoints"))
         log.write(f"\n--- killed after the checkpoint of step {step}; relaunching ---\n")
@@ -248,7 +268,7 @@ def training_checks(s: Setup) -> list[Check]:
            "model.args.layers.fp8.bf16_first_blocks=0",
            "model.args.layers.fp8.bf16_last_blocks=0"]  # fmt: skip
     valid = ["validation.every=1", 'validation.prompts=["a red fox in snow"]', "validation.size=[16, 16]",
-             "validation.frames=8", "validation.steps=2", f"validation.vae={p['vae']}",
+             "validation.frames=8", "validation.steps=2", f"validation.vae={p['vae_student']}",
              f"validation.text_encoder={p['text']}"]  # fmt: skip
     teacher = [f"task.args.teacher={p['base']}", "parallel.zero_init=false"]
     return [
