@@ -41,9 +41,7 @@ def run(args: argparse.Namespace) -> dict:
         raise UserError(f"{args.folder}: reference statistics need at least 2 videos, found {len(refs)}")
     model = load_i3d(args.i3d).to(ranks.device())
     feats = folder_features(refs, model, args.frames, args.resize, args.batch)
-    if ranks.rank() == 0:
-        write_reference(args.out, feats, [r.name for r in refs], protocol(args))
-    ranks.barrier()
+    ranks.on_rank0(lambda: write_reference(args.out, feats, [r.name for r in refs], protocol(args)))
     result = {"videos": len(refs), "out": args.out, "features": FEATURES} | protocol(args)
     return result | notes(args)
 

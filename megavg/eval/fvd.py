@@ -55,12 +55,15 @@ def protocol(args: argparse.Namespace) -> dict:
 
 def folder_features(refs: list[VideoRef], model, frames: int, size: int, batch: int) -> np.ndarray:
     """[N, 400] float64 I3D features of ``refs`` (this rank's share computed here, all ranks' gathered)."""
-    mine = ranks.share(refs)
-    feats = []
-    for start in range(0, len(mine), batch):
-        clips = [read_video(refs[i], frames) for i in mine[start : start + batch]]
-        feats += list(i3d_features(model, clips, size, batch).numpy())
-    return np.stack(ranks.gather(mine, feats))
+
+    def features(mine: list[int]) -> list[np.ndarray]:
+        feats = []
+        for start in range(0, len(mine), batch):
+            clips = [read_video(refs[i], frames) for i in mine[start : start + batch]]
+            feats += list(i3d_features(model, clips, size, batch).numpy())
+        return feats
+
+    return np.stack(ranks.shared(refs, features))
 
 
 def write_reference(path: str | Path, features: np.ndarray, names: list[str], proto: dict) -> None:

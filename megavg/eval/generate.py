@@ -98,14 +98,15 @@ def run(args: argparse.Namespace) -> dict:
             "generate: --sp / --cfg-parallel: eval generate shares the videos among the ranks, each video "
             "on one rank; launch more ranks instead"
         )
-    mine = ranks.share(rows)
-    frames = ranks.gather(mine, _generate_share(args, [rows[i] for i in mine], out, first))
-    if ranks.rank() == 0:
+    frames = ranks.shared(rows, lambda mine: _generate_share(args, [rows[i] for i in mine], out, first))
+
+    def write_manifest() -> None:
         with atomic_file(out / "manifest.jsonl") as tmp:
             tmp.write_text(
                 "".join(json.dumps(r | {"frames": f}) + "\n" for r, f in zip(rows, frames, strict=True))
             )
-    ranks.barrier()
+
+    ranks.on_rank0(write_manifest)
     return {"videos": len(rows), "prompts": len(rows) // args.per_prompt, "out": str(out),
             "manifest": str(out / "manifest.jsonl")}  # fmt: skip
 

@@ -1,4 +1,5 @@
-"""The ranks of a ``torchrun`` evaluation: each takes a share of the videos, results are gathered.
+"""The ranks of a ``torchrun`` evaluation: each takes a share of the videos, results (or the first error)
+are gathered.
 
 Outside ``torchrun`` (no ``WORLD_SIZE`` in the environment) there is one rank and nothing is
 initialised. Under it, a gloo process group joins the ranks (CPU objects are gathered, so gloo serves on
@@ -10,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
+
+from megavg.utils.errors import UserError
 
 
 @contextlib.contextmanager
@@ -50,16 +53,43 @@ def share(items: Sequence) -> list[int]:
     return list(range(rank(), len(items), world()))
 
 
-def gather(indices: list[int], values: list) -> list:
-    """Every rank's ``values`` (for its ``indices`` from :func:`share`) in index order, on every rank."""
+def shared(items: Sequence, work: Callable[[list[int]], list]) -> list:
+    """``work(indices)`` -> one value per index, run on this rank's :func:`share` of ``items``; every rank's
+    values in index order, on every rank (one ``all_gather_object``).
+
+    A :class:`UserError` or ``OSError`` in any rank's share (a video that cannot be decoded, a file read
+    or write that fails on one rank's filesystem) travels with the gather and is raised on every rank, the
+    first failing rank's message: the ranks stop together, having issued the same collectives. A rank
+    raising alone would leave the others waiting in the gather (NCCL: until its timeout).
+    """
+    mine = share(items)
     if world() == 1:
-        return [v for _, v in sorted(zip(indices, values, strict=True), key=lambda p: p[0])]
+        return work(mine)
+    try:
+        pairs, error = list(zip(mine, work(mine), strict=True)), None
+    except (UserError, OSError) as err:
+        pairs, error = [], str(err)
     parts: list = [None] * world()
-    dist.all_gather_object(parts, list(zip(indices, values, strict=True)))
-    pairs = sorted((p for part in parts for p in part), key=lambda p: p[0])
-    return [v for _, v in pairs]
+    dist.all_gather_object(parts, (pairs, error))
+    errors = [e for _, e in parts if e is not None]
+    if errors:
+        raise UserError(errors[0]) from None
+    return [v for _, v in sorted((p for part, _ in parts for p in part), key=lambda p: p[0])]
 
 
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
+def on_rank0(write: Callable[[], None]) -> None:
+    """``write()`` on rank 0 (the one writer of a shared file), every rank returning once it is done
+    (one ``broadcast_object_list``, the barrier). A :class:`UserError` or ``OSError`` of rank 0's is
+    raised on every rank."""
+    if world() == 1:
+        write()
+        return
+    error: list = [None]
+    if rank() == 0:
+        try:
+            write()
+        except (UserError, OSError) as err:
+            error[0] = str(err)
+    dist.broadcast_object_list(error, src=0)
+    if error[0] is not None:
+        raise UserError(error[0])

@@ -67,8 +67,7 @@ def run(args: argparse.Namespace) -> dict:
             if path and path != RANDOM and not Path(path).is_file():
                 raise UserError(f"{flag} {path}: no such weights file")
         lpips = build_lpips(args.lpips_vgg, args.lpips_lin).to(ranks.device()).eval()
-    mine = ranks.share(matched)
-    rows = ranks.gather(mine, [compare(*matched[i], args.frames, lpips) for i in mine])
+    rows = ranks.shared(matched, lambda mine: [compare(*matched[i], args.frames, lpips) for i in mine])
     names = [real.name for real, _ in matched]
     result = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
     result |= {"videos": len(rows), "per_video": dict(zip(names, rows, strict=True))}

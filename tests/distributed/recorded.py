@@ -8,7 +8,10 @@
   bucketed steps left one rank's caching allocator fuller;
 - ``read_fail``: reading a checkpoint file to hash it (:func:`megavg.train.ckpt_integrity.describe`)
   fails with EIO on that rank (a flaky shared filesystem);
-- ``stop_in_validation``: that rank receives SIGUSR1 right after its first validation sample.
+- ``stop_in_validation``: that rank receives SIGUSR1 right after its first validation sample;
+- ``video_read_fail``: every video that rank decodes for ``megavg.eval``
+  (:func:`megavg.eval.inputs.read_video`) fails as an I/O error reading it does (a flaky shared
+  filesystem; the other ranks read theirs).
 
 ``MEGAVG_TEST_PG_TIMEOUT`` (seconds, default 60) bounds every collective of the run.
 """
@@ -54,6 +57,14 @@ def install_faults() -> None:
                 return out
 
             validation.Validator.sample = sample
+        elif fault == "video_read_fail":
+            from megavg.data.video import VideoError
+            from megavg.eval import inputs
+
+            def frames(source, name, count):
+                raise VideoError(f"{name}: not a decodable video ([Errno 5] Input/output error (injected))")
+
+            inputs._frames = frames
         else:
             raise SystemExit(f"recorded.py: unknown fault {fault!r}")
 

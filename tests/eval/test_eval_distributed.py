@@ -1,4 +1,6 @@
-"""``torchrun --nproc_per_node 2 -m megavg.eval fvd|recon``: the same JSON numbers as one process.
+"""``torchrun --nproc_per_node 2 -m megavg.eval fvd|recon|features``: the same JSON numbers as one process,
+the same collectives on every rank (recorded: tests/collectives.py), also when one rank cannot read its
+videos.
 
 The ranks run one thread each (the launcher's ``OMP_NUM_THREADS=1``). The FVD is also computed in this
 process at two threads, as a shell without ``OMP_NUM_THREADS`` did on a 2-core machine before the suite
@@ -9,6 +11,7 @@ much as that round-off allows (:func:`fvd_shift_bound`), no more.
 import contextlib
 import importlib.util
 import json
+import tempfile
 
 import numpy as np
 import pytest
@@ -16,15 +19,38 @@ import torch
 
 from megavg.eval import fvd
 from megavg.eval.__main__ import main
-from tests.distributed.launch import torchrun
+from tests import collectives
+from tests.distributed.launch import REPO, torchrun
 from tests.eval.test_fvd import ARGS
+
+RECORDED = REPO / "tests/distributed/recorded.py"
+
+
+def recorded_eval(nproc: int, tmp_path, *argv: str, fault: str = "") -> tuple[int, str]:
+    """``torchrun -m megavg.eval ARGV`` with every collective recorded and ``fault`` on rank 1
+    (tests/distributed/recorded.py): (0 and its stdout, or 2 and its output when a worker exited with
+    an ``error:`` line). Every rank's records must be the same."""
+    records = tempfile.mkdtemp(prefix="collectives_", dir=tmp_path)
+
+    def launch() -> tuple[int, str]:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(collectives.ENV, records)
+            mp.setenv("MEGAVG_TEST_FAULT", fault)
+            try:
+                return 0, torchrun(RECORDED, nproc, tmp_path, "-m", "megavg.eval", *argv).stdout
+            except AssertionError as err:
+                if "exitcode: 2" in str(err):
+                    return 2, str(err)
+                raise
+
+    return collectives.checked_run(launch, records, nproc)
 
 
 def torchrun_eval(nproc: int, tmp_path, *argv: str) -> dict:
-    """``torchrun -m megavg.eval ARGV`` (the harness's launcher, module mode); its one stdout line."""
-    proc = torchrun("-m", nproc, tmp_path, "megavg.eval", *argv)
-    lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 1, proc.stdout  # one JSON object, from rank 0 only
+    """``torchrun -m megavg.eval ARGV`` (recorded, see :func:`recorded_eval`); its one stdout line."""
+    code, stdout = recorded_eval(nproc, tmp_path, *argv)
+    lines = stdout.strip().splitlines()
+    assert code == 0 and len(lines) == 1, stdout  # one JSON object, from rank 0 only
     return json.loads(lines[0])
 
 
@@ -108,3 +134,16 @@ def test_two_ranks_cache_the_one_rank_features_with_kinetics400(video_dirs, tmp_
         # per-video forwards of batch 1 on both sides; only thread counts may differ (fp32 summation order)
         np.testing.assert_allclose(two["features"], one["features"], rtol=1e-5, atol=1e-5)
         assert one["features"].std(axis=0).max() > 1e-3  # the videos give different features
+
+
+@pytest.mark.distributed
+def test_a_rank_that_cannot_read_its_videos_stops_every_rank(video_dirs, tmp_path):
+    """Rank 1 cannot read its videos (I/O errors on its filesystem), rank 0 reads its own: the error
+    travels with the feature gather, so both ranks issue that one gather and exit 2 with rank 1's error
+    line (before, rank 1 exited at its first video while rank 0 computed its share and waited in the
+    gather: under NCCL until the timeout)."""
+    real, fake = video_dirs
+    argv = ["fvd", str(real), str(fake), *ARGS, "--batch", "1"]
+    code, output = recorded_eval(2, tmp_path, *argv, fault="video_read_fail")
+    line = f"error: {real / 'v1.mp4'}: not a decodable video ([Errno 5] Input/output error (injected))"
+    assert code == 2 and output.count(line) == 2, output  # rank 1's first video, said by both ranks
