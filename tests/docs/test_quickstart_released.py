@@ -29,6 +29,7 @@ import pytest
 from megavg.data import real_clips
 from tests.distributed.launch import free_port
 from tests.docs.doc_commands import REPO, commands
+from tests.infer.kept_frames import write_sitecustomize, written_frames
 from tests.infer.test_released import HEADS, write_release
 from tests.infer.tiny_pipeline import CLIP_DIM, build_components, read_video, write_png
 
@@ -74,31 +75,9 @@ def workdir(tmp_path):
             shutil.copy(clip, tmp_path / "my_clips" / clip.name)
             (tmp_path / "my_clips" / clip.name).with_suffix(".txt").write_text(CAPTIONS[clip.name])
     write_png(tmp_path / "first.png", 28, 36)
-    (tmp_path / "site").mkdir()
-    (tmp_path / "site" / "sitecustomize.py").write_text(
-        f"import megavg.infer.clip_weights as cw\ncw.HEAD_DIM = {CLIP_DIM // HEADS}  # the tiny CLIP\n"
-        + KEEP_FRAMES
-    )
+    tiny_clip = f"import megavg.infer.clip_weights as cw\ncw.HEAD_DIM = {CLIP_DIM // HEADS}  # the tiny CLIP\n"
+    write_sitecustomize(tmp_path / "site", tiny_clip)  # and every video keeps its frames (kept_frames.py)
     return tmp_path
-
-
-# Every video file also keeps the uint8 frames it was given (OUT.frames.npy): libx264 does not always give
-# the same bytes for the same frames in a process that has run torch (seen here with threads=1 too), so
-# the test compares what megavg hands the encoder, not what the encoder makes of it.
-KEEP_FRAMES = """
-import numpy as np
-import megavg.infer.video_io as video_io
-_write_frames = video_io.VideoWriter.write_frames
-def _keep(self, frames, times=None):
-    self._kept = [*getattr(self, "_kept", []), np.asarray(frames)]
-    np.save(f"{self.path}.frames.npy", np.concatenate(self._kept))
-    return _write_frames(self, frames, times)
-video_io.VideoWriter.write_frames = _keep
-"""
-
-
-def written_frames(path) -> np.ndarray:
-    return np.load(f"{path}.frames.npy")
 
 
 def run(cmd: list[str], cwd) -> str:

@@ -31,7 +31,10 @@ def test_ctrl_c_is_one_line_exit_130(capsys):
 
 
 def test_sigint_in_a_running_command_leaves_no_traceback():
-    """A real SIGINT while ``main`` runs (as Ctrl-C in a terminal delivers it)."""
+    """A real SIGINT while ``main`` runs (as Ctrl-C in a terminal delivers it). The child starts with
+    SIGINT's default action, as a terminal's foreground job does: a job started with ``&`` from a
+    non-interactive shell (how CI or ``nohup`` may run the suite) inherits SIGINT ignored, Python then
+    installs no KeyboardInterrupt handler, and the signal would never arrive."""
     code = (
         "import os, signal\n"
         "from megavg.utils.errors import run_cli\n"
@@ -41,6 +44,9 @@ def test_sigint_in_a_running_command_leaves_no_traceback():
         "        pass\n"
         "run_cli(main)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    foreground = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, preexec_fn=foreground
+    )
     assert proc.returncode == 128 + signal.SIGINT
     assert proc.stderr.strip() == "interrupted"

@@ -1,8 +1,11 @@
 """``tools/gpu_check.sh``: without CUDA one line and nothing run; a table entry is "pass" only for what
 ran; the CPU rehearsal (2 gloo ranks, the stand-ins) runs every check of the table and passes."""
 
+import contextlib
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
 
@@ -11,7 +14,7 @@ import pytest
 from tests.distributed.launch import REPO
 
 sys.path.insert(0, str(REPO / "tools"))
-from gpu_check import pytest_result  # noqa: E402
+from gpu_check import kill_tree, pytest_result  # noqa: E402
 
 NO_CUDA = "gpu_check: no CUDA device visible to torch on this machine: nothing run"
 
@@ -57,3 +60,35 @@ def test_cpu_rehearsal_on_two_ranks_passes(tmp_path):
     rows = {row["check"]: row["result"] for row in json.loads((tmp_path / "results.json").read_text())}
     assert rows.pop("gpu-marked tests").startswith("skipped: --cpu-rehearsal")
     assert len(rows) == 12 and set(rows.values()) == {"pass"}, rows
+
+
+def end_of_file(fd: int, guard_s: float = 120.0) -> bool:
+    """Read ``fd`` (a pipe) to its end: True once every process holding its write end has exited; False
+    after ``guard_s`` seconds without data or end (a hang guard, not a speed check: a killed process
+    closes the pipe at once, a survivor never does)."""
+    while select.select([fd], [], [], guard_s)[0]:
+        if not os.read(fd, 4096):
+            return True
+    return False
+
+
+@pytest.mark.slow  # a torchrun start-up: ~5-15 s on 2 busy cores
+@pytest.mark.distributed
+def test_killing_a_launch_kills_every_rank():
+    """kill and resume's kill: torch elastic starts each rank in a session of its own, so killing torchrun's
+    process group left the ranks running (they trained on and wrote later checkpoints). After
+    ``kill_tree`` every process holding torchrun's stdout (torchrun and both ranks) is gone: the pipe
+    reaches end of file."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "tests/distributed/pid_worker.py")]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)  # fmt: skip
+    ranks = [int(proc.stdout.readline()) for _ in range(2)]  # both ranks started
+    kill_tree(proc.pid)
+    try:
+        ended = end_of_file(proc.stdout.fileno())
+    finally:
+        for pid in ranks:  # a surviving rank would pause forever
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert ended, f"ranks {ranks} outlived the kill"
