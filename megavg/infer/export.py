@@ -10,8 +10,10 @@ folder, or a hub id) unless ``--copy-encoders``.
 ``--diffusers`` also writes the DiT as a diffusers ``WanTransformer3DModel`` folder. Wan 2.2 A14B: the
 low-noise expert as ``--transformer-2`` with the switch ``--boundary`` (diffusers' ``boundary_ratio``) and
 optionally its guidance ``--guidance-2``; ``--diffusers`` then writes ``diffusers/`` (``transformer/``,
-``transformer_2/``, ``model_index.json``), which ``tools/convert_official.py wan22`` reads back. The
-pipeline folder appears complete or not at all.
+``transformer_2/``, ``model_index.json``), which ``tools/convert_official.py wan22`` reads back. A base
+pipeline (e.g. Wan 2.2 TI2V-5B as released, converted) takes the Wan VAE as ``--vae`` (a diffusers
+``AutoencoderKLWan`` folder, copied); TI2V adds ``--expand-timesteps``. The pipeline folder appears
+complete or not at all.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 import torch
 
 from megavg.infer.pipeline import Manifest, SamplerDefaults, open_pipeline, write_manifest
+from megavg.infer.wan_vae import vae_folder, wan_vae_args
 from megavg.models import registry
 from megavg.utils.errors import UserError
 from megavg.utils.io import atomic_dir
@@ -68,12 +71,13 @@ def export_pipeline(opts: argparse.Namespace) -> Path:
     """Write the pipeline folder ``opts.out``; returns it."""
     dtype = DTYPES[opts.dtype]
     dit_config, dit_state = lazy_model(opts.transformer, "wan", dtype)
-    vae_config, vae_state = lazy_model(opts.vae, "dcaev", dtype)
+    wan_vae = vae_folder(opts.vae)  # a base pipeline's Wan VAE (diffusers), copied as it is
+    vae_config, vae_state = (None, None) if wan_vae else lazy_model(opts.vae, "dcaev", dtype)
     dit_args = registry.runner_args(registry.config_args(dit_config), opts.fp8)
     dit_config["args"] = to_dict(dit_args)  # runner-side layer settings, whatever the folder had
     if dit_args.is_i2v and not opts.image_encoder:
         raise UserError(f"{opts.transformer}: an I2V transformer needs --image-encoder")
-    vae_args = registry.config_args(vae_config)
+    vae_args = wan_vae_args(wan_vae) if wan_vae else registry.config_args(vae_config)
     if dit_args.out_channels != vae_args.latent_channels:
         raise UserError(f"{opts.transformer}: {dit_args.out_channels} output channels, but the VAE has "
                         f"{vae_args.latent_channels} latent channels")  # fmt: skip
@@ -85,13 +89,17 @@ def export_pipeline(opts: argparse.Namespace) -> Path:
         registry.save_state("wan", dit_config["args"], dit_state, tmp / "transformer")
         if expert_2 is not None:
             registry.save_state("wan", expert_2[0]["args"], expert_2[1], tmp / "transformer_2")
-        registry.save_state("dcaev", vae_config["args"], vae_state, tmp / "vae")
+        if wan_vae:
+            shutil.copytree(wan_vae, tmp / "vae")
+        else:
+            registry.save_state("dcaev", vae_config["args"], vae_state, tmp / "vae")
         manifest = Manifest(
             text_encoder=_encoder_entry(opts.text_encoder, tmp, "text_encoder", opts.copy_encoders, final),
             tokenizer=_encoder_entry(opts.tokenizer, tmp, "tokenizer", opts.copy_encoders, final),
             image_encoder=_encoder_entry(opts.image_encoder, tmp, "image_encoder", opts.copy_encoders, final),
             scaling_factor=vae_args.scaling_factor,
             sampler=sampler,
+            expand_timesteps=opts.expand_timesteps,
         )
         if expert_2 is not None:
             manifest.transformer_2, manifest.boundary = "transformer_2", opts.boundary
@@ -155,7 +163,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--transformer", required=True, help="megavg Wan DiT model folder (T2V or I2V)")
     p.add_argument("--transformer-2", help="Wan 2.2 A14B: the low-noise expert's megavg model folder")
     p.add_argument("--boundary", type=float, help="with --transformer-2: the switch (boundary_ratio)")
-    p.add_argument("--vae", required=True, help="megavg DC-AE-V model folder")
+    p.add_argument("--vae", required=True,
+                   help="megavg DC-AE-V model folder; a base pipeline: the Wan VAE (diffusers "
+                        "AutoencoderKLWan folder, or a diffusers pipeline folder holding vae/)")  # fmt: skip
+    p.add_argument("--expand-timesteps", action="store_true",
+                   help="Wan 2.2 TI2V-5B: with --image, the image is the DiT's clean first latent frame "
+                        "(needs the Wan 2.2 VAE as --vae)")  # fmt: skip
     p.add_argument("--text-encoder", required=True, help="umT5 folder (transformers) or hub id")
     p.add_argument("--tokenizer", help="tokenizer folder or hub id when not inside --text-encoder")
     p.add_argument("--image-encoder", help="CLIP vision folder (transformers) or hub id; I2V")

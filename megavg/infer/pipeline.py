@@ -7,7 +7,8 @@ megavg (``tools/export_pipeline.py``)::
     pipeline.json        {"format": "megavg-pipeline", "version": 1, "transformer": "transformer", ...}
     transformer/         megavg model folder of the DiT (T2V or I2V; Wan 2.2 A14B: the high-noise expert)
     transformer_2/       Wan 2.2 A14B only: the low-noise expert, used for t < boundary x 1000
-    vae/                 megavg model folder of DC-AE-V
+    vae/                 megavg model folder of DC-AE-V; a base pipeline (Wan 2.2 TI2V-5B): the Wan VAE
+                         as a diffusers AutoencoderKLWan folder (:mod:`megavg.infer.wan_vae`)
     text_encoder/        umT5 (transformers folder; or the manifest names a folder / hub id elsewhere)
     image_encoder/       CLIP vision tower (I2V; transformers CLIPVisionModel folder)
     transformer_diffusers/   optional: the DiT as a diffusers WanTransformer3DModel folder
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from megavg.infer.wan_vae import WanVAE, vae_folder, wan_vae_args
 from megavg.models import registry
 from megavg.utils.errors import UserError
 from megavg.utils.schema import from_dict, to_dict
@@ -71,6 +73,9 @@ class Manifest:
         None  # Wan 2.2 A14B: diffusers' boundary_ratio (high-noise expert at t >= it x 1000)
     )
     diffusers_transformer_2: str = ""
+    # Wan 2.2 TI2V-5B (diffusers' expand_timesteps): one transformer for T2V and I2V; with an image, its
+    # latent frame replaces frame 0 at timestep 0 (the sampler's ``first_frame``); needs a Wan 2.2 VAE
+    expand_timesteps: bool = False
 
 
 def write_manifest(manifest: Manifest, folder: Path) -> None:
@@ -102,9 +107,13 @@ class PipelineFolder:
         return _megavg_args(path, "wan")
 
     def vae_args(self):
+        """DC-AE-V's args, or :class:`~megavg.infer.wan_vae.WanVAEArgs` for a Wan VAE (a base pipeline)."""
         if self.released:
             return registry.preset_args(self.manifest.vae_preset)
-        return _megavg_args(self.locate(self.manifest.vae), "dcaev")
+        folder = self.locate(self.manifest.vae)
+        if vae_folder(folder) is not None:
+            return wan_vae_args(folder)
+        return _megavg_args(folder, "dcaev")
 
     def locate(self, entry: str) -> Path:
         path = Path(entry)
@@ -146,7 +155,10 @@ class PipelineFolder:
             state = from_authors(read_authors_checkpoint(path), model, str(path))
             model.load_state_dict(state, strict=True, assign=True)
             return model.to(dtype=dtype).eval()
-        return registry.load(self.locate(self.manifest.vae), dtype=dtype).eval()
+        folder = self.locate(self.manifest.vae)
+        if vae_folder(folder) is not None:
+            return WanVAE.load(folder, dtype)
+        return registry.load(folder, dtype=dtype).eval()
 
 
 def _read_json(path: Path) -> dict:
@@ -182,7 +194,10 @@ def open_pipeline(path: str | Path) -> PipelineFolder:
         args = _megavg_args(transformer, "wan")
         pipe.transformers = {"i2v" if args.takes_image else "t2v": transformer}
         _check_experts(pipe, args)
-        pipe.vae_args()  # checks the VAE folder now
+        vae = pipe.vae_args()  # checks the VAE folder now
+        if manifest.expand_timesteps:
+            _check_first_frame(pipe, args, vae)
+            pipe.transformers["i2v"] = transformer  # TI2V: the same DiT, the image as its first frame
         return pipe
     if (root / "transformer_t2v").is_dir() or (root / "transformer_i2v").is_dir():
         return _released(root)
@@ -202,6 +217,17 @@ def _check_experts(pipe: PipelineFolder, args) -> None:
         if first != second:
             raise UserError(f"{pipe.root}: transformer_2 {second} does not match transformer {first} "
                             "(in/out channels, patch, CLIP width)")  # fmt: skip
+
+
+def _check_first_frame(pipe: PipelineFolder, args, vae) -> None:
+    """TI2V (``expand_timesteps``): a text-to-video DiT over a Wan 2.2 VAE, whose image latent frame is what
+    the DiT was trained to see (a DC-AE-V student's first-frame condition is not defined yet)."""
+    if args.takes_image or pipe.manifest.transformer_2:
+        raise UserError(f"{pipe.root / MANIFEST}: expand_timesteps (TI2V) takes one transformer without "
+                        "image channels or CLIP tokens")  # fmt: skip
+    if not getattr(vae, "first_frame_only", False):
+        raise UserError(f"{pipe.root / MANIFEST}: expand_timesteps (TI2V) needs the Wan 2.2 VAE (an "
+                        f"AutoencoderKLWan with patch_size) as vae, not {pipe.manifest.vae}")  # fmt: skip
 
 
 def _released(root: Path) -> PipelineFolder:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from megavg.infer.pipeline import PipelineFolder
+from megavg.infer.wan_vae import WanVAEArgs
 from megavg.utils.errors import UserError
 from megavg.utils.logging import get_logger
 
@@ -39,6 +40,7 @@ class Request:
     guidance_2: float | None = None  # two-expert pipelines: the low-noise expert's guidance
     clip_tokens: bool = False  # the DiT takes CLIP image tokens (Wan 2.1 I2V; Wan 2.2 experts do not)
     boundary: float | None = None  # two-expert pipelines: the switch (diffusers' boundary_ratio)
+    first_frame: bool = False  # TI2V (expand_timesteps): the image is the DiT's clean latent frame 0
 
 
 def load_image(path: str | os.PathLike) -> torch.Tensor:
@@ -77,10 +79,16 @@ def image_size_for(image_hw: tuple[int, int], area_hw: tuple[int, int], multiple
     return max(multiple, round(h / multiple) * multiple), max(multiple, round(w / multiple) * multiple)
 
 
-def grid_frames(frames: int, multiple: int) -> int:
-    """Frames rounded down to ``multiple`` (at least one multiple), with a one-line note when changed."""
+def grid_frames(frames: int, multiple: int, causal: bool = False) -> int:
+    """Frames rounded down to ``multiple`` (at least one multiple), with a one-line note when changed;
+    ``causal`` (a Wan VAE: frame 0 alone in latent frame 0) to ``multiple`` k + 1 (at least 1)."""
     if frames < 1:
         raise UserError(f"--frames {frames}: must be positive")
+    if causal:
+        rounded = (frames - 1) // multiple * multiple + 1
+        if rounded != frames:
+            log.warning("--frames %d is not %dk+1 (Wan VAE): generating %d frames", frames, multiple, rounded)
+        return rounded
     rounded = max(multiple, frames // multiple * multiple)
     if rounded != frames:
         log.warning("--frames %d is not a multiple of %d: generating %d frames", frames, multiple, rounded)
@@ -144,7 +152,7 @@ def make_request(
         negative=d.negative_prompt if negative_prompt is None else negative_prompt,
         image=image,
         size=size,
-        frames=grid_frames(frames, vae.temporal_compression * dit.patch_size[0]),
+        frames=grid_frames(frames, vae.temporal_compression * dit.patch_size[0], isinstance(vae, WanVAEArgs)),
         steps=steps,
         guidance=guidance,
         shift=shift if shift is not None else d.shift,
@@ -153,4 +161,5 @@ def make_request(
         guidance_2=guidance if pipe.manifest.transformer_2 and guidance_2 is None else guidance_2,
         clip_tokens=dit.is_i2v,
         boundary=pipe.manifest.boundary,
+        first_frame=image is not None and pipe.manifest.expand_timesteps,
     )

@@ -20,6 +20,7 @@ from megavg.infer.pipeline import PipelineFolder
 from megavg.infer.request import Request
 from megavg.infer.stage_log import StageLog
 from megavg.infer.video_io import to_uint8
+from megavg.infer.wan_vae import WanVAE, WanVAEArgs
 from megavg.utils.errors import UserError
 
 
@@ -148,10 +149,9 @@ def load_image_encoder_from(entry: str):
 
 
 def encode_inputs(models: Models, req: Request, place: Placement, stages: StageLog) -> dict:
-    """Text context (and negative), and for I2V the CLIP tokens and the first-frame condition."""
-    from megavg.infer.conditioning import i2v_condition
-
-    out = {"text": None, "negative_text": None, "image": None, "condition": None}
+    """Text context (and negative), and for I2V the CLIP tokens and the first-frame condition (TI2V: the
+    image's latent frame, ``first_frame``)."""
+    out = {"text": None, "negative_text": None, "image": None, "condition": None, "first_frame": None}
     with stages.stage("text encode"), place.use(models.text):
         out["text"] = models.text.padded([req.prompt])  # [1, 512, D], zeros after the prompt
         if max(req.guidance, req.guidance_2 or 0.0) > 1.0:
@@ -164,15 +164,28 @@ def encode_inputs(models: Models, req: Request, place: Placement, stages: StageL
     if req.image is not None:
         with stages.stage("condition"), place.use(models.vae):
             frame = F.interpolate(req.image, size=req.size, mode="bicubic", antialias=True).clamp(-1, 1)
-            out["condition"] = i2v_condition(models.vae, frame, req.frames)
+            key = "first_frame" if req.first_frame else "condition"
+            out[key] = image_condition(models.vae, frame, req.frames)
     return out
+
+
+def image_condition(vae, frame: torch.Tensor, frames: int) -> torch.Tensor:
+    """The first-frame condition of ``frame`` [1, 3, H, W] (at the output size) in ``vae``'s space: a Wan
+    VAE's (:meth:`~megavg.infer.wan_vae.WanVAE.condition`, the function AE-Adapt-V's teacher uses; TI2V:
+    the image's latent frame) or DC-AE-V's (:func:`~megavg.infer.conditioning.i2v_condition`)."""
+    from megavg.infer.conditioning import i2v_condition
+
+    if isinstance(vae, WanVAE):
+        return vae.condition(frame, frames)
+    return i2v_condition(vae, frame, frames)
 
 
 def initial_noise(models: Models, req: Request, seed: int) -> torch.Tensor:
     """[1, C, T', h, w] standard normal noise from a CPU generator (the same on every device)."""
     vae = models.vae.args
     t, s = vae.temporal_compression, vae.spatial_compression
-    shape = (1, models.dit.args.out_channels, req.frames // t, req.size[0] // s, req.size[1] // s)
+    latent_frames = vae.latent_frames(req.frames) if isinstance(vae, WanVAEArgs) else req.frames // t
+    shape = (1, models.dit.args.out_channels, latent_frames, req.size[0] // s, req.size[1] // s)
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
@@ -198,8 +211,8 @@ def denoise(
     latents = sample(
         models.dit, noise, inputs["text"], inputs["negative_text"], steps=req.steps,
         guidance=req.guidance, shift=req.shift, solver=req.solver, condition=inputs["condition"],
-        image=inputs["image"], progress=options.progress and layout.is_main,
-        cfg_batch=options.cfg_batch, compile=options.compile,
+        image=inputs["image"], first_frame=inputs["first_frame"],
+        progress=options.progress and layout.is_main, cfg_batch=options.cfg_batch, compile=options.compile,
         cache=options.cache, cache_threshold=options.cache_threshold, cfg_group=layout.cfg_group,
         sp_group=layout.sp_group, stats=stats, **two,
     )  # fmt: skip
@@ -230,6 +243,8 @@ def decode_to_video(vae, latents: torch.Tensor, writer, req: Request, tile: int)
 def decode(models: Models, latents: torch.Tensor, req: Request, tile: int, layout: Layout, writer) -> int:
     """DC-AE-V decoding into ``writer`` (rank 0's; under several processes all ranks decode and the
     others pass None)."""
+    if isinstance(models.vae, WanVAE):  # a base pipeline: rank 0 decodes the whole clip
+        return 0 if writer is None else decode_wan(models.vae, latents, writer, req)
     tile = auto_tile(latents.shape[-2:], tile)
     if layout.world == 1:
         return decode_to_video(models.vae, latents, writer, req, tile)
@@ -243,6 +258,14 @@ def decode(models: Models, latents: torch.Tensor, req: Request, tile: int, layou
     param = next(models.vae.parameters())
     split_decode(models.vae, latents.to(param.device, param.dtype), tile, layout, write)
     return written[0]
+
+
+def decode_wan(vae: WanVAE, latents: torch.Tensor, writer, req: Request) -> int:
+    """A Wan VAE's decode of the normalised ``latents`` into ``writer``, in one piece (diffusers decodes
+    latent frame by latent frame, its causal cache carried); returns the frames written."""
+    video = vae.decode(latents)[:, :, : req.frames, : req.size[0], : req.size[1]].float().cpu()
+    writer.write(video)
+    return video.shape[2]
 
 
 class FrameCollector:

@@ -19,65 +19,41 @@ the class from the folder.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
+from megavg.infer.wan_vae import WanVAE, vae_folder
 from megavg.utils.errors import UserError
-
-MASK_CHANNELS = 4  # the I2V mask: one channel per frame packed into a latent frame
 
 
 class TeacherVAE:
-    """A frozen ``AutoencoderKLWan`` encoding clips into normalised Wan latents."""
+    """A frozen ``AutoencoderKLWan`` encoding clips into normalised Wan latents (:class:`WanVAE`, the
+    functions a base pipeline runs too)."""
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype = torch.float32):
-        from diffusers import AutoencoderKLWan
-
-        folder = Path(path)
-        sub = "vae" if (folder / "vae" / "config.json").is_file() else None
-        try:
-            self.vae = AutoencoderKLWan.from_pretrained(folder, subfolder=sub, torch_dtype=dtype)
-        except (OSError, ValueError, TypeError) as err:
-            raise UserError(f"teacher VAE {path}: cannot load ({str(err).splitlines()[0]})") from None
-        self.vae.to(device).eval().requires_grad_(False)
-        config = self.vae.config
-        shape = (1, config.z_dim, 1, 1, 1)
-        self.mean = torch.tensor(config.latents_mean, dtype=torch.float32).view(shape)
-        self.std = torch.tensor(config.latents_std, dtype=torch.float32).view(shape)
-        self.temporal = int(config.scale_factor_temporal)
+        if vae_folder(path) is None:
+            raise UserError(f"teacher VAE {path}: cannot load (no AutoencoderKLWan config.json, nor in vae/)")
+        self.wan = WanVAE.load(path, dtype).to(device)
+        self.vae = self.wan.vae
+        self.temporal = self.wan.args.temporal_compression
         # the Wan 2.2 VAE (patchify) serves TI2V-5B, conditioned on the image's latent frame alone
-        self.first_frame_only = config.patch_size is not None
+        self.first_frame_only = self.wan.args.first_frame_only
         self.device, self.dtype = device, dtype
 
-    @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """[B, 3, 4k+1, H, W] in [-1, 1] -> normalised latents [B, z_dim, k+1, H/s, W/s] (float32, CPU)."""
-        if (video.shape[2] - 1) % self.temporal:
-            raise UserError(f"teacher VAE: {video.shape[2]} frames is not {self.temporal}k+1")
-        z = self.vae.encode(video.to(self.device, self.dtype)).latent_dist.mode().float().cpu()
-        return (z - self.mean) / self.std
+        return self.wan.encode(video).cpu()
 
     def latents(self, video: torch.Tensor) -> torch.Tensor:
         """Teacher latents of the student's clip [B, 3, 4k, H, W]: the first frame repeated in front."""
         return self.encode(torch.cat([video[:, :, :1], video], dim=2))  # B, 3, 4k+1, H, W
 
     def i2v_condition(self, image: torch.Tensor, frames: int) -> torch.Tensor:
-        """The base I2V model's condition for a 4k+1-frame clip starting at ``image`` [B, 3, H, W].
-
-        The image followed by zero frames, encoded and normalised, after a mask that is 1 on the first
-        latent frame: [B, 4 + z_dim, k+1, H/8, W/8] (mask first, as the Wan I2V DiT takes it; Wan 2.1
-        I2V and Wan 2.2 I2V-A14B alike). With the Wan 2.2 VAE (TI2V-5B): the image alone, encoded and
-        normalised, [B, z_dim, 1, H/16, W/16], the latent frame the sampler's ``first_frame`` takes.
-        """
-        if self.first_frame_only:
-            return self.encode(image[:, :, None])
-        video = torch.zeros(image.shape[0], 3, frames, *image.shape[-2:], dtype=image.dtype)
-        video[:, :, 0] = image
-        cond = self.encode(video)  # B, z_dim, k+1, h, w
-        mask = torch.zeros(cond.shape[0], MASK_CHANNELS, *cond.shape[2:])
-        mask[:, :, 0] = 1.0
-        return torch.cat([mask, cond], dim=1)
+        """The base model's condition for a 4k+1-frame clip starting at ``image`` [B, 3, H, W]
+        (:meth:`WanVAE.condition`: mask + encoded image and zero frames for Wan 2.1 I2V and Wan 2.2
+        I2V-A14B; the image's latent frame alone for TI2V-5B, as ``generate`` on a base pipeline computes
+        it), float32 on the CPU."""
+        return self.wan.condition(image, frames).cpu()
 
 
 class DcaevTeacher:
