@@ -160,7 +160,8 @@ class ValidationConfig:
     docs/validation.md. ``prompts``: a list, or a text file with one prompt per line. ``images``: one
     first-frame image per prompt (I2V models). Components the DiT lacks: ``vae`` (DC-AE-V model folder)
     and ``text_encoder`` (umT5 folder or hub id; ``tokenizer`` when not inside it; ``image_encoder`` for
-    I2V), or ``pipeline`` (an exported pipeline folder providing all of them)."""
+    I2V), or ``pipeline`` (an exported pipeline folder providing all of them). ``partner``: a Wan 2.2
+    two-expert run's other expert (docs/wan22.md)."""
 
     every: int = 0
     prompts: list[str] | str = dataclasses.field(default_factory=list)
@@ -179,6 +180,10 @@ class ValidationConfig:
     text_encoder: str = ""
     tokenizer: str = ""
     image_encoder: str = ""
+    # Wan 2.2 A14B (one job per expert): the other expert's model folder, frozen, so each video runs both
+    # experts switched at the boundary; this run's side and the boundary come from task.args.timestep_range
+    partner: str = ""
+    guidance_2: float | None = None  # with partner: the low-noise expert's guidance (default: guidance)
 
     def __post_init__(self) -> None:
         for name in ("every", "seed"):

@@ -124,10 +124,14 @@ def check(cfg: TrainConfig) -> None:
     from megavg.tasks.base import model_args
 
     prompts, dit = read_prompts(v), model_args(cfg.model)
-    if dit.is_i2v != bool(v.images):
+    if dit.takes_image != bool(v.images):
         raise UserError(
             "config validation.images: "
-            + ("the I2V model needs one image per prompt" if dit.is_i2v else "a T2V model takes no images")
+            + (
+                "the I2V model needs one image per prompt"
+                if dit.takes_image
+                else "a T2V model takes no images"
+            )
         )
     if v.images and len(v.images) != len(prompts):
         raise UserError(f"config validation.images: {len(v.images)} images for {len(prompts)} prompts")
@@ -144,6 +148,44 @@ def check(cfg: TrainConfig) -> None:
     multiple = vae.spatial_compression * dit.patch_size[1]
     if not v.images and any(n <= 0 or n % multiple for n in v.size):
         raise UserError(f"config validation.size: {list(v.size)} must be positive multiples of {multiple}")
+    if expert_side(cfg) is not None:
+        check_partner(v.partner, dit)
+
+
+def expert_side(cfg: TrainConfig) -> tuple[str, float] | None:
+    """With ``validation.partner`` (Wan 2.2 A14B, one job per expert): ("high" or "low", boundary), the
+    expert this run trains, read off ``task.args.timestep_range``: [b, 1] is the high-noise expert,
+    [0, b] the low-noise one. None without a partner."""
+    v = cfg.validation
+    if not v.partner:
+        if v.guidance_2 is not None:
+            raise UserError("config validation.guidance_2: the low-noise expert's guidance needs a partner")
+        return None
+    low, high = (float(x) for x in cfg.task.args.get("timestep_range", (0.0, 1.0)))
+    if high == 1.0 and 0.0 < low:
+        return "high", low
+    if low == 0.0 and high < 1.0:
+        return "low", high
+    raise UserError(
+        f"config validation.partner: task.args.timestep_range {[low, high]} must be [b, 1.0] (this run "
+        "trains the high-noise expert) or [0.0, b] (the low-noise one), b the experts' boundary"
+    )
+
+
+def check_partner(folder: str, dit) -> None:
+    """The partner is a Wan model folder shaped like the trained DiT (channels, patch, CLIP width)."""
+    from megavg.models import registry
+
+    if not Path(folder).is_dir():
+        raise UserError(f"config validation.partner: {folder}: no such model folder")
+    config = registry.read_config(folder)
+    if config.get("family") != "wan":
+        raise UserError(f"config validation.partner: {folder} is a {config.get('family')} model folder")
+    args = registry.config_args(config)
+    mine, theirs = ((a.in_channels, a.out_channels, tuple(a.patch_size), a.image_dim) for a in (dit, args))
+    if mine != theirs:
+        raise UserError(f"config validation.partner: {folder} {theirs} does not match the trained model "
+                        f"{mine} (in/out channels, patch, CLIP width)")  # fmt: skip
 
 
 # ---- conditioning, computed once --------------------------------------------------------------------
@@ -160,7 +202,8 @@ def _requests(cfg: ValidationConfig, dit_args, vae_args) -> list[rq.Request]:
         if image is not None:
             size = rq.image_size_for(tuple(image.shape[-2:]), size, multiple)
         out.append(rq.Request(prompt, cfg.negative_prompt, image, size, frames, cfg.steps,
-                                    cfg.guidance, cfg.shift, cfg.solver, cfg.fps))  # fmt: skip
+                              cfg.guidance, cfg.shift, cfg.solver, cfg.fps, clip_tokens=dit_args.is_i2v,
+                              guidance_2=cfg.guidance_2 if cfg.partner else None))  # fmt: skip
     return out
 
 
@@ -261,6 +304,13 @@ class Validator:
         self.vae = comps.load_vae() if self.rank0 else None  # decoding is rank 0's; CPU between passes
         self.scaling = comps.scaling_factor or (self.vae.args.scaling_factor if self.vae else 1.0)
         self.inputs = StoredInputs(self.cfg, comps, dit, self.vae, self.dir / "inputs.pt")
+        self.side = expert_side(cfg)
+        self.partner = None
+        if self.side is not None:  # every rank runs its forwards too (local: no collectives), CPU between
+            from megavg.models import registry
+
+            dtype = next(dit.parameters()).dtype
+            self.partner = registry.load(self.cfg.partner, dtype=dtype).eval().requires_grad_(False)
 
     def due(self, step: int, last: bool) -> bool:
         return step % self.cfg.every == 0 or last
@@ -294,11 +344,34 @@ class Validator:
 
         move = {k: None if item[k] is None else item[k].to(self.device) for k in
                 ("text", "negative_text", "image", "condition")}  # fmt: skip
-        return sample(
-            engine, item["noise"].to(self.device), move["text"], move["negative_text"], steps=self.cfg.steps,
-            guidance=self.cfg.guidance, shift=self.cfg.shift, solver=self.cfg.solver,
-            condition=move["condition"], image=move["image"], progress=False, model_group=dist.group.WORLD,
-        )  # fmt: skip
+        with self.experts(engine) as (model, two):
+            return sample(
+                model, item["noise"].to(self.device), move["text"], move["negative_text"],
+                steps=self.cfg.steps, guidance=self.cfg.guidance, shift=self.cfg.shift,
+                solver=self.cfg.solver, condition=move["condition"], image=move["image"], progress=False,
+                model_group=dist.group.WORLD, **two,
+            )  # fmt: skip
+
+    @contextlib.contextmanager
+    def experts(self, engine):
+        """(first model, the sampler's two-expert arguments): the live model alone, or with the partner in
+        its place (high-noise expert first), the partner on the device only during its own steps."""
+        if self.partner is None:
+            yield engine, {}
+            return
+        side, boundary = self.side
+        high, low = (engine, self.partner) if side == "high" else (self.partner, engine)
+
+        def activate(model) -> None:
+            self.partner.to(self.device if model is self.partner else "cpu")
+
+        try:
+            two = dict(model_2=low, boundary=boundary, guidance_2=self.cfg.guidance_2, activate=activate)
+            yield high, two
+        finally:
+            self.partner.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     def write(self, latents: torch.Tensor, item: dict, step: int, index: int, metrics) -> None:
         """Decode (streamed) into ``step_NNNNNNN/<index>.mp4`` and add the tensorboard entry."""

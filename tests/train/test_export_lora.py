@@ -37,8 +37,12 @@ FULL = ("patch_embed.weight", "patch_embed.bias", "head.linear.weight", "head.li
 
 @pytest.fixture(scope="module")
 def run():
+    return make_run(seed=0)
+
+
+def make_run(seed: int) -> SimpleNamespace:
     """Base weights (random), peft-named adapters (B non-zero) and fully trained patch embedder / head."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     base = megavg.models.build(PRESET)
     with torch.no_grad():
         for p in base.parameters():
@@ -101,6 +105,23 @@ def test_diffusers_file_loads_in_diffusers_and_equals_the_merged_model(run, tmp_
     pipe.load_lora_weights(str(path))
     assert_rel_close(diffusers_output(pipe.transformer, run.x), expected)
     assert not torch.allclose(diffusers_output(diffusers_base(run.base), run.x), expected, rtol=1e-3)
+
+
+def test_one_file_per_expert_loads_into_each_transformer_of_a_two_expert_pipeline(run, tmp_path):
+    """Wan 2.2 A14B: each expert's run exports its own file; diffusers loads the high-noise one into
+    ``transformer`` and the low-noise one into ``transformer_2`` (``load_into_transformer_2=True``)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    low = make_run(seed=1)
+    high_file = export(run, "diffusers", tmp_path / "high_noise.safetensors", full=False)
+    low_file = export(low, "diffusers", tmp_path / "low_noise.safetensors", full=False)
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=diffusers_base(run.base),
+                       transformer_2=diffusers_base(low.base), boundary_ratio=0.875,
+                       scheduler=FlowMatchEulerDiscreteScheduler())  # fmt: skip
+    pipe.load_lora_weights(str(high_file))
+    pipe.load_lora_weights(str(low_file), load_into_transformer_2=True)
+    assert_rel_close(diffusers_output(pipe.transformer, run.x), megavg_output(run.base, run.lora, run.x))
+    assert_rel_close(diffusers_output(pipe.transformer_2, run.x), megavg_output(low.base, low.lora, run.x))
 
 
 def test_diffusers_format_refuses_fully_trained_layers(run, tmp_path):

@@ -109,4 +109,8 @@ PRESETS: dict[str, Args] = {
     "wan-tiny-student-i2v": dataclasses.replace(
         _TINY, patch_size=(1, 1, 1), in_channels=20, out_channels=8, image_dim=24
     ),
+    # a Wan 2.2 I2V-A14B expert's student: 8 noise + 4 mask + 8 image latent, no CLIP
+    "wan-tiny-student-i2v-a14b": dataclasses.replace(
+        _TINY, patch_size=(1, 1, 1), in_channels=20, out_channels=8
+    ),
 }
