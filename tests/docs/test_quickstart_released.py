@@ -75,7 +75,7 @@ def workdir(tmp_path):
             shutil.copy(clip, tmp_path / "my_clips" / clip.name)
             (tmp_path / "my_clips" / clip.name).with_suffix(".txt").write_text(CAPTIONS[clip.name])
     write_png(tmp_path / "first.png", 28, 36)
-    tiny_clip = f"import megavg.infer.clip_weights as cw\ncw.HEAD_DIM = {CLIP_DIM // HEADS}  # the tiny CLIP\n"
+    tiny_clip = f"import megavg.infer.clip_weights as cw\ncw.HEAD_DIM = {CLIP_DIM // HEADS}  # tiny CLIP\n"
     write_sitecustomize(tmp_path / "site", tiny_clip)  # and every video keeps its frames (kept_frames.py)
     return tmp_path
 

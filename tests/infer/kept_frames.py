@@ -34,7 +34,8 @@ def uninstall() -> None:
 def write_sitecustomize(folder: Path, extra: str = "") -> None:
     """A ``sitecustomize.py`` in ``folder`` that installs the hook (the repository must be importable)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sitecustomize.py").write_text(f"{extra}from tests.infer.kept_frames import install\ninstall()\n")
+    hook = "from tests.infer.kept_frames import install\ninstall()\n"
+    (folder / "sitecustomize.py").write_text(extra + hook)
 
 
 def written_frames(path) -> np.ndarray:
