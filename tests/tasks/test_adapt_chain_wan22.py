@@ -60,7 +60,7 @@ def export_generate_convert(tmp_path, image) -> None:
         assert all(torch.equal(merged[k].to(back[k].dtype), back[k]) for k in back)
 
 
-@pytest.mark.slow  # twelve trainer processes and two runner ones
+# ~70 s each on 2 idle cores (twelve trainer launches, two runner ones); in the default suite
 @pytest.mark.parametrize("kind", ["t2v", "i2v"])
 def test_two_expert_chain_export_generate(tmp_path, kind):
     base_preset, student_preset = PRESETS[kind]
