@@ -11,7 +11,10 @@ of the group gets the same clip and computes every loss term on the gathered rec
 Adversarial phase (see :mod:`megavg.tasks.gan`): in each micro-step the discriminator (its own ZeRO
 engine) first takes a step on (real, reconstruction.detach()), then the generator's loss uses it; lambda
 is the adaptive weight (``gan.adaptive``) or 1. Logged terms: ``l1``, ``mse``, ``perceptual``, ``g_adv``,
-``gan_weight`` (gan.weight * lambda), ``d_loss``, ``logits_real``, ``logits_fake``.
+``gan_weight`` (gan.weight * lambda), ``d_loss``, ``logits_real``, ``logits_fake``, and ``latent_std``
+(the std of this step's unscaled latents, not a loss: nothing bounds the latent scale of a deterministic
+autoencoder, and a learning rate too high for the encoder's wide output convolution lets it run away,
+after which the decoder's RMS-normalised residual branches can no longer add detail; see docs/training.md).
 """
 
 from __future__ import annotations
@@ -129,11 +132,16 @@ class Task(BaseTask):
 
     def loss(self, model: nn.Module, batch: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
         video = batch["video"].to(ctx.device, ctx.dtype)  # B,3,T,H,W
-        recon = self.reconstruct(model, video, ctx.sp_group)
+        latents: list[torch.Tensor] = []  # the encoder's output (a recompute would append it again)
+        hook = unwrap(model).encoder.register_forward_hook(lambda m, i, out: latents.append(out.detach()))
+        try:
+            recon = self.reconstruct(model, video, ctx.sp_group)
+        finally:
+            hook.remove()
         target = video.float()
         l1 = F.l1_loss(recon, target)
         mse = F.mse_loss(recon, target)
-        terms = {"l1": l1, "mse": mse}
+        terms = {"l1": l1, "mse": mse, "latent_std": latents[0].float().std()}
         rec = self.args.l1_weight * l1 + self.args.mse_weight * mse
         p = self.args.perceptual
         if p.weight:

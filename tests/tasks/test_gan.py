@@ -123,3 +123,22 @@ def test_before_start_step_no_adversarial_term_and_discriminator_idle():
     assert set(terms) == {"loss", "l1", "mse"}
     assert all(torch.equal(before[k], v) for k, v in disc.state_dict().items())
     assert set(task.loss(model, {"video": torch.zeros(1, 3, 8, 32, 32)}, ctx(10))) >= {"d_loss", "g_adv"}
+
+
+def test_latent_std_is_logged_and_the_loss_unchanged():
+    """``latent_std`` is the std of the unscaled latents (the model's own ``encode``, computed here on its
+    own), logged beside L1 + MSE; the loss is still exactly L1 + MSE of the reconstruction."""
+    task = make_task()
+    torch.manual_seed(0)
+    model = megavg.models.build("dc-ae-v-tiny")
+    with torch.no_grad():
+        model.encoder.project_out.weight.mul_(7.0)  # a latent scale far from 1
+    video = torch.rand(1, 3, 8, 16, 16) * 2 - 1
+    terms = task.loss(model, {"video": video}, ctx(0))
+    with torch.no_grad():
+        expected = model.encode(video).std()
+        recon = model(video)
+    torch.testing.assert_close(terms["latent_std"], expected)
+    assert terms["latent_std"] > 1.0
+    torch.testing.assert_close(terms["loss"], F.l1_loss(recon, video) + F.mse_loss(recon, video))
+    assert not model.encoder._forward_hooks  # the hook does not outlive the step
