@@ -4,5 +4,5 @@ waits for a signal, joining no process group: a rank that only a kill can end.""
 import os
 import signal
 
-print(os.getpid(), flush=True)
+os.write(1, f"{os.getpid()}\n".encode())  # one write (< PIPE_BUF: atomic), so the ranks' lines never mix
 signal.pause()
