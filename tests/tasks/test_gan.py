@@ -120,7 +120,7 @@ def test_before_start_step_no_adversarial_term_and_discriminator_idle():
     task.attach_discriminator(PlainEngine(disc), torch.device("cpu"), torch.float32)
     model = megavg.models.build("dc-ae-v-tiny")
     terms = task.loss(model, {"video": torch.rand(1, 3, 8, 32, 32) * 2 - 1}, ctx(9))
-    assert set(terms) == {"loss", "l1", "mse"}
+    assert set(terms) == {"loss", "l1", "mse", "latent_std"}
     assert all(torch.equal(before[k], v) for k, v in disc.state_dict().items())
     assert set(task.loss(model, {"video": torch.zeros(1, 3, 8, 32, 32)}, ctx(10))) >= {"d_loss", "g_adv"}
 
