@@ -2,8 +2,9 @@
 
 libx264 does not always give the same bytes for the same frames in a process that has run torch (seen at
 32x32 and 64x64 with one thread too; 128x128 was stable), so a test that asks "are these the same videos"
-compares what megavg hands the encoder, not what the encoder made of it. ``install()`` patches this process;
-``write_sitecustomize(folder)`` makes every Python started with ``folder`` on ``PYTHONPATH`` do the same.
+compares what megavg hands the encoder, not what the encoder made of it. ``install()`` patches this
+process (``install(monkeypatch)``: for one test); ``write_sitecustomize(folder)`` makes every Python
+started with ``folder`` on ``PYTHONPATH`` do the same.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ def _keep(self, frames, times=None):
     return _write_frames(self, frames, times)
 
 
-def install() -> None:
-    video_io.VideoWriter.write_frames = _keep
-
-
-def uninstall() -> None:
-    video_io.VideoWriter.write_frames = _write_frames
+def install(monkeypatch=None) -> None:
+    """Patch the writer for this process (with ``monkeypatch``: until the test's end or its ``undo``)."""
+    if monkeypatch is None:
+        video_io.VideoWriter.write_frames = _keep
+    else:
+        monkeypatch.setattr(video_io.VideoWriter, "write_frames", _keep)
 
 
 def write_sitecustomize(folder: Path, extra: str = "") -> None:

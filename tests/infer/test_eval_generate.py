@@ -8,7 +8,7 @@ import pytest
 
 from megavg.eval.__main__ import main
 from megavg.eval.inputs import list_videos
-from megavg.infer import generate, stages, video_io
+from megavg.infer import generate, stages
 from megavg.infer.export import main as export
 from megavg.utils.errors import UserError
 from tests import collectives
@@ -36,7 +36,7 @@ def test_prompt_list_videos_and_manifest(tiny_parts, tmp_path, capsys, monkeypat
     out = tmp_path / "videos"
     loads = []
     real_load = stages.load_transformer
-    monkeypatch.setattr(video_io.VideoWriter, "write_frames", kept_frames._keep)  # see kept_frames.py
+    kept_frames.install(monkeypatch)
     monkeypatch.setattr(stages, "load_transformer", lambda *a: loads.append(1) or real_load(*a))
     main(["generate", str(pipe), "--prompts", str(prompts), "--per-prompt", "2", "--out", str(out),
           "--seed", "10", "--", *FAST])  # fmt: skip
@@ -51,7 +51,7 @@ def test_prompt_list_videos_and_manifest(tiny_parts, tmp_path, capsys, monkeypat
     ]  # fmt: skip
     assert [r.name for r in list_videos(str(out))] == [r["file"][:-4] for r in rows]  # fvd/recon read it
     alone = tmp_path / "alone.mp4"
-    monkeypatch.setattr(video_io.VideoWriter, "write_frames", kept_frames._keep)
+    kept_frames.install(monkeypatch)  # again, after the undo above
     generate.main([str(pipe), "--prompt", "fox in snow", "--seed", "13", "--out", str(alone), *FAST])
     np.testing.assert_array_equal(written_frames(out / "fox in snow-1.mp4"), written_frames(alone))
     assert not np.array_equal(written_frames(out / "fox in snow-0.mp4"), written_frames(alone))
@@ -67,7 +67,7 @@ def test_two_ranks_share_the_videos_of_one(tiny_parts, tmp_path, monkeypatch):
     export_pipeline(tiny_parts, pipe)
     prompts.write_text("a red fox\nfox in snow\nsnow\n")
     argv = ["generate", str(pipe), "--prompts", str(prompts), "--per-prompt", "1", "--seed", "3"]
-    monkeypatch.setattr(video_io.VideoWriter, "write_frames", kept_frames._keep)  # see kept_frames.py
+    kept_frames.install(monkeypatch)
     main([*argv, "--out", str(tmp_path / "one"), "--", *FAST])
     kept_frames.write_sitecustomize(tmp_path / "site")  # the ranks keep theirs too
     monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
