@@ -14,11 +14,11 @@ class Sizes:
     train_clips: int = 1024
     heldout_clips: int = 256
     fvd_reference: int = 128  # held-out real clips whose I3D statistics FVD compares against
-    teacher_ae_steps: int = 450  # colour comes late: grey blobs at step 200
-    student_ae_steps: int = 300
-    teacher_decoder_steps: int = 300  # decoder-only training after each autoencoder (encoder frozen)
-    student_decoder_steps: int = 150
-    base_steps: int = 2000
+    teacher_ae_steps: int = 700  # at lr 1e-4 (1e-3 let the latents run away: notes.md)
+    student_ae_steps: int = 700
+    teacher_decoder_steps: int = 100  # decoder-only training after each autoencoder (encoder frozen)
+    student_decoder_steps: int = 100
+    base_steps: int = 2500
     align_steps: int = 50
     head_steps: int = 100
     lora_steps: int = 150
