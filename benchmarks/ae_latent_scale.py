@@ -9,6 +9,9 @@ scored on 8 held-out ones. Gradients are clipped to norm 1 (megavg.train's optim
     OMP_NUM_THREADS=1 python benchmarks/ae_latent_scale.py --lr 1e-3 --clips 1 --steps 100
     OMP_NUM_THREADS=1 python benchmarks/ae_latent_scale.py --lr 1e-4 --clips 1 --steps 100
     OMP_NUM_THREADS=1 python benchmarks/ae_latent_scale.py --lr 1e-4 --clips 256 --batch 2 --steps 300
+
+``--score FOLDER`` scores a trained model folder (e.g. the reproduction's ``runs/repro/ae_student/model``) on
+the same 8 held-out clips instead of training one.
 """
 
 from __future__ import annotations
@@ -47,13 +50,21 @@ def scores(model, clips: list[torch.Tensor]) -> tuple[float, float, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="dc-ae-v-mini-f16t4c32")
-    p.add_argument("--lr", type=float, required=True)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--score", metavar="FOLDER", help="score this trained model folder instead of training")
     p.add_argument("--clips", type=int, default=256, help="training clips (1: fit one clip, scored on it)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    held = [to_model(render(s, FRAMES, SIZE)) for s in split_scenes("heldout", 16, 1)[:8]]
+    if args.score:
+        std, psnr, obj = scores(registry.load(args.score).eval(), held)
+        print(f"{args.score}: latent std {std:.2f} | PSNR {psnr:.2f} dB | object PSNR {obj:.2f} dB")
+        return
+    if args.lr is None:
+        p.error("--lr is required when training (no --score)")
     torch.manual_seed(args.seed)
     model = registry.build(args.preset)
     scenes = (
@@ -62,8 +73,7 @@ def main() -> None:
         else split_scenes("train", args.clips, args.seed)
     )
     train = [to_model(render(s, FRAMES, SIZE)) for s in scenes]
-    held = split_scenes("heldout", 16, 1)[:8]
-    scored = train if args.clips == 1 else [to_model(render(s, FRAMES, SIZE)) for s in held]
+    scored = train if args.clips == 1 else held
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     rng = np.random.default_rng(args.seed)
     print(f"{args.preset} lr {args.lr} clips {args.clips} batch {args.batch}; OMP_NUM_THREADS="
