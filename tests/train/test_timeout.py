@@ -1,6 +1,6 @@
 """``parallel.timeout_minutes`` reaches the process group: a collective that waits longer for a rank fails
-instead of hanging (issue 23: megavg never set DeepSpeed's default of 30 minutes, while rank 0 alone
-encoded validation prompts and the others waited in a barrier)."""
+instead of hanging (issue 23: megavg left the timeout at DeepSpeed's default while rank 0 alone encoded
+validation prompts and the others waited in a barrier)."""
 
 from __future__ import annotations
 
