@@ -29,7 +29,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from megavg.utils.errors import UserError
+from megavg.utils.errors import LOAD_ERRORS, UserError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -99,7 +99,7 @@ class ImageEncoder:
             self.model = transformers.CLIPVisionModel.from_pretrained(
                 name_or_path, torch_dtype=torch.float32, local_files_only=offline
             )
-        except (OSError, ValueError) as err:
+        except LOAD_ERRORS as err:
             raise UserError(
                 f"image encoder {name_or_path}: cannot load ({str(err).splitlines()[0]})"
             ) from None

@@ -13,7 +13,7 @@ import torch
 
 from megavg.conditioning.text import pad_text
 from megavg.utils.device import resolve_device
-from megavg.utils.errors import UserError
+from megavg.utils.errors import LOAD_ERRORS, UserError
 
 WAN_TEXT_ENCODER = "google/umt5-xxl"  # Wan-2.1 conditions on umT5-XXL, 512 tokens
 
@@ -41,7 +41,7 @@ class TextEncoder:
                 tokenizer or name_or_path, local_files_only=offline
             )
             self.model = model_cls.from_pretrained(name_or_path, torch_dtype=dtype, local_files_only=offline)
-        except (OSError, ValueError) as err:
+        except LOAD_ERRORS as err:
             raise UserError(
                 f"text encoder {name_or_path}: cannot load ({str(err).splitlines()[0]})"
             ) from None

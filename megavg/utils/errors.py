@@ -6,12 +6,18 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from safetensors import SafetensorError
+
 
 class UserError(Exception):
     """Bad input from the user (file, config, checkpoint): the message names the thing and the problem."""
 
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
+
+# What a transformers ``from_pretrained`` of a local folder raises for a missing, unreadable or corrupt file:
+# a truncated ``.safetensors`` raises SafetensorError, which is neither an OSError nor a ValueError.
+LOAD_ERRORS = (OSError, ValueError, SafetensorError)
 
 
 def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:

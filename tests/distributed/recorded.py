@@ -12,6 +12,11 @@
 - ``video_read_fail``: every video that rank decodes for ``megavg.eval``
   (:func:`megavg.eval.inputs.read_video`) fails as an I/O error reading it does (a flaky shared
   filesystem; the other ranks read theirs).
+- ``encode_after_a_step`` (give it rank 0): that rank's validation-prompt encoding
+  (:func:`megavg.train.validation.encode_all`) starts only once the same process has finished a training
+  step, waiting at most ``ENCODE_WAIT_S``: encoding that runs *while* training does goes ahead at once;
+  encoding that blocks training waits the whole time, so the other ranks wait longer than the collective
+  timeout. It prints ``encode_after_a_step: ...`` saying which happened.
 
 ``MEGAVG_TEST_PG_TIMEOUT`` (seconds, default 60) bounds every collective of the run.
 """
@@ -27,6 +32,7 @@ import sys
 from tests.collectives import ENV, TIMEOUT_ENV, recording
 
 TIB = 2**40
+ENCODE_WAIT_S = 150.0  # longer than recorded_train's collective timeout (parallel.timeout_minutes=1)
 
 
 def install_faults() -> None:
@@ -65,8 +71,35 @@ def install_faults() -> None:
                 raise VideoError(f"{name}: not a decodable video ([Errno 5] Input/output error (injected))")
 
             inputs._frames = frames
+        elif fault == "encode_after_a_step":
+            encode_after_a_step()
         else:
             raise SystemExit(f"recorded.py: unknown fault {fault!r}")
+
+
+def encode_after_a_step() -> None:
+    import threading
+    import time
+
+    from megavg.train import loop, validation
+
+    stepped = threading.Event()
+
+    def train_step(self, real=loop.Trainer.train_step):
+        out = real(self)
+        stepped.set()
+        return out
+
+    def encode_all(*args, real=validation.encode_all):
+        start = time.monotonic()
+        if stepped.wait(ENCODE_WAIT_S):
+            print("encode_after_a_step: encoding began after a training step", flush=True)
+        else:
+            print(f"encode_after_a_step: no training step in {time.monotonic() - start:.0f} s", flush=True)
+        return real(*args)
+
+    loop.Trainer.train_step = train_step
+    validation.encode_all = encode_all
 
 
 def main() -> None:

@@ -98,6 +98,11 @@ def test_image_encoder_bad_folder(tmp_path):
 
     with pytest.raises(UserError, match="image encoder"):
         ImageEncoder(tmp_path / "missing")
+    tiny_clip().save_pretrained(tmp_path / "clip")  # truncated weights: SafetensorError, not OSError
+    weights = tmp_path / "clip" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(UserError, match=r"image encoder .*clip: cannot load \(.*header"):
+        ImageEncoder(tmp_path / "clip")
 
 
 def test_i2v_condition_is_encoded_one_chunk_at_a_time(vae):

@@ -4,6 +4,7 @@ normalised as Wan's pipelines do); partitions cover every shard; one set holds e
 
 import itertools
 import json
+import shutil
 
 import av
 import numpy as np
@@ -211,6 +212,11 @@ def test_bad_flags(inputs, tmp_path):
         precompute([*common, *text, "--part", "3", "--parts", "2"])
     with pytest.raises(UserError, match="text encoder .*nope: cannot load"):
         precompute([*common, "--text-encoder", str(tmp_path / "nope")])
+    broken = shutil.copytree(root / "text", tmp_path / "truncated")  # SafetensorError, not an OSError
+    weights = next(broken.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(UserError, match=r"text encoder .*truncated: cannot load \(.*header"):
+        precompute([*common, "--text-encoder", str(broken)])
     with pytest.raises(UserError, match="teacher VAE .*nope: cannot load"):
         precompute([*common, "--teacher-vae", str(tmp_path / "nope")])
     with pytest.raises(UserError, match="--i2v and --image-encoder go together"):

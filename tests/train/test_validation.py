@@ -6,6 +6,7 @@ ranks (gloo) give the same video as one."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -217,3 +218,43 @@ def test_stop_signal_during_validation_saves_and_exits(tiny, tmp_path_factory):
     assert sorted(p.name for p in (run / "validation" / "step_0000002").iterdir()) == ["0.mp4"]
     code, _ = recorded_train(root, "resume", args, tmp_path_factory, "")
     assert code == 0 and [s for s, _ in losses(run)] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_rank0_encodes_the_prompts_while_the_other_ranks_train(tiny, tmp_path_factory):
+    """Rank 0's prompt encoding (minutes for umT5-XXL at 14B) must not hold the other ranks in a
+    collective. Rank 0's encoding here starts only after rank 0 has trained a step (at most 150 s later):
+    with the encoding in a background thread it starts at step 1 and the run finishes with its videos;
+    encoding in the Validator's constructor (before training, as before issue 23) blocks rank 0's first
+    step, so rank 1 waits past the run's 60 s collective timeout and the launch fails."""
+    root, paths = tiny
+    args = overrides(root, paths, "encode_while_training")
+    code, output = recorded_train(root, "encode", args, tmp_path_factory, "encode_after_a_step", 0)
+    assert code == 0, output
+    assert "encode_after_a_step: encoding began after a training step" in output
+    assert "prompts encoded in" in output and "(rank 0, while training)" in output
+    assert video(root / "encode_while_training", 2).shape == (8, 16, 16, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_failed_prompt_encoding_stops_every_rank_with_its_error(tiny, tmp_path_factory):
+    """The text encoder's weights are truncated: rank 0's background encoding fails while both ranks
+    train. At the first validation every rank must stop with an error naming it, after the same
+    collectives, not leave rank 1 waiting in a collective for rank 0 (a timeout) or reading a file that
+    was never written."""
+    root, paths = tiny
+    broken = root / "text_truncated"
+    shutil.copytree(paths["text"], broken)
+    weights = next(broken.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])
+    args = overrides(root, paths, "encode_fails", 4, True, f"validation.text_encoder={broken}")
+    with pytest.raises(AssertionError) as failed:
+        recorded_train(root, "encode_fail", args, tmp_path_factory, "")
+    message = str(failed.value)
+    assert "diverged" not in message and "Timed out" not in message, message
+    assert "error: validation: rank 0 could not encode the validation inputs" in message  # rank 1
+    assert f"error: text encoder {broken}: cannot load (" in message, message  # rank 0: what failed
+    assert "[rank0]: Traceback" not in message and "[rank1]: Traceback" not in message, message
+    assert not (root / "encode_fails" / "validation" / "inputs.pt").exists()  # nothing half-written
