@@ -14,7 +14,7 @@ import pytest
 from tests.distributed.launch import REPO
 
 sys.path.insert(0, str(REPO / "tools"))
-from gpu_check import kill_tree, pytest_result  # noqa: E402
+from gpu_check import Setup, kill_tree, pytest_result, write_videos  # noqa: E402
 
 NO_CUDA = "gpu_check: no CUDA device visible to torch on this machine: nothing run"
 
@@ -47,6 +47,21 @@ SKIP_LINE = "SKIPPED [2] tests/models/test_wan_gpu.py:20: needs transformer_engi
 )
 def test_skipped_gpu_tests_never_read_pass(rc, text, expected):
     assert pytest_result(rc, text) == expected
+
+
+def test_eight_ranks_get_eight_distinct_video_shards(tmp_path):
+    """An 8-GPU node: one shard per data-parallel rank, each a different window (4 shipped clips gave 4
+    shards, and every training check failed with "4 shard(s) cannot feed 8 data-parallel ranks")."""
+    from megavg.data.shards import list_shards
+    from megavg.infer.video_io import read_pieces
+
+    setup = Setup(8, "cpu", {}, tmp_path, 60.0, None, None, {"videos": tmp_path / "videos"})
+    write_videos(setup)
+    assert len(list_shards(str(tmp_path / "videos"), "video")) == 8
+    windows = [next(read_pieces(p, 16))[0] for p in sorted((tmp_path / "videos-raw").glob("*.mp4"))]
+    assert len(windows) == 8
+    distinct = {tuple(w.flatten()[::997].tolist()) for w in windows}
+    assert len(distinct) == 8
 
 
 @pytest.mark.slow
