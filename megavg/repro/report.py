@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from megavg.eval.inputs import list_videos, read_video
+from megavg.eval.inputs import VideoRef, read_video
 from megavg.repro.evaluate import latency, real_floor
 from megavg.repro.stages import Context
 
@@ -110,26 +110,44 @@ def plot_curves(curves: dict, arms: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def grid_rows(heldout: Path, eval_dir: Path, arms: list[str], videos: int) -> tuple[list[str], dict]:
+    """The first ``videos`` held-out prompts, and per grid row the video of each prompt: a held-out clip
+    with that caption (the real row), then each arm's first video of it (seed 0, from its manifest)."""
+    prompts = (heldout / "prompts.txt").read_text().splitlines()[:videos]
+    listing = [json.loads(line) for line in (heldout / "list.jsonl").read_text().splitlines()]
+    clip_of = {}
+    for row in listing:
+        clip_of.setdefault(row["caption"], heldout / row["path"])
+    rows = {"real (held-out clip, same caption)": [clip_of[p] for p in prompts]}
+    for arm in arms:
+        folder = eval_dir / arm / "seed0"
+        manifest = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+        video_of = {(r["prompt"], r["index"]): folder / r["file"] for r in manifest}
+        rows[ARM_LABELS[arm]] = [video_of[(p, 0)] for p in prompts]
+    return prompts, rows
+
+
 def sample_grid(ctx: Context, arms: list[str], path: Path, videos: int = 4, frames: int = 4) -> None:
-    """Rows = arms (first ``videos`` of seed 0), columns = ``frames`` evenly spaced frames, plus the real."""
+    """Columns = the first ``videos`` held-out prompts; rows = a real clip of each caption, then the arms
+    (seed 0); each cell ``frames`` evenly spaced frames."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    folders = {"real (held-out)": ctx.dir("world") / "heldout" / "clips"}
-    folders |= {ARM_LABELS[a]: ctx.dir("eval") / a / "seed0" for a in arms}
-    fig, axes = plt.subplots(len(folders), videos, figsize=(videos * frames * 0.9, len(folders) * 1.0))
-    for row, (label, folder) in enumerate(folders.items()):
-        refs = list_videos(str(folder))[:videos]
-        for col, ref in enumerate(refs):
-            clip = read_video(ref)  # 3, T, H, W in [-1, 1]
+    prompts, rows = grid_rows(ctx.dir("world") / "heldout", ctx.dir("eval"), arms, videos)
+    fig, axes = plt.subplots(len(rows), videos, figsize=(videos * frames * 0.9, len(rows) * 1.0 + 0.3))
+    for row, (label, files) in enumerate(rows.items()):
+        for col, file in enumerate(files):
+            clip = read_video(VideoRef(file.stem, file))  # 3, T, H, W in [-1, 1]
             pick = np.linspace(0, clip.shape[1] - 1, frames).round().astype(int)
             strip = ((clip[:, pick] + 1) * 127.5).clamp(0, 255).byte().permute(2, 1, 3, 0)  # H, f, W, 3
             axes[row, col].imshow(strip.reshape(strip.shape[0], -1, 3).numpy())
             axes[row, col].set_xticks([])
             axes[row, col].set_yticks([])
         axes[row, 0].set_ylabel(label, rotation=0, ha="right", fontsize=7)
+    for col, prompt in enumerate(prompts):
+        axes[0, col].set_title(prompt, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
