@@ -74,7 +74,8 @@ MUTATIONS = {
         ("tests/infer/test_precompute.py::test_bad_flags",
          "tests/infer/test_conditioning.py::test_image_encoder_bad_folder")),
     "sample grid: the first held-out clips": Mutation(
-        "megavg/repro/report.py", "[clip_of[p] for p in prompts]", '[heldout / r["path"] for r in listing[:videos]]',
+        "megavg/repro/report.py", "[clip_of[p] for p in prompts]",
+        '[heldout / r["path"] for r in listing[:videos]]',
         ("tests/repro/test_report.py",)),
     "no parallel.timeout_minutes": Mutation(
         "megavg/train/engine.py", ", timeout=datetime.timedelta(minutes=timeout_minutes))", ")",
