@@ -77,6 +77,10 @@ MUTATIONS = {
         "megavg/repro/report.py", "[clip_of[p] for p in prompts]",
         '[heldout / r["path"] for r in listing[:videos]]',
         ("tests/repro/test_report.py",)),
+    "consolidated config keeps training layers": Mutation(
+        "megavg/train/consolidate.py", "args = registry.runner_args(model_args(cfg.model), keep_fp8)",
+        "args = model_args(cfg.model)", ("tests/tasks/test_adapt_chain.py::test_three_phases_and_merge",),
+        slow=True),
     "no parallel.timeout_minutes": Mutation(
         "megavg/train/engine.py", ", timeout=datetime.timedelta(minutes=timeout_minutes))", ")",
         ("tests/train/test_timeout.py",), slow=True),
