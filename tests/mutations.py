@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -123,7 +124,12 @@ def run(name: str, mutation: Mutation) -> bool:
     path.write_text(original.replace(mutation.old, mutation.new))
     try:
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *mutation.tests]
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        # the tests' own subprocesses (tools/*.py scripts) must import this tree, not an installed copy
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        }
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     finally:
         path.write_text(original)
     lines = proc.stdout.strip().splitlines()
